@@ -1,0 +1,22 @@
+"""stidi-rs: exact, event-driven convolutional spiking networks trained with STiDi-BP.
+
+The Rust engine (``backend="rust"``, the default) and the NumPy reference
+(``backend="numpy"``, module :mod:`stidi_rs.reference`) implement the same maths,
+described in ``docs/algorithm.md``.
+"""
+
+from .layers import PSP, Conv2d, Dense, MaxPool2d, pack_signs, unpack_signs
+from .learning import STiDiBP
+from .network import Network, encode
+
+__all__ = [
+    "PSP",
+    "Conv2d",
+    "MaxPool2d",
+    "Dense",
+    "Network",
+    "STiDiBP",
+    "encode",
+    "pack_signs",
+    "unpack_signs",
+]

@@ -1,0 +1,109 @@
+"""The STiDi-BP learning rule (docs/algorithm.md §5)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import reference
+from .layers import Dense, _positive_float
+from .network import Network, _check_labels, _check_times
+
+__all__ = ["STiDiBP"]
+
+
+def _per_layer(name: str, value, n: int, allow_zero: bool) -> list[float]:
+    values = list(value) if isinstance(value, Sequence) else [value] * n
+    if len(values) != n:
+        raise ValueError(f"{name} needs one value per spiking layer ({n}), got {len(values)}")
+    out = []
+    for v in values:
+        v = float(v)
+        if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+            raise ValueError(f"{name} values must be finite and {'>= 0' if allow_zero else '> 0'}, got {v}")
+        out.append(v)
+    return out
+
+
+class STiDiBP:
+    """Spike-time-displacement backpropagation for a :class:`Network`.
+
+    Parameters
+    ----------
+    network : the network to train (its last layer must be ``Dense``).
+    lr : learning rate, one value or one per spiking layer.
+    gamma : target margin of the output layer (in time units).
+    beta : displacement scale, one value or one per spiking layer.
+    normalize : divide every layer's errors by their L2 norm (per sample).
+    weight_decay : L2 decay ``λ`` (the step subtracts ``lr * λ * w``).
+    conv_reduce : ``"sum"`` or ``"mean"`` of a shared conv weight's updates over positions.
+    """
+
+    def __init__(
+        self,
+        network: Network,
+        lr: float | Sequence[float] = 1.0,
+        gamma: float = 3.0,
+        beta: float | Sequence[float] = 1.0,
+        normalize: bool = True,
+        weight_decay: float = 0.0,
+        conv_reduce: str = "sum",
+    ):
+        if not isinstance(network, Network):
+            raise ValueError(f"STiDiBP needs a stidi_rs.Network, got {type(network).__name__}")
+        if not isinstance(network.layers[-1], Dense):
+            raise ValueError("STiDiBP needs a Dense output layer (one neuron per class)")
+        n = len(network.spiking_layers)
+        self.network = network
+        self.lr = _per_layer("lr", lr, n, allow_zero=True)
+        self.beta = _per_layer("beta", beta, n, allow_zero=True)
+        self.gamma = _positive_float("gamma", gamma)
+        self.normalize = bool(normalize)
+        self.weight_decay = float(weight_decay)
+        if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be finite and >= 0, got {weight_decay}")
+        if conv_reduce not in ("sum", "mean"):
+            raise ValueError(f"conv_reduce must be 'sum' or 'mean', got {conv_reduce!r}")
+        self.conv_reduce = conv_reduce
+
+    def step(self, times, labels) -> dict:
+        """Apply one update from a batch (the per-sample updates are averaged).
+
+        Returns statistics of the forward pass the update came from: ``loss``
+        (mean over the batch of ``½ Σ e²`` of the output layer), ``accuracy``,
+        ``predictions``, ``cases`` (see ``Network.predict``) and ``fired``
+        (per layer, the mean fraction of neurons that spiked).
+        """
+        net = self.network
+        t = _check_times(times, net.input_shape, net.tmax)
+        y = _check_labels(labels, len(t), net.n_classes)
+        if len(t) == 0:
+            raise ValueError("step needs a non-empty batch")
+        if net.backend == "rust":
+            weights, packed = net._params()
+            stats = net._engine.train_step(
+                weights, packed, t.reshape(len(t), -1), y, self.lr, self.gamma, self.beta,
+                self.normalize, self.weight_decay, self.conv_reduce,
+            )
+            pred, cases = np.asarray(stats["predictions"]), np.asarray(stats["cases"])
+            loss, fired = float(stats["loss"]), [float(f) for f in stats["fired"]]
+        else:
+            deltas, (times_out, v_end), e_out = reference.updates(
+                net.layers, t, y, net.psp, net.tmax, self.lr, self.gamma, self.beta,
+                self.normalize, self.weight_decay, self.conv_reduce,
+            )
+            for layer, delta in zip(net.layers, deltas):
+                if delta is not None:
+                    layer.weight = layer._weight + delta
+            pred, cases = reference.decide(times_out[-1], v_end, net.tmax)
+            loss = float(0.5 * (e_out**2).sum(axis=1).mean())
+            fired = [float((x < net.tmax).reshape(len(x), -1).mean()) for x in times_out]
+        return {
+            "loss": loss,
+            "accuracy": float((pred == y).mean()),
+            "predictions": pred,
+            "cases": cases,
+            "fired": fired,
+        }

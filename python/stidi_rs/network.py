@@ -1,0 +1,204 @@
+"""Networks of spiking layers, input encoding and input validation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import reference
+from .layers import PSP, Conv2d, Dense, MaxPool2d, _positive_float
+
+__all__ = ["Network", "encode", "BACKENDS"]
+
+BACKENDS = ("rust", "numpy")
+
+
+def encode(images, tmax: float = 256.0, max_value: float = 255.0) -> np.ndarray:
+    """Latency-encode intensities: ``x`` fires once at ``tmax * (1 - x / max_value)``.
+
+    ``images`` is any real array with values in ``[0, max_value]`` (uint8 images
+    with the default ``max_value=255``); returns float64 spike times of the same
+    shape, where ``tmax`` means "no spike".
+    """
+    tmax = _positive_float("tmax", tmax)
+    max_value = _positive_float("max_value", max_value)
+    x = np.asarray(images)
+    if x.dtype == bool or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise ValueError(f"images must be a real numeric array, got dtype {x.dtype}")
+    if x.size and np.isnan(x).any():
+        raise ValueError("images contain NaN")
+    if x.size and (x.min() < 0 or x.max() > max_value):
+        raise ValueError(
+            f"image values must lie in [0, {max_value:g}], got [{x.min()}, {x.max()}]"
+            + ("; pass max_value=1.0 for images scaled to [0, 1]" if x.max() <= 1 else "")
+        )
+    return reference.encode(x, tmax, max_value)
+
+
+def _check_times(times, shape, tmax: float) -> np.ndarray:
+    t = np.asarray(times)
+    if t.dtype == bool or not (np.issubdtype(t.dtype, np.integer) or np.issubdtype(t.dtype, np.floating)):
+        raise ValueError(f"spike times must be a real numeric array, got dtype {t.dtype}")
+    if t.ndim != len(shape) + 1 or tuple(t.shape[1:]) != tuple(shape):
+        raise ValueError(
+            f"spike times must have shape (batch, {', '.join(map(str, shape))}), got {t.shape}"
+        )
+    t = np.ascontiguousarray(t, dtype=np.float64)
+    if t.size:
+        bad = ~((t >= 0) & (t <= tmax))  # also catches NaN
+        if bad.any():
+            idx = np.unravel_index(np.argmax(bad), t.shape)
+            raise ValueError(
+                f"spike times must lie in [0, tmax={tmax:g}] (NaN not allowed); "
+                f"found {t[idx]} at index {tuple(int(i) for i in idx)}"
+            )
+    return t
+
+
+def _check_labels(labels, batch: int, n_classes: int) -> np.ndarray:
+    y = np.asarray(labels)
+    if not np.issubdtype(y.dtype, np.integer) or y.dtype == bool:
+        raise ValueError(f"labels must be integers, got dtype {y.dtype}")
+    if y.shape != (batch,):
+        raise ValueError(f"labels must have shape ({batch},), got {y.shape}")
+    if batch and (y.min() < 0 or y.max() >= n_classes):
+        raise ValueError(f"labels must lie in [0, {n_classes - 1}], got [{y.min()}, {y.max()}]")
+    return np.ascontiguousarray(y, dtype=np.int64)
+
+
+class Network:
+    """A feed-forward stack of ``Conv2d``, ``MaxPool2d`` and ``Dense`` layers.
+
+    Parameters
+    ----------
+    layers : sequence of layers, the last one usually a ``Dense`` with one neuron per class.
+    input_shape : ``(C, H, W)`` for images, or ``(N,)`` for a flat input.
+    tmax : end of the time window; a spike at ``tmax`` means "no spike".
+    psp : the postsynaptic potential kernel, default ``PSP(40.0)`` (never falls).
+    seed : seeds the weight initialisation.
+    backend : ``"rust"`` (multithreaded engine) or ``"numpy"`` (the reference).
+    """
+
+    def __init__(
+        self,
+        layers: Sequence,
+        input_shape: Sequence[int],
+        tmax: float = 256.0,
+        psp: PSP | None = None,
+        seed: int | None = 0,
+        backend: str = "rust",
+    ):
+        self.layers = list(layers)
+        if not self.layers:
+            raise ValueError("a Network needs at least one layer")
+        for layer in self.layers:
+            if not isinstance(layer, (Conv2d, MaxPool2d, Dense)):
+                raise ValueError(f"unsupported layer {layer!r}: use Conv2d, MaxPool2d or Dense")
+        if len({id(layer) for layer in self.layers}) != len(self.layers):
+            raise ValueError("the same layer object appears twice in the Network")
+        shape = tuple(int(s) for s in input_shape)
+        if len(shape) not in (1, 3) or min(shape) <= 0:
+            raise ValueError(f"input_shape must be (C, H, W) or (N,) with positive sizes, got {shape}")
+        self.input_shape = shape
+        self.tmax = _positive_float("tmax", tmax)
+        self.psp = PSP(40.0) if psp is None else psp
+        if not isinstance(self.psp, PSP):
+            raise ValueError(f"psp must be a stidi_rs.PSP, got {psp!r}")
+        self.output_shapes = []
+        for i, layer in enumerate(self.layers):
+            try:
+                shape = layer.output_shape(shape)
+            except ValueError as err:
+                raise ValueError(f"layer {i} ({layer!r}): {err}") from None
+            self.output_shapes.append(shape)
+        self.seed = seed
+        rng = np.random.default_rng(seed)
+        for layer in self.spiking_layers:
+            layer.reset_parameters(rng)
+        self._engine = None
+        self.backend = backend
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, name: str) -> None:
+        if name not in BACKENDS:
+            raise ValueError(f"unknown backend {name!r}: choose one of {BACKENDS}")
+        if name == "rust" and self._engine is None:
+            from . import _core
+
+            self._engine = _core.Engine(
+                [_layer_spec(layer) for layer in self.layers],
+                list(self.input_shape),
+                self.psp.tau_rise,
+                self.psp.tau_fall,
+                self.tmax,
+            )
+        self._backend = name
+
+    @property
+    def spiking_layers(self) -> list:
+        return [layer for layer in self.layers if not isinstance(layer, MaxPool2d)]
+
+    @property
+    def n_classes(self) -> int:
+        return math.prod(self.output_shapes[-1])
+
+    def _params(self):
+        weights = [getattr(layer, "_weight", None) for layer in self.layers]
+        packed = [getattr(layer, "_packed", None) for layer in self.layers]
+        return weights, packed
+
+    def _forward(self, t: np.ndarray):
+        if self.backend == "numpy":
+            return reference.forward(self.layers, t, self.psp, self.tmax)
+        weights, packed = self._params()
+        flat, v_end = self._engine.forward(weights, packed, t.reshape(len(t), -1))
+        times = [f.reshape(len(t), *s) for f, s in zip(flat, self.output_shapes)]
+        return times, (v_end if isinstance(self.layers[-1], Dense) else None)
+
+    def forward(self, times) -> list[np.ndarray]:
+        """Spike times of every layer, each shaped ``(batch, *layer_output_shape)``."""
+        t = _check_times(times, self.input_shape, self.tmax)
+        return self._forward(t)[0]
+
+    def predict(self, times, return_cases: bool = False, batch_size: int = 1024):
+        """Predicted class per sample: the first output spike (rule in docs/algorithm.md §4).
+
+        With ``return_cases`` also returns, per sample, how it was decided:
+        0 = unique first spike, 1 = tie broken by ``V(tmax)``, 2 = no output spike.
+        """
+        if not isinstance(self.layers[-1], Dense):
+            raise ValueError("predict needs a Dense output layer")
+        t = _check_times(times, self.input_shape, self.tmax)
+        batch_size = int(batch_size)
+        preds, cases = [], []
+        for lo in range(0, len(t), batch_size):
+            out, v_end = self._forward(t[lo : lo + batch_size])
+            p, c = reference.decide(out[-1], v_end, self.tmax)
+            preds.append(p)
+            cases.append(c)
+        pred = np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+        case = np.concatenate(cases) if cases else np.zeros(0, dtype=np.int64)
+        return (pred, case) if return_cases else pred
+
+    def __repr__(self):
+        body = ",\n  ".join(repr(layer) for layer in self.layers)
+        return (f"Network([\n  {body}\n], input_shape={self.input_shape}, tmax={self.tmax:g}, "
+                f"psp={self.psp}, backend={self.backend!r})")
+
+
+def _layer_spec(layer) -> dict:
+    if isinstance(layer, MaxPool2d):
+        return {"kind": "maxpool2d", "kernel_size": layer.kernel_size}
+    if isinstance(layer, Conv2d):
+        return {"kind": "conv2d", "in_channels": layer.in_channels,
+                "out_channels": layer.out_channels, "kernel_size": layer.kernel_size,
+                "threshold": layer.threshold, "binary": layer.binary}
+    return {"kind": "dense", "in_features": layer.in_features,
+            "out_features": layer.out_features, "threshold": layer.threshold,
+            "binary": layer.binary}

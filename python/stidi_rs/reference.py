@@ -1,0 +1,307 @@
+"""Readable NumPy reference of the maths in ``docs/algorithm.md``.
+
+This module is the oracle the Rust engine is tested against, so it favours
+clarity over speed: float64 throughout, vectorised over the batch, one function
+per equation of the contract. Section numbers (§) refer to ``docs/algorithm.md``.
+
+Spike times are arrays whose value ``tmax`` means "no spike". Every spiking
+layer is written in one "rows" form: ``t_in`` of shape ``(R, n)`` (one row per
+neuron group that shares inputs: a sample for Dense, a sample and position for
+Conv2d) against weights ``(m, n)``, giving ``(R, m)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "eps",
+    "deps",
+    "encode",
+    "spike_times",
+    "potential",
+    "unfold",
+    "fold",
+    "dense_forward",
+    "conv2d_forward",
+    "maxpool2d_forward",
+    "maxpool2d_route",
+    "decide",
+    "output_targets",
+    "normalise",
+    "layer_update",
+    "displacement",
+    "forward",
+    "updates",
+]
+
+# Rows of (events x outputs) floats handled at once by spike_times; bounds memory.
+_CHUNK_ELEMENTS = 1 << 23
+
+
+# §1 ---------------------------------------------------------------------------
+def encode(images: np.ndarray, tmax: float = 256.0, max_value: float = 255.0) -> np.ndarray:
+    """Latency code: intensity ``x`` fires at ``tmax * (1 - x / max_value)``."""
+    return tmax * (1.0 - np.asarray(images, dtype=np.float64) / max_value)
+
+
+# §2 ---------------------------------------------------------------------------
+def eps(s: np.ndarray, tau_rise: float, tau_fall: float) -> np.ndarray:
+    """Piecewise-linear PSP: rise over ``tau_rise`` to 1, fall over ``tau_fall`` to 0."""
+    s = np.asarray(s, dtype=np.float64)
+    rise = s / tau_rise
+    fall = (tau_rise + tau_fall - s) / tau_fall if np.isfinite(tau_fall) else np.ones_like(s)
+    return np.where(s <= 0, 0.0, np.where(s <= tau_rise, rise, np.maximum(fall, 0.0)))
+
+
+def deps(s: np.ndarray, tau_rise: float, tau_fall: float) -> np.ndarray:
+    """Slope of ``eps``, taking the left segment's value at a breakpoint."""
+    s = np.asarray(s, dtype=np.float64)
+    fall = -1.0 / tau_fall  # -0.0 when tau_fall is infinite
+    out = np.where((s > 0) & (s <= tau_rise), 1.0 / tau_rise, 0.0)
+    return np.where((s > tau_rise) & (s <= tau_rise + tau_fall), fall, out)
+
+
+# §3 ---------------------------------------------------------------------------
+def _breakpoints(t_in: np.ndarray, w: np.ndarray, tau_rise: float, tau_fall: float):
+    """Breakpoint times ``(R, E)`` and the slope change each one brings ``(E, m)``."""
+    times = [t_in, t_in + tau_rise]
+    slopes = [w.T / tau_rise, -w.T / tau_rise - w.T / tau_fall]
+    if np.isfinite(tau_fall):
+        times.append(t_in + tau_rise + tau_fall)
+        slopes.append(w.T / tau_fall)
+    return np.concatenate(times, axis=1), np.concatenate(slopes, axis=0)
+
+
+def spike_times(
+    t_in: np.ndarray,
+    w: np.ndarray,
+    threshold: float,
+    tau_rise: float,
+    tau_fall: float,
+    tmax: float,
+) -> np.ndarray:
+    """Exact first threshold crossing of ``V_j(t) = sum_i w_ji eps(t - t_i)``.
+
+    ``t_in`` is ``(R, n)``, ``w`` is ``(m, n)``; returns ``(R, m)``.
+    """
+    t_in = np.asarray(t_in, dtype=np.float64)
+    rows, _ = t_in.shape
+    m = w.shape[0]
+    b_all, d_slope = _breakpoints(t_in, w, tau_rise, tau_fall)
+    # Inputs at tmax (and breakpoints past it) only act at tmax, where nothing counts.
+    b_all = np.minimum(b_all, tmax)
+    out = np.empty((rows, m))
+    step = max(1, _CHUNK_ELEMENTS // max(1, b_all.shape[1] * m))
+    for lo in range(0, rows, step):
+        b = b_all[lo : lo + step]
+        order = np.argsort(b, axis=1, kind="stable")
+        b = np.take_along_axis(b, order, axis=1)  # (r, E) sorted breakpoints
+        slope = np.cumsum(d_slope[order], axis=1)  # (r, E, m): slope after each breakpoint
+        seg = np.diff(b, axis=1, append=tmax)  # segment k runs from b_k to b_{k+1} (or tmax)
+        v_end = np.cumsum(slope * seg[:, :, None], axis=1)  # V at the end of each segment
+        v_start = v_end - slope * seg[:, :, None]
+        crossed = v_end >= threshold
+        fires = crossed.any(axis=1)  # (r, m)
+        k = np.argmax(crossed, axis=1)  # first segment that reaches threshold
+        v0 = np.take_along_axis(v_start, k[:, None, :], axis=1)[:, 0, :]
+        s0 = np.take_along_axis(slope, k[:, None, :], axis=1)[:, 0, :]
+        b0 = np.take_along_axis(b, k, axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = b0 + (threshold - v0) / s0
+        out[lo : lo + step] = np.where(fires, np.minimum(t, tmax), tmax)
+    return out
+
+
+def potential(t_in: np.ndarray, w: np.ndarray, t: float, tau_rise: float, tau_fall: float):
+    """``V_j(t)`` for every row and neuron: ``(R, n), (m, n) -> (R, m)``."""
+    return eps(t - np.asarray(t_in, dtype=np.float64), tau_rise, tau_fall) @ w.T
+
+
+# §3 layers --------------------------------------------------------------------
+def unfold(x: np.ndarray, k: int) -> np.ndarray:
+    """Receptive fields: ``(B, C, H, W) -> (B, Ho, Wo, C*k*k)`` in weight order."""
+    win = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))  # B,C,Ho,Wo,k,k
+    b, c, ho, wo = win.shape[:4]
+    return win.transpose(0, 2, 3, 1, 4, 5).reshape(b, ho, wo, c * k * k)
+
+
+def fold(patches: np.ndarray, channels: int, k: int) -> np.ndarray:
+    """Adjoint of ``unfold``: sum ``(B, Ho, Wo, C*k*k)`` back onto ``(B, C, H, W)``."""
+    b, ho, wo, _ = patches.shape
+    p = patches.reshape(b, ho, wo, channels, k, k)
+    out = np.zeros((b, channels, ho + k - 1, wo + k - 1))
+    for ky in range(k):
+        for kx in range(k):
+            out[:, :, ky : ky + ho, kx : kx + wo] += p[:, :, :, :, ky, kx].transpose(0, 3, 1, 2)
+    return out
+
+
+def dense_forward(t_in, w, threshold, psp, tmax):
+    """Dense layer: ``(B, n) -> (B, m)``."""
+    return spike_times(t_in, w, threshold, psp.tau_rise, psp.tau_fall, tmax)
+
+
+def conv2d_forward(t_in, w, threshold, psp, tmax):
+    """Conv2d, stride 1, no padding: ``(B, C, H, W) -> (B, C_out, Ho, Wo)``."""
+    c_out, _, k, _ = w.shape
+    patches = unfold(t_in, k)
+    b, ho, wo, n = patches.shape
+    t = spike_times(patches.reshape(-1, n), w.reshape(c_out, n), threshold, psp.tau_rise,
+                    psp.tau_fall, tmax)
+    return t.reshape(b, ho, wo, c_out).transpose(0, 3, 1, 2)
+
+
+def _windows(x: np.ndarray, p: int) -> np.ndarray:
+    b, c, h, w = x.shape
+    hp, wp = h // p, w // p
+    x = x[:, :, : hp * p, : wp * p].reshape(b, c, hp, p, wp, p)
+    return x.transpose(0, 1, 2, 4, 3, 5).reshape(b, c, hp, wp, p * p)
+
+
+def maxpool2d_forward(t_in: np.ndarray, p: int):
+    """Earliest spike of each ``p x p`` window, and the window index of the winner."""
+    win = _windows(t_in, p)
+    return win.min(axis=-1), win.argmin(axis=-1)  # argmin: first minimum, row-major
+
+
+def maxpool2d_route(e_out: np.ndarray, winner: np.ndarray, in_shape, k: int) -> np.ndarray:
+    """Send each pooled neuron's error to its ``k x k`` window's winner (others get 0)."""
+    b, c, hp, wp = e_out.shape
+    h, w = in_shape[-2:]
+    e_win = np.zeros((b, c, hp, wp, k * k))
+    np.put_along_axis(e_win, winner[..., None], e_out[..., None], axis=-1)
+    e_in = np.zeros((b, c, h, w))
+    e_in[:, :, : hp * k, : wp * k] = (
+        e_win.reshape(b, c, hp, wp, k, k).transpose(0, 1, 2, 4, 3, 5).reshape(b, c, hp * k, wp * k)
+    )
+    return e_in
+
+
+# §4 ---------------------------------------------------------------------------
+def decide(t_out: np.ndarray, v_end: np.ndarray, tmax: float):
+    """First spike wins; ties (and no spike) go to the largest ``V(T)``, then lowest index.
+
+    Returns ``(predictions, cases)`` with cases 0 = unique first spike, 1 = tie,
+    2 = no output spike.
+    """
+    t_min = t_out.min(axis=1, keepdims=True)
+    tied = t_out == t_min
+    # argmax returns the lowest index among equal maxima.
+    pred = np.argmax(np.where(tied, v_end, -np.inf), axis=1)
+    cases = np.where(t_min[:, 0] >= tmax, 2, np.where(tied.sum(axis=1) == 1, 0, 1))
+    return pred, cases
+
+
+# §5 ---------------------------------------------------------------------------
+def output_targets(t_out: np.ndarray, labels: np.ndarray, gamma: float, tmax: float):
+    """Relative targets of the output layer (S4NN family)."""
+    rows = np.arange(len(labels))
+    t_min = t_out.min(axis=1, keepdims=True)
+    target = np.where(t_out - t_min < gamma, np.minimum(t_min + gamma, tmax), t_out)
+    target[rows, labels] = t_min[:, 0]
+    silent = t_min[:, 0] >= tmax
+    target[silent] = tmax
+    target[rows[silent], labels[silent]] = tmax - gamma
+    return target
+
+
+def normalise(e: np.ndarray) -> np.ndarray:
+    """Divide each sample's errors by their L2 norm (a zero vector stays zero)."""
+    flat = e.reshape(len(e), -1)
+    norm = np.linalg.norm(flat, axis=1, keepdims=True)
+    return (flat / np.where(norm > 0, norm, 1.0)).reshape(e.shape)
+
+
+def layer_update(t_in, t_out, e, threshold, psp, tmax):
+    """``sum_rows -e_j (t_j/theta) eps(t_j - t_i) / T`` for rows ``(R, n), (R, m), (R, m)``.
+
+    Returns ``(m, n)`` before the learning rate, summed over rows.
+    The causal mask ``t_i < t_j`` is built into ``eps`` (zero for ``s <= 0``).
+    """
+    factor = e * t_out / threshold  # (R, m)
+    k = eps(t_out[:, :, None] - t_in[:, None, :], psp.tau_rise, psp.tau_fall)  # (R, m, n)
+    return -np.einsum("rm,rmn->mn", factor, k) / tmax
+
+
+def displacement(t_in, t_out, e, w_fwd, threshold, psp, beta):
+    """``d_i = beta sum_j e_j (t_j/theta) w_ji eps'(t_j - t_i)`` for rows: ``(R, n)``."""
+    factor = e * t_out / threshold
+    k = deps(t_out[:, :, None] - t_in[:, None, :], psp.tau_rise, psp.tau_fall)
+    return beta * np.einsum("rm,mn,rmn->rn", factor, w_fwd, k)
+
+
+# Network level ----------------------------------------------------------------
+def _forward_weight(layer) -> np.ndarray:
+    w = np.asarray(layer.weight, dtype=np.float64)
+    return np.where(w >= 0, 1.0, -1.0) if layer.binary else w
+
+
+def forward(layers, t_in: np.ndarray, psp, tmax: float):
+    """Spike times of every layer, and ``V(T)`` of the last layer (if it is Dense)."""
+    times, x = [], t_in
+    for layer in layers:
+        if layer.kind == "maxpool2d":
+            x = maxpool2d_forward(x, layer.kernel_size)[0]
+        else:
+            w = _forward_weight(layer)
+            if layer.kind == "conv2d":
+                x = conv2d_forward(x, w, layer.threshold, psp, tmax)
+            else:
+                x = dense_forward(x.reshape(len(x), -1), w, layer.threshold, psp, tmax)
+        times.append(x)
+    last = layers[-1]
+    v_end = None
+    if last.kind == "dense":
+        prev = times[-2] if len(times) > 1 else t_in
+        v_end = potential(prev.reshape(len(prev), -1), _forward_weight(last), tmax,
+                          psp.tau_rise, psp.tau_fall)
+    return times, v_end
+
+
+def updates(layers, t_in, labels, psp, tmax, lr, gamma, beta, normalize, weight_decay,
+            conv_reduce="sum"):
+    """One STiDi-BP step: the weight change of every layer (``None`` for pooling).
+
+    ``lr`` and ``beta`` hold one value per spiking layer. Also returns the forward
+    pass ``(times, v_end)`` the step was computed from and the output errors.
+    """
+    times, v_end = forward(layers, t_in, psp, tmax)
+    batch = len(t_in)
+    inputs = [t_in, *times[:-1]]
+    spiking = [i for i, layer in enumerate(layers) if layer.kind != "maxpool2d"]
+    deltas: list = [None] * len(layers)
+    e_out = (output_targets(times[-1], labels, gamma, tmax) - times[-1]) / tmax
+    e = e_out
+    for li in reversed(range(len(layers))):
+        layer, x, y = layers[li], inputs[li], times[li]
+        if layer.kind == "maxpool2d":
+            e = maxpool2d_route(e, maxpool2d_forward(x, layer.kernel_size)[1], x.shape,
+                                layer.kernel_size)
+            continue
+        s = spiking.index(li)
+        e_hat = normalise(e) if normalize else e
+        w = np.asarray(layer.weight, dtype=np.float64)
+        if layer.kind == "conv2d":
+            c_out, c_in, k, _ = w.shape
+            rows_in = unfold(x, k).reshape(-1, c_in * k * k)
+            rows_out = y.transpose(0, 2, 3, 1).reshape(-1, c_out)
+            rows_e = e_hat.transpose(0, 2, 3, 1).reshape(-1, c_out)
+            grad = layer_update(rows_in, rows_out, rows_e, layer.threshold, psp, tmax)
+            if conv_reduce == "mean":
+                grad /= y.shape[2] * y.shape[3]
+            grad = grad.reshape(w.shape)
+        else:
+            rows_in, rows_out, rows_e = x.reshape(batch, -1), y, e_hat
+            grad = layer_update(rows_in, rows_out, rows_e, layer.threshold, psp, tmax)
+        deltas[li] = lr[s] * (grad / batch - weight_decay * w)
+        if s == 0:
+            break
+        w_fwd = _forward_weight(layer).reshape(len(w), -1)
+        d = displacement(rows_in, rows_out, rows_e, w_fwd, layer.threshold, psp, beta[s])
+        if layer.kind == "conv2d":
+            ho, wo = y.shape[2:]
+            d = fold(d.reshape(batch, ho, wo, -1), x.shape[1], k)
+        d = d.reshape(x.shape)
+        e = (np.clip(x + tmax * d, 0.0, tmax) - x) / tmax
+    return deltas, (times, v_end), e_out

@@ -1,0 +1,312 @@
+//! Event-driven forward kernels (contract §3).
+//!
+//! Every spiking layer is swept over the sorted breakpoints of its inputs,
+//! keeping `(V, slope)` per neuron. Output neurons are grouped by *position*
+//! (one position for Dense, `Ho*Wo` for Conv2d): all output channels at a
+//! position share their inputs, hence their breakpoints, so their state lives
+//! contiguously and is advanced together.
+
+use crate::bits::{sign_bit, words_per_row};
+use crate::psp::Psp;
+
+/// One breakpoint of one input: `kind` 0 = rise, 1 = fall, 2 = end of fall.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Event {
+    pub t: f64,
+    pub src: usize,
+    pub kind: usize,
+}
+
+/// Sorted breakpoints before `tmax` of the inputs that spike (`t < tmax`).
+pub(crate) fn build_events(x: &[f64], psp: &Psp, tmax: f64, events: &mut Vec<Event>) {
+    events.clear();
+    for (src, &t) in x.iter().enumerate() {
+        if t >= tmax {
+            continue;
+        }
+        events.push(Event { t, src, kind: 0 });
+        // Breakpoints at or after tmax cannot change V on [0, tmax); with τ2 = ∞
+        // the end breakpoint is +∞ and is dropped here.
+        let t1 = t + psp.tau_rise;
+        if t1 < tmax {
+            events.push(Event { t: t1, src, kind: 1 });
+            let t2 = t1 + psp.tau_fall;
+            if t2 < tmax {
+                events.push(Event { t: t2, src, kind: 2 });
+            }
+        }
+    }
+    // A total order keeps the summation order, hence the rounding, reproducible.
+    events.sort_unstable_by(|a, b| {
+        a.t.total_cmp(&b.t)
+            .then(a.src.cmp(&b.src))
+            .then(a.kind.cmp(&b.kind))
+    });
+}
+
+/// Forward weights as rows over inputs (kernel positions), contiguous over the
+/// output channels: the transpose of PyTorch's `(out, rows)` layout.
+pub(crate) enum RowWeights<'a> {
+    Real { wt: Vec<f64>, out: usize },
+    Bits { packed: &'a [u64], wpr: usize, out: usize },
+}
+
+impl<'a> RowWeights<'a> {
+    /// Transposes a real `(out, rows)` weight once per call.
+    pub fn real(weight: &[f64], out: usize, rows: usize) -> Self {
+        let mut wt = vec![0.0; weight.len()];
+        for (j, row) in weight.chunks_exact(rows.max(1)).enumerate() {
+            for (r, &w) in row.iter().enumerate() {
+                wt[r * out + j] = w;
+            }
+        }
+        RowWeights::Real { wt, out }
+    }
+
+    /// Packed signs already are row-major over inputs, so they are used as is.
+    pub fn bits(packed: &'a [u64], out: usize) -> Self {
+        RowWeights::Bits {
+            packed,
+            wpr: words_per_row(out),
+            out,
+        }
+    }
+
+    /// `dst[j] += scale * w[j, row]` for every output `j`.
+    #[inline]
+    pub fn axpy(&self, row: usize, scale: f64, dst: &mut [f64]) {
+        match self {
+            RowWeights::Real { wt, out } => {
+                let w = &wt[row * out..(row + 1) * out];
+                for (d, &w) in dst.iter_mut().zip(w) {
+                    *d += scale * w;
+                }
+            }
+            RowWeights::Bits { packed, wpr, out } => {
+                let words = &packed[row * wpr..(row + 1) * wpr];
+                for (chunk, &word) in dst[..*out].chunks_mut(64).zip(words) {
+                    for (b, d) in chunk.iter_mut().enumerate() {
+                        // scale * ±1: bit-identical to a real layer holding sign(w).
+                        *d += scale * sign_bit(word, b);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Per-neuron sweep state, position-major: neuron `p * out + j`.
+struct Sweep {
+    v: Vec<f64>,
+    slope: Vec<f64>,
+    /// Time up to which each position's `V` is current.
+    last: Vec<f64>,
+    /// Neurons of each position that have not fired yet.
+    alive: Vec<usize>,
+    /// Spike times, `tmax` until fired.
+    times: Vec<f64>,
+    remaining: usize,
+    out: usize,
+    theta: f64,
+    tmax: f64,
+}
+
+impl Sweep {
+    fn new(positions: usize, out: usize, theta: f64, tmax: f64) -> Self {
+        let n = positions * out;
+        Sweep {
+            v: vec![0.0; n],
+            slope: vec![0.0; n],
+            last: vec![0.0; positions],
+            alive: vec![out; positions],
+            times: vec![tmax; n],
+            remaining: n,
+            out,
+            theta,
+            tmax,
+        }
+    }
+
+    /// Moves position `p` to time `t`, recording the neurons that cross θ on
+    /// the way. `V` is linear since `last[p]`, so checking the end suffices.
+    #[inline]
+    fn advance(&mut self, p: usize, t: f64) {
+        let t0 = self.last[p];
+        let dt = t - t0;
+        if dt <= 0.0 {
+            return;
+        }
+        let (theta, tmax) = (self.theta, self.tmax);
+        let range = p * self.out..(p + 1) * self.out;
+        let mut fired = 0;
+        for ((v, &s), tj) in self.v[range.clone()]
+            .iter_mut()
+            .zip(&self.slope[range.clone()])
+            .zip(&mut self.times[range])
+        {
+            if *tj < tmax {
+                continue;
+            }
+            let v0 = *v;
+            let v1 = v0 + s * dt;
+            if v1 >= theta {
+                // v0 < θ <= v1 implies s > 0. Clamp rounding into the segment; a
+                // crossing at tmax is no spike.
+                let tc = (t0 + (theta - v0) / s).min(t);
+                if tc < tmax {
+                    *tj = tc;
+                    fired += 1;
+                }
+            }
+            *v = v1;
+        }
+        self.last[p] = t;
+        self.alive[p] -= fired;
+        self.remaining -= fired;
+    }
+}
+
+/// Spike times of a Dense layer: one position, every event touches every neuron.
+pub(crate) fn dense_times(
+    events: &[Event],
+    w: &RowWeights,
+    steps: &[f64; 3],
+    out: usize,
+    theta: f64,
+    tmax: f64,
+) -> Vec<f64> {
+    let mut st = Sweep::new(1, out, theta, tmax);
+    for ev in events {
+        st.advance(0, ev.t);
+        if st.remaining == 0 {
+            return st.times;
+        }
+        w.axpy(ev.src, steps[ev.kind], &mut st.slope);
+    }
+    st.advance(0, tmax);
+    st.times
+}
+
+/// Geometry of a Conv2d layer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConvGeom {
+    pub cin: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cout: usize,
+    pub k: usize,
+    pub ho: usize,
+    pub wo: usize,
+}
+
+impl ConvGeom {
+    pub fn rows(&self) -> usize {
+        self.cin * self.k * self.k
+    }
+    pub fn positions(&self) -> usize {
+        self.ho * self.wo
+    }
+}
+
+/// Spike times of a Conv2d layer in `(cout, ho, wo)` order. An input event only
+/// touches the output positions whose receptive field holds it.
+pub(crate) fn conv_times(
+    events: &[Event],
+    g: &ConvGeom,
+    w: &RowWeights,
+    steps: &[f64; 3],
+    theta: f64,
+    tmax: f64,
+) -> Vec<f64> {
+    let k = g.k;
+    let mut st = Sweep::new(g.positions(), g.cout, theta, tmax);
+    for ev in events {
+        let (c, y, x) = (ev.src / (g.h * g.w), (ev.src / g.w) % g.h, ev.src % g.w);
+        for oy in y.saturating_sub(k - 1)..=y.min(g.ho - 1) {
+            for ox in x.saturating_sub(k - 1)..=x.min(g.wo - 1) {
+                let p = oy * g.wo + ox;
+                if st.alive[p] == 0 {
+                    continue;
+                }
+                st.advance(p, ev.t);
+                if st.alive[p] == 0 {
+                    continue;
+                }
+                let row = c * k * k + (y - oy) * k + (x - ox);
+                w.axpy(row, steps[ev.kind], &mut st.slope[p * g.cout..(p + 1) * g.cout]);
+            }
+        }
+        if st.remaining == 0 {
+            break;
+        }
+    }
+    let positions = g.positions();
+    for p in 0..positions {
+        if st.alive[p] > 0 {
+            st.advance(p, tmax);
+        }
+    }
+    let mut out = vec![tmax; st.times.len()];
+    for (p, ts) in st.times.chunks_exact(g.cout).enumerate() {
+        for (o, &t) in ts.iter().enumerate() {
+            out[o * positions + p] = t;
+        }
+    }
+    out
+}
+
+/// `V_j(tmax) = Σ_i w̃_ji ε(tmax − t_i)` by the direct formula, summed in input order.
+pub(crate) fn potential_at(x: &[f64], w: &RowWeights, out: usize, psp: &Psp, tmax: f64) -> Vec<f64> {
+    let mut v = vec![0.0; out];
+    for (i, &t) in x.iter().enumerate() {
+        if t < tmax {
+            let e = psp.eps(tmax - t);
+            if e != 0.0 {
+                w.axpy(i, e, &mut v);
+            }
+        }
+    }
+    v
+}
+
+/// Pool geometry: `c` channels of `h x w`, window `p`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PoolGeom {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub p: usize,
+    pub ho: usize,
+    pub wo: usize,
+}
+
+impl PoolGeom {
+    /// Index into the input of the window's first minimum in row-major order.
+    #[inline]
+    pub fn winner(&self, x: &[f64], c: usize, py: usize, px: usize) -> usize {
+        let base = c * self.h * self.w;
+        let mut best = base + py * self.p * self.w + px * self.p;
+        for dy in 0..self.p {
+            let row = base + (py * self.p + dy) * self.w + px * self.p;
+            for i in row..row + self.p {
+                if x[i] < x[best] {
+                    best = i;
+                }
+            }
+        }
+        best
+    }
+}
+
+/// Earliest spike of each window, `(c, ho, wo)` order.
+pub(crate) fn pool_times(x: &[f64], g: &PoolGeom) -> Vec<f64> {
+    let mut out = Vec::with_capacity(g.c * g.ho * g.wo);
+    for c in 0..g.c {
+        for py in 0..g.ho {
+            for px in 0..g.wo {
+                out.push(x[g.winner(x, c, py, px)]);
+            }
+        }
+    }
+    out
+}

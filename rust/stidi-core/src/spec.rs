@@ -1,0 +1,100 @@
+/// One layer of a [`crate::Network`], in PyTorch's conventions.
+#[derive(Clone, Debug)]
+pub enum LayerSpec {
+    /// Stride 1, no padding; weight `(out_channels, in_channels, k, k)`.
+    Conv2d {
+        in_channels: usize,
+        out_channels: usize,
+        kernel_size: usize,
+        threshold: f64,
+        binary: bool,
+    },
+    /// Window = stride = `kernel_size`, remainder dropped; earliest spike wins.
+    MaxPool2d { kernel_size: usize },
+    /// Weight `(out_features, in_features)`.
+    Dense {
+        in_features: usize,
+        out_features: usize,
+        threshold: f64,
+        binary: bool,
+    },
+}
+
+/// How a Conv2d reduces the per-position updates of a shared weight.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ConvReduce {
+    Sum,
+    Mean,
+}
+
+/// Hyper-parameters of one STiDi-BP step (contract §5).
+#[derive(Clone, Debug)]
+pub struct Hyper {
+    /// One per spiking (Conv2d/Dense) layer, in order.
+    pub lr: Vec<f64>,
+    /// Target margin γ of the output layer.
+    pub gamma: f64,
+    /// Displacement scale, one per spiking layer (the first one's is unused).
+    pub beta: Vec<f64>,
+    pub normalize: bool,
+    pub weight_decay: f64,
+    pub conv_reduce: ConvReduce,
+}
+
+/// Read-only parameters of one layer.
+///
+/// MaxPool2d: both empty. Real layers: `weight` in PyTorch layout, `packed` empty.
+/// Binary layers: `packed` holds the sign bits (see [`crate::bits`]); `weight` holds
+/// the real (latent) weights, which [`crate::Network::forward`] does not read and
+/// therefore also accepts empty.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LayerParams<'a> {
+    pub weight: &'a [f64],
+    pub packed: &'a [u64],
+}
+
+impl<'a> LayerParams<'a> {
+    pub fn pool() -> Self {
+        LayerParams::default()
+    }
+
+    pub fn real(weight: &'a [f64]) -> Self {
+        LayerParams { weight, packed: &[] }
+    }
+
+    pub fn binary(weight: &'a [f64], packed: &'a [u64]) -> Self {
+        LayerParams { weight, packed }
+    }
+}
+
+/// Mutable parameters of one layer, as [`LayerParams`]; binary layers need both.
+#[derive(Debug, Default)]
+pub struct LayerParamsMut<'a> {
+    pub weight: &'a mut [f64],
+    pub packed: &'a mut [u64],
+}
+
+impl<'a> LayerParamsMut<'a> {
+    pub fn pool() -> Self {
+        LayerParamsMut::default()
+    }
+
+    pub fn real(weight: &'a mut [f64]) -> Self {
+        LayerParamsMut {
+            weight,
+            packed: &mut [],
+        }
+    }
+
+    pub fn binary(weight: &'a mut [f64], packed: &'a mut [u64]) -> Self {
+        LayerParamsMut { weight, packed }
+    }
+
+    /// A read-only view.
+    pub fn as_params(&self) -> LayerParams<'_> {
+        LayerParams {
+            weight: self.weight,
+            packed: self.packed,
+        }
+    }
+}

@@ -1,0 +1,48 @@
+"""Shared test utilities: direct (non-swept) evaluation of the neuron model."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stidi_rs import reference as R
+
+
+def breakpoints(t_in: np.ndarray, tau_rise: float, tau_fall: float, tmax: float) -> np.ndarray:
+    """All PSP breakpoints of one row of inputs inside [0, tmax], plus tmax."""
+    active = t_in[t_in < tmax]
+    pts = [active, active + tau_rise, active + tau_rise + tau_fall, [tmax]]
+    b = np.concatenate([np.asarray(p, dtype=float) for p in pts])
+    return np.unique(b[np.isfinite(b) & (b <= tmax)])
+
+
+def v_direct(t_in_row, w, t, tau_rise, tau_fall, tmax):
+    """V_j(t) for every neuron, summing eps directly (inputs at tmax never act)."""
+    t_in_row = np.asarray(t_in_row, dtype=float)
+    k = R.eps(t - t_in_row, tau_rise, tau_fall) * (t_in_row < tmax)
+    return w @ k
+
+
+def tangent_margin(t_in: np.ndarray, w: np.ndarray, threshold, tau_rise, tau_fall, tmax):
+    """Smallest relative distance of V to threshold at any breakpoint, over all rows.
+
+    A near-zero margin marks inputs on which two correct engines may disagree about
+    *whether* a neuron fires (V touches theta within rounding).
+    """
+    scale = 1.0 + np.abs(w).sum(axis=1).max() + threshold
+    best = np.inf
+    for row in np.atleast_2d(t_in):
+        b = breakpoints(row, tau_rise, tau_fall, tmax)
+        v = np.stack([v_direct(row, w, x, tau_rise, tau_fall, tmax) for x in b])
+        best = min(best, float(np.abs(v - threshold).min()) / scale)
+    return best
+
+
+def toeplitz(w: np.ndarray, h: int, width: int) -> np.ndarray:
+    """Dense matrix of a stride-1 valid Conv2d over a (C, h, width) input, C order."""
+    c_out, c_in, k, _ = w.shape
+    ho, wo = h - k + 1, width - k + 1
+    big = np.zeros((c_out, ho, wo, c_in, h, width))
+    for y in range(ho):
+        for x in range(wo):
+            big[:, y, x, :, y : y + k, x : x + k] = w
+    return big.reshape(c_out * ho * wo, c_in * h * width)
