@@ -5,6 +5,7 @@ The Rust engine (``backend="rust"``, the default) and the NumPy reference
 described in ``docs/algorithm.md``.
 """
 
+from ._core import __version__, num_threads, set_num_threads
 from .layers import PSP, Conv2d, Dense, MaxPool2d, pack_signs, unpack_signs
 from .learning import STiDiBP
 from .network import Network, encode
@@ -19,4 +20,7 @@ __all__ = [
     "encode",
     "pack_signs",
     "unpack_signs",
+    "set_num_threads",
+    "num_threads",
+    "__version__",
 ]

@@ -37,16 +37,22 @@ pub fn try_pack_signs(weight: &[f64], out: usize, rows: usize) -> Result<Vec<u64
             weight.len()
         );
     }
+    let mut packed = vec![0u64; packed_words(out, rows)];
+    pack_into(weight, out, rows, &mut packed);
+    Ok(packed)
+}
+
+/// Packs into an existing buffer of `packed_words(out, rows)` words.
+pub(crate) fn pack_into(weight: &[f64], out: usize, rows: usize, packed: &mut [u64]) {
     let wpr = words_per_row(out);
-    let mut packed = vec![0u64; rows * wpr];
-    for (j, row) in weight.chunks_exact(rows.max(1)).enumerate().take(out) {
-        for (r, &w) in row.iter().enumerate() {
-            if w >= 0.0 {
+    packed.fill(0);
+    for j in 0..out {
+        for r in 0..rows {
+            if weight[j * rows + r] >= 0.0 {
                 packed[r * wpr + j / 64] |= 1u64 << (j % 64);
             }
         }
     }
-    Ok(packed)
 }
 
 /// Unpacks to `±1.0` in the `(out, rows)` weight layout. Panics if

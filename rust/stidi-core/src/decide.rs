@@ -40,7 +40,11 @@ fn pick(times: &[f64], v_end: &[f64]) -> (usize, usize, f64) {
         tied += 1;
         // A missing V(T) ranks lowest; strict `>` keeps the lowest index on ties.
         let v = v_end.get(k).copied().unwrap_or(f64::NEG_INFINITY);
-        if best.map_or(true, |(_, bv)| v > bv) {
+        let better = match best {
+            None => true,
+            Some((_, bv)) => v > bv,
+        };
+        if better {
             best = Some((k, v));
         }
     }

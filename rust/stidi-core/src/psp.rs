@@ -14,8 +14,8 @@ impl Psp {
         if !(tau_rise.is_finite() && tau_rise > 0.0) {
             return invalid!("tau_rise must be finite and > 0, got {tau_rise}");
         }
-        // `!(x > 0)` also rejects NaN; +inf is allowed.
-        if !(tau_fall > 0.0) {
+        // NaN fails the comparison; +inf is allowed.
+        if tau_fall.is_nan() || tau_fall <= 0.0 {
             return invalid!("tau_fall must be > 0 (inf allowed), got {tau_fall}");
         }
         Ok(Psp { tau_rise, tau_fall })

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
-use crate::error::{invalid, Result};
+use crate::error::{Error, Result};
 
 static POOL: Mutex<Option<Arc<ThreadPool>>> = Mutex::new(None);
 
@@ -19,7 +19,7 @@ pub(crate) fn build_pool(n: usize) -> Result<ThreadPool> {
         .num_threads(n)
         .thread_name(|i| format!("stidi-{i}"))
         .build()
-        .or_else(|e| invalid!("cannot build a thread pool of {n} threads: {e}"))
+        .map_err(|e| Error::Invalid(format!("cannot build a thread pool of {n} threads: {e}")))
 }
 
 /// The current pool, built with the default size on first use.

@@ -1,0 +1,43 @@
+"""Type stubs for the compiled engine (rust/stidi-py)."""
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+class Engine:
+    """An architecture compiled for the Rust engine; weights are passed per call."""
+
+    def __init__(
+        self,
+        layers: list[dict[str, Any]],
+        input_shape: list[int],
+        tau_rise: float,
+        tau_fall: float,
+        tmax: float,
+    ) -> None: ...
+    def forward(
+        self,
+        weights: list[npt.NDArray[np.float64] | None],
+        packed: list[npt.NDArray[np.uint64] | None],
+        times: npt.NDArray[np.float64],
+    ) -> tuple[list[npt.NDArray[np.float64]], npt.NDArray[np.float64]]: ...
+    def train_step(
+        self,
+        weights: list[npt.NDArray[np.float64] | None],
+        packed: list[npt.NDArray[np.uint64] | None],
+        times: npt.NDArray[np.float64],
+        labels: npt.NDArray[np.int64],
+        lr: list[float],
+        gamma: float,
+        beta: list[float],
+        normalize: bool,
+        weight_decay: float,
+        conv_reduce: str,
+    ) -> dict[str, Any]: ...
+
+def pack_signs(weight: npt.NDArray[np.float64]) -> npt.NDArray[np.uint64]: ...
+def set_num_threads(n: int) -> None: ...
+def num_threads() -> int: ...

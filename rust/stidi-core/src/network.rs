@@ -1,0 +1,677 @@
+use rayon::prelude::*;
+use rayon::ThreadPool;
+
+use crate::bits::{packed_words, signs_match};
+use crate::decide::decide_with_tmax;
+use crate::engine::{
+    build_events, conv_times, dense_times, pool_times, potential_at, ConvGeom, Event, PoolGeom,
+    RowWeights,
+};
+use crate::error::{invalid, Result};
+use crate::learn;
+use crate::psp::Psp;
+use crate::spec::{ConvReduce, Hyper, LayerParams, LayerParamsMut, LayerSpec};
+use crate::threads::current_pool;
+
+/// Samples whose updates one task accumulates, in order. A constant (not a
+/// function of the thread count) so that the reduction, and hence every
+/// rounding, is the same for any number of threads.
+const CHUNK: usize = 4;
+/// Chunks in flight at once: bounds memory to `WAVE` weight-sized accumulators.
+const WAVE: usize = 32;
+
+/// Result of [`Network::forward`].
+#[derive(Clone, Debug)]
+pub struct ForwardOut {
+    /// Spike times of every layer, `batch * layer_size`, sample-major, C order.
+    pub times: Vec<Vec<f64>>,
+    /// `batch * n_out`: `V(tmax)` of the last layer if it is Dense, else empty.
+    pub v_end: Vec<f64>,
+}
+
+/// Statistics of one [`Network::train_step`], from its forward pass.
+#[derive(Clone, Debug)]
+pub struct StepStats {
+    pub predictions: Vec<usize>,
+    /// 0 = unique first spike, 1 = tie, 2 = no output spike.
+    pub cases: Vec<u8>,
+    /// Mean over the batch of `0.5 * Σ_j e_j²` of the output layer (unnormalised).
+    pub loss: f64,
+    /// Per layer (pooling included): mean over the batch of the fraction of neurons that fire.
+    pub fired: Vec<f64>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Layer {
+    Conv {
+        g: ConvGeom,
+        theta: f64,
+        binary: bool,
+    },
+    Pool {
+        g: PoolGeom,
+    },
+    Dense {
+        n_in: usize,
+        n_out: usize,
+        theta: f64,
+        binary: bool,
+    },
+}
+
+impl Layer {
+    /// `(out, rows)` of the weight viewed as in [`crate::bits`]; `None` for pooling.
+    fn weight_dims(&self) -> Option<(usize, usize)> {
+        match self {
+            Layer::Conv { g, .. } => Some((g.cout, g.rows())),
+            Layer::Dense { n_in, n_out, .. } => Some((*n_out, *n_in)),
+            Layer::Pool { .. } => None,
+        }
+    }
+
+    fn is_binary(&self) -> bool {
+        matches!(
+            self,
+            Layer::Conv { binary: true, .. } | Layer::Dense { binary: true, .. }
+        )
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Layer::Conv { .. } => "Conv2d",
+            Layer::Pool { .. } => "MaxPool2d",
+            Layer::Dense { .. } => "Dense",
+        }
+    }
+}
+
+/// A feed-forward stack of single-spike layers with fixed shapes. Weights live
+/// outside (see [`LayerParams`]) so that callers own and save them.
+#[derive(Clone, Debug)]
+pub struct Network {
+    specs: Vec<LayerSpec>,
+    pub(crate) layers: Vec<Layer>,
+    input_shape: Vec<usize>,
+    shapes: Vec<Vec<usize>>,
+    pub(crate) psp: Psp,
+    pub(crate) tmax: f64,
+    in_size: usize,
+    /// Layer index of each spiking layer, in order.
+    pub(crate) spiking: Vec<usize>,
+}
+
+fn check_threshold(l: usize, theta: f64) -> Result<()> {
+    if theta.is_finite() && theta > 0.0 {
+        Ok(())
+    } else {
+        invalid!("layer {l}: threshold must be finite and > 0, got {theta}")
+    }
+}
+
+fn checked_product(dims: &[usize]) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .map_or_else(|| invalid!("shape {dims:?} is too large"), Ok)
+}
+
+impl Network {
+    pub fn new(
+        layers: Vec<LayerSpec>,
+        input_shape: &[usize],
+        psp: Psp,
+        tmax: f64,
+    ) -> Result<Network> {
+        psp.validate()?;
+        if !(tmax.is_finite() && tmax > 0.0) {
+            return invalid!("tmax must be finite and > 0, got {tmax}");
+        }
+        if layers.is_empty() {
+            return invalid!("a network needs at least one layer");
+        }
+        if !matches!(input_shape.len(), 1 | 3) || input_shape.contains(&0) {
+            return invalid!(
+                "input shape must be [C, H, W] or [N] with sizes > 0, got {input_shape:?}"
+            );
+        }
+        let in_size = checked_product(input_shape)?;
+        let mut shape = input_shape.to_vec();
+        let mut built = Vec::with_capacity(layers.len());
+        let mut shapes = Vec::with_capacity(layers.len());
+        let mut spiking = Vec::new();
+        for (l, spec) in layers.iter().enumerate() {
+            let layer = match *spec {
+                LayerSpec::Conv2d {
+                    in_channels,
+                    out_channels,
+                    kernel_size: k,
+                    threshold,
+                    binary,
+                } => {
+                    let &[c, h, w] = shape.as_slice() else {
+                        return invalid!(
+                            "layer {l} (Conv2d) needs a [C, H, W] input, got {shape:?}"
+                        );
+                    };
+                    if in_channels != c {
+                        return invalid!(
+                            "layer {l} (Conv2d): in_channels={in_channels} but its input has {c} channels"
+                        );
+                    }
+                    if out_channels == 0 || k == 0 {
+                        return invalid!(
+                            "layer {l} (Conv2d): out_channels and kernel_size must be > 0"
+                        );
+                    }
+                    if k > h || k > w {
+                        return invalid!(
+                            "layer {l} (Conv2d): kernel_size={k} is larger than its {h}x{w} input"
+                        );
+                    }
+                    check_threshold(l, threshold)?;
+                    let g = ConvGeom {
+                        cin: c,
+                        h,
+                        w,
+                        cout: out_channels,
+                        k,
+                        ho: h - k + 1,
+                        wo: w - k + 1,
+                    };
+                    checked_product(&[g.cout, g.rows()])?;
+                    shape = vec![g.cout, g.ho, g.wo];
+                    Layer::Conv {
+                        g,
+                        theta: threshold,
+                        binary,
+                    }
+                }
+                LayerSpec::MaxPool2d { kernel_size: p } => {
+                    let &[c, h, w] = shape.as_slice() else {
+                        return invalid!(
+                            "layer {l} (MaxPool2d) needs a [C, H, W] input, got {shape:?}"
+                        );
+                    };
+                    if p == 0 || p > h || p > w {
+                        return invalid!(
+                            "layer {l} (MaxPool2d): kernel_size={p} must be in 1..={} for its {h}x{w} input",
+                            h.min(w)
+                        );
+                    }
+                    let g = PoolGeom {
+                        c,
+                        h,
+                        w,
+                        p,
+                        ho: h / p,
+                        wo: w / p,
+                    };
+                    shape = vec![c, g.ho, g.wo];
+                    Layer::Pool { g }
+                }
+                LayerSpec::Dense {
+                    in_features,
+                    out_features,
+                    threshold,
+                    binary,
+                } => {
+                    let n = checked_product(&shape)?;
+                    if in_features != n {
+                        return invalid!(
+                            "layer {l} (Dense): in_features={in_features} but its input {shape:?} has {n} values"
+                        );
+                    }
+                    if out_features == 0 {
+                        return invalid!("layer {l} (Dense): out_features must be > 0");
+                    }
+                    check_threshold(l, threshold)?;
+                    checked_product(&[in_features, out_features])?;
+                    shape = vec![out_features];
+                    Layer::Dense {
+                        n_in: in_features,
+                        n_out: out_features,
+                        theta: threshold,
+                        binary,
+                    }
+                }
+            };
+            if layer.weight_dims().is_some() {
+                spiking.push(l);
+            }
+            built.push(layer);
+            shapes.push(shape.clone());
+        }
+        Ok(Network {
+            specs: layers,
+            layers: built,
+            input_shape: input_shape.to_vec(),
+            shapes,
+            psp,
+            tmax,
+            in_size,
+            spiking,
+        })
+    }
+
+    pub fn layers(&self) -> &[LayerSpec] {
+        &self.specs
+    }
+
+    pub fn input_shape(&self) -> &[usize] {
+        &self.input_shape
+    }
+
+    /// Output shape of every layer.
+    pub fn output_shapes(&self) -> &[Vec<usize>] {
+        &self.shapes
+    }
+
+    pub fn psp(&self) -> Psp {
+        self.psp
+    }
+
+    pub fn tmax(&self) -> f64 {
+        self.tmax
+    }
+
+    /// Number of Conv2d/Dense layers: the length of `Hyper::lr` and `Hyper::beta`.
+    pub fn num_spiking(&self) -> usize {
+        self.spiking.len()
+    }
+
+    fn size(&self, l: usize) -> usize {
+        self.shapes[l].iter().product()
+    }
+
+    /// Values of a layer's real weight (0 for pooling or an out-of-range index).
+    pub fn weight_len(&self, layer: usize) -> usize {
+        self.layers
+            .get(layer)
+            .and_then(Layer::weight_dims)
+            .map_or(0, |(out, rows)| out * rows)
+    }
+
+    /// `u64` words of a binary layer's packed signs (0 for pooling and real layers).
+    pub fn packed_len(&self, layer: usize) -> usize {
+        match self.layers.get(layer) {
+            Some(l) if l.is_binary() => l.weight_dims().map_or(0, |(o, r)| packed_words(o, r)),
+            _ => 0,
+        }
+    }
+
+    /// The decision rule (contract §4) with this network's `tmax`.
+    pub fn decide(&self, times: &[f64], v_end: &[f64]) -> (usize, u8) {
+        decide_with_tmax(times, v_end, self.tmax)
+    }
+
+    /// Spike times of every layer and `V(tmax)` of a final Dense layer.
+    pub fn forward(
+        &self,
+        params: &[LayerParams],
+        input: &[f64],
+        batch: usize,
+    ) -> Result<ForwardOut> {
+        self.check_params(params, false)?;
+        self.check_input(input, batch)?;
+        let pool = current_pool()?;
+        Ok(self.forward_in(&pool, params, input, batch))
+    }
+
+    /// `(predictions, cases)` of a batch.
+    pub fn predict(
+        &self,
+        params: &[LayerParams],
+        input: &[f64],
+        batch: usize,
+    ) -> Result<(Vec<usize>, Vec<u8>)> {
+        let out = self.forward(params, input, batch)?;
+        if out.v_end.is_empty() {
+            return invalid!("predict needs a network whose last layer is Dense");
+        }
+        let n_out = self.size(self.layers.len() - 1);
+        let last = &out.times[self.layers.len() - 1];
+        Ok((0..batch)
+            .map(|b| {
+                let r = b * n_out..(b + 1) * n_out;
+                self.decide(&last[r.clone()], &out.v_end[r])
+            })
+            .unzip())
+    }
+
+    pub(crate) fn forward_in(
+        &self,
+        pool: &ThreadPool,
+        params: &[LayerParams],
+        input: &[f64],
+        batch: usize,
+    ) -> ForwardOut {
+        let prep = self.prepare(params);
+        let samples: Vec<(Vec<Vec<f64>>, Vec<f64>)> = pool.install(|| {
+            input
+                .par_chunks_exact(self.in_size)
+                .map_init(Vec::new, |events, x| {
+                    let times = self.forward_sample(&prep, x, events);
+                    let v_end = self.v_end(&prep, x, &times);
+                    (times, v_end)
+                })
+                .collect()
+        });
+        let mut times: Vec<Vec<f64>> = (0..self.layers.len())
+            .map(|l| Vec::with_capacity(batch * self.size(l)))
+            .collect();
+        let mut v_end = Vec::new();
+        for (ts, v) in samples {
+            for (dst, t) in times.iter_mut().zip(ts) {
+                dst.extend_from_slice(&t);
+            }
+            v_end.extend_from_slice(&v);
+        }
+        ForwardOut { times, v_end }
+    }
+
+    /// The forward weights of every spiking layer, laid out for the sweep.
+    pub(crate) fn prepare<'a>(&self, params: &[LayerParams<'a>]) -> Vec<Option<RowWeights<'a>>> {
+        self.layers
+            .iter()
+            .zip(params)
+            .map(|(layer, p)| {
+                let (out, rows) = layer.weight_dims()?;
+                Some(if layer.is_binary() {
+                    RowWeights::bits(p.packed, out)
+                } else {
+                    RowWeights::real(p.weight, out, rows)
+                })
+            })
+            .collect()
+    }
+
+    /// Spike times of every layer for one sample.
+    pub(crate) fn forward_sample(
+        &self,
+        prep: &[Option<RowWeights>],
+        x: &[f64],
+        events: &mut Vec<Event>,
+    ) -> Vec<Vec<f64>> {
+        let steps = self.psp.slope_steps();
+        let mut out: Vec<Vec<f64>> = Vec::with_capacity(self.layers.len());
+        for (l, (layer, w)) in self.layers.iter().zip(prep).enumerate() {
+            let inp = if l == 0 { x } else { &out[l - 1] };
+            let y = match (layer, w) {
+                (Layer::Pool { g }, _) => pool_times(inp, g),
+                (Layer::Conv { g, theta, .. }, Some(w)) => {
+                    build_events(inp, &self.psp, self.tmax, events);
+                    conv_times(events, g, w, &steps, *theta, self.tmax)
+                }
+                (Layer::Dense { n_out, theta, .. }, Some(w)) => {
+                    build_events(inp, &self.psp, self.tmax, events);
+                    dense_times(events, w, &steps, *n_out, *theta, self.tmax)
+                }
+                _ => unreachable!("prepare() gives weights to every spiking layer"),
+            };
+            out.push(y);
+        }
+        out
+    }
+
+    /// `V(tmax)` of the last layer if it is Dense, else empty.
+    pub(crate) fn v_end(&self, prep: &[Option<RowWeights>], x: &[f64], times: &[Vec<f64>]) -> Vec<f64> {
+        let l = self.layers.len() - 1;
+        match (&self.layers[l], &prep[l]) {
+            (Layer::Dense { n_out, .. }, Some(w)) => {
+                let inp = if l == 0 { x } else { &times[l - 1] };
+                potential_at(inp, w, *n_out, &self.psp, self.tmax)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// One STiDi-BP step on a batch: every update is computed from one forward
+    /// pass, averaged over the batch, then applied (with weight decay) in place.
+    /// Packed signs of binary layers are refreshed from the new real weights.
+    pub fn train_step(
+        &self,
+        params: &mut [LayerParamsMut],
+        input: &[f64],
+        labels: &[usize],
+        batch: usize,
+        hyper: &Hyper,
+    ) -> Result<StepStats> {
+        let pool = current_pool()?;
+        self.train_step_in(&pool, params, input, labels, batch, hyper)
+    }
+
+    pub(crate) fn train_step_in(
+        &self,
+        pool: &ThreadPool,
+        params: &mut [LayerParamsMut],
+        input: &[f64],
+        labels: &[usize],
+        batch: usize,
+        hyper: &Hyper,
+    ) -> Result<StepStats> {
+        let (totals, stats) = {
+            let views: Vec<LayerParams> = params.iter().map(LayerParamsMut::as_params).collect();
+            self.check_train(&views, input, labels, batch, hyper)?;
+            self.accumulate(pool, &views, input, labels, batch, hyper)
+        };
+        let per_sample = 1.0 / (self.tmax * batch as f64);
+        for (si, &l) in self.spiking.iter().enumerate() {
+            let lr = hyper.lr[si];
+            // Δw = −η ê (t_j/θ) ε / T per pair; the accumulators hold Σ ê (t_j/θ) ε.
+            let mut factor = -lr * per_sample;
+            if let (Layer::Conv { g, .. }, ConvReduce::Mean) = (&self.layers[l], hyper.conv_reduce) {
+                factor /= g.positions() as f64;
+            }
+            let decay = lr * hyper.weight_decay;
+            let p = &mut params[l];
+            for (w, &a) in p.weight.iter_mut().zip(&totals[si]) {
+                *w += a * factor - decay * *w;
+            }
+            if self.layers[l].is_binary() {
+                let (out, rows) = self.layers[l].weight_dims().unwrap_or_default();
+                crate::bits::pack_into(p.weight, out, rows, p.packed);
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Forward and backward of the whole batch: per spiking layer the batch sum
+    /// of `Σ ê_j (t_j/θ) ε(t_j − t_i)`, and the statistics.
+    fn accumulate(
+        &self,
+        pool: &ThreadPool,
+        views: &[LayerParams],
+        input: &[f64],
+        labels: &[usize],
+        batch: usize,
+        hyper: &Hyper,
+    ) -> (Vec<Vec<f64>>, StepStats) {
+        let prep = self.prepare(views);
+        let weights: Vec<&[f64]> = views.iter().map(|p| p.weight).collect();
+        let mut totals: Vec<Vec<f64>> = self
+            .spiking
+            .iter()
+            .map(|&l| vec![0.0; self.weight_len(l)])
+            .collect();
+        let n_layers = self.layers.len();
+        let mut stats = StepStats {
+            predictions: Vec::with_capacity(batch),
+            cases: Vec::with_capacity(batch),
+            loss: 0.0,
+            fired: vec![0.0; n_layers],
+        };
+        let n_chunks = batch.div_ceil(CHUNK);
+        for wave in (0..n_chunks).step_by(WAVE) {
+            let chunks: Vec<learn::ChunkOut> = pool.install(|| {
+                (wave..(wave + WAVE).min(n_chunks))
+                    .into_par_iter()
+                    .map(|c| {
+                        let range = c * CHUNK..((c + 1) * CHUNK).min(batch);
+                        learn::run_chunk(self, &prep, &weights, input, labels, range, hyper)
+                    })
+                    .collect()
+            });
+            // Sequential, in sample order: the rounding is independent of threads.
+            for chunk in chunks {
+                for (t, a) in totals.iter_mut().zip(&chunk.acc) {
+                    for (t, a) in t.iter_mut().zip(a) {
+                        *t += a;
+                    }
+                }
+                stats.predictions.extend(chunk.predictions);
+                stats.cases.extend(chunk.cases);
+                for (loss, fired) in chunk.losses.iter().zip(&chunk.fired) {
+                    stats.loss += loss;
+                    for (s, f) in stats.fired.iter_mut().zip(fired) {
+                        *s += f;
+                    }
+                }
+            }
+        }
+        let b = batch as f64;
+        stats.loss /= b;
+        for f in &mut stats.fired {
+            *f /= b;
+        }
+        (totals, stats)
+    }
+
+    fn check_input(&self, input: &[f64], batch: usize) -> Result<()> {
+        if batch.checked_mul(self.in_size) != Some(input.len()) {
+            return invalid!(
+                "input has {} values but batch={batch} x input size {} ({:?}) were expected",
+                input.len(),
+                self.in_size,
+                self.input_shape
+            );
+        }
+        for (i, &t) in input.iter().enumerate() {
+            if t.is_nan() {
+                return invalid!("input time NaN at index {i}");
+            }
+            if !(0.0..=self.tmax).contains(&t) {
+                return invalid!(
+                    "input time {t} at index {i} is outside [0, tmax={}]",
+                    self.tmax
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Shapes (and, for training, values) of the parameters of every layer.
+    fn check_params(&self, params: &[LayerParams], training: bool) -> Result<()> {
+        if params.len() != self.layers.len() {
+            return invalid!(
+                "got parameters for {} layers but the network has {}",
+                params.len(),
+                self.layers.len()
+            );
+        }
+        for (l, (layer, p)) in self.layers.iter().zip(params).enumerate() {
+            let name = layer.name();
+            let Some((out, rows)) = layer.weight_dims() else {
+                if !p.weight.is_empty() || !p.packed.is_empty() {
+                    return invalid!("layer {l} ({name}) has no parameters, but some were given");
+                }
+                continue;
+            };
+            let n = out * rows;
+            let binary = layer.is_binary();
+            if binary {
+                let words = packed_words(out, rows);
+                if p.packed.len() != words {
+                    return invalid!(
+                        "layer {l} (binary {name}): packed signs have {} words, expected {words}",
+                        p.packed.len()
+                    );
+                }
+                // The forward pass reads only the bits of a binary layer.
+                if p.weight.len() != n && (training || !p.weight.is_empty()) {
+                    return invalid!(
+                        "layer {l} (binary {name}): weight has {} values, expected {n}",
+                        p.weight.len()
+                    );
+                }
+            } else {
+                if p.weight.len() != n {
+                    return invalid!(
+                        "layer {l} ({name}): weight has {} values, expected {n}",
+                        p.weight.len()
+                    );
+                }
+                if !p.packed.is_empty() {
+                    return invalid!(
+                        "layer {l} ({name}) is not binary, but packed signs were given"
+                    );
+                }
+            }
+            if !binary || training {
+                if let Some(i) = p.weight.iter().position(|w| !w.is_finite()) {
+                    return invalid!(
+                        "layer {l} ({name}): weight {} at index {i} is not finite",
+                        p.weight[i]
+                    );
+                }
+            }
+            if binary && training && !signs_match(p.weight, p.packed, out, rows) {
+                return invalid!(
+                    "layer {l} (binary {name}): packed signs do not match sign(weight); repack them with bits::pack_signs"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn check_train(
+        &self,
+        params: &[LayerParams],
+        input: &[f64],
+        labels: &[usize],
+        batch: usize,
+        hyper: &Hyper,
+    ) -> Result<()> {
+        let last = self.layers.len() - 1;
+        let Layer::Dense { n_out, .. } = self.layers[last] else {
+            return invalid!(
+                "training needs a Dense output layer, but the last layer is {}",
+                self.layers[last].name()
+            );
+        };
+        if batch == 0 {
+            return invalid!("train_step needs a batch of at least one sample");
+        }
+        self.check_params(params, true)?;
+        self.check_input(input, batch)?;
+        if labels.len() != batch {
+            return invalid!("got {} labels for a batch of {batch}", labels.len());
+        }
+        if let Some(i) = labels.iter().position(|&y| y >= n_out) {
+            return invalid!(
+                "label {} at index {i} is not a class of the {n_out} outputs",
+                labels[i]
+            );
+        }
+        let ns = self.spiking.len();
+        for (name, v) in [("lr", &hyper.lr), ("beta", &hyper.beta)] {
+            if v.len() != ns {
+                return invalid!(
+                    "hyper.{name} has {} values but the network has {ns} spiking layers",
+                    v.len()
+                );
+            }
+            if let Some(x) = v.iter().find(|x| !x.is_finite()) {
+                return invalid!("hyper.{name} must be finite, got {x}");
+            }
+        }
+        if !(hyper.gamma.is_finite() && hyper.gamma > 0.0) {
+            return invalid!("hyper.gamma must be finite and > 0, got {}", hyper.gamma);
+        }
+        if !hyper.weight_decay.is_finite() {
+            return invalid!(
+                "hyper.weight_decay must be finite, got {}",
+                hyper.weight_decay
+            );
+        }
+        Ok(())
+    }
+}

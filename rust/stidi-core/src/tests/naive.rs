@@ -1,0 +1,273 @@
+//! The contract written out directly: potentials from the sum formula, spike
+//! times by scanning breakpoints, updates by explicit loops over pairs.
+
+use crate::{ConvReduce, Hyper, LayerSpec, Psp};
+
+pub(crate) fn potential(ts: &[f64], ws: &[f64], t: f64, psp: &Psp) -> f64 {
+    ts.iter().zip(ws).map(|(&ti, &w)| w * psp.eps(t - ti)).sum()
+}
+
+/// Breakpoints before `tmax` of the inputs with `t < tmax`, sorted, with 0 and `tmax`.
+pub(crate) fn breakpoints(ts: &[f64], psp: &Psp, tmax: f64) -> Vec<f64> {
+    let mut b = vec![0.0, tmax];
+    for &t in ts.iter().filter(|&&t| t < tmax) {
+        b.extend([t, t + psp.tau_rise, t + psp.tau_rise + psp.tau_fall]);
+    }
+    b.retain(|&x| x <= tmax);
+    b.sort_by(f64::total_cmp);
+    b.dedup();
+    b
+}
+
+/// First crossing of θ, found by evaluating V directly at every breakpoint.
+pub(crate) fn spike_time(ts: &[f64], ws: &[f64], theta: f64, psp: &Psp, tmax: f64) -> f64 {
+    let b = breakpoints(ts, psp, tmax);
+    for pair in b.windows(2) {
+        let (b0, b1) = (pair[0], pair[1]);
+        let (v0, v1) = (potential(ts, ws, b0, psp), potential(ts, ws, b1, psp));
+        if v1 >= theta {
+            let t = b0 + (theta - v0) * (b1 - b0) / (v1 - v0);
+            return if t < tmax { t } else { tmax };
+        }
+    }
+    tmax
+}
+
+fn sign(w: f64) -> f64 {
+    if w >= 0.0 {
+        1.0
+    } else {
+        -1.0
+    }
+}
+
+/// One layer with its input shape.
+pub(crate) struct Layer {
+    pub spec: LayerSpec,
+    pub in_shape: Vec<usize>,
+}
+
+/// Each output neuron's `(input index, weight index)` pairs; empty for pooling.
+fn fields(l: &Layer) -> Vec<Vec<(usize, usize)>> {
+    match l.spec {
+        LayerSpec::Dense {
+            in_features,
+            out_features,
+            ..
+        } => (0..out_features)
+            .map(|j| (0..in_features).map(|i| (i, j * in_features + i)).collect())
+            .collect(),
+        LayerSpec::Conv2d {
+            in_channels,
+            out_channels,
+            kernel_size: k,
+            ..
+        } => {
+            let (h, w) = (l.in_shape[1], l.in_shape[2]);
+            let (ho, wo) = (h - k + 1, w - k + 1);
+            let mut f = Vec::new();
+            for o in 0..out_channels {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let mut v = Vec::new();
+                        for c in 0..in_channels {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    v.push((
+                                        (c * h + oy + ky) * w + ox + kx,
+                                        ((o * in_channels + c) * k + ky) * k + kx,
+                                    ));
+                                }
+                            }
+                        }
+                        f.push(v);
+                    }
+                }
+            }
+            f
+        }
+        LayerSpec::MaxPool2d { .. } => Vec::new(),
+    }
+}
+
+/// Pool windows: input indices of each pooled neuron, row-major.
+fn windows(l: &Layer) -> Vec<Vec<usize>> {
+    let LayerSpec::MaxPool2d { kernel_size: p } = l.spec else {
+        return Vec::new();
+    };
+    let (c, h, w) = (l.in_shape[0], l.in_shape[1], l.in_shape[2]);
+    let mut out = Vec::new();
+    for ch in 0..c {
+        for py in 0..h / p {
+            for px in 0..w / p {
+                let mut v = Vec::new();
+                for dy in 0..p {
+                    for dx in 0..p {
+                        v.push((ch * h + py * p + dy) * w + px * p + dx);
+                    }
+                }
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
+fn threshold_binary(spec: &LayerSpec) -> (f64, bool) {
+    match *spec {
+        LayerSpec::Dense {
+            threshold, binary, ..
+        }
+        | LayerSpec::Conv2d {
+            threshold, binary, ..
+        } => (threshold, binary),
+        LayerSpec::MaxPool2d { .. } => (0.0, false),
+    }
+}
+
+fn fwd_weight(w: f64, binary: bool) -> f64 {
+    if binary {
+        sign(w)
+    } else {
+        w
+    }
+}
+
+/// Spike times of every layer for one sample.
+pub(crate) fn forward(
+    layers: &[Layer],
+    weights: &[Vec<f64>],
+    x: &[f64],
+    psp: &Psp,
+    tmax: f64,
+) -> Vec<Vec<f64>> {
+    let mut out: Vec<Vec<f64>> = Vec::new();
+    for (l, layer) in layers.iter().enumerate() {
+        let inp = if l == 0 { x } else { &out[l - 1] };
+        let y = if let LayerSpec::MaxPool2d { .. } = layer.spec {
+            windows(layer)
+                .iter()
+                .map(|win| win.iter().map(|&i| inp[i]).fold(f64::INFINITY, f64::min))
+                .collect()
+        } else {
+            let (theta, binary) = threshold_binary(&layer.spec);
+            fields(layer)
+                .iter()
+                .map(|f| {
+                    let ts: Vec<f64> = f.iter().map(|&(i, _)| inp[i]).collect();
+                    let ws: Vec<f64> = f
+                        .iter()
+                        .map(|&(_, wi)| fwd_weight(weights[l][wi], binary))
+                        .collect();
+                    spike_time(&ts, &ws, theta, psp, tmax)
+                })
+                .collect()
+        };
+        out.push(y);
+    }
+    out
+}
+
+/// One training step on real weights, straight from the contract.
+pub(crate) fn train_step(
+    layers: &[Layer],
+    weights: &mut [Vec<f64>],
+    inputs: &[Vec<f64>],
+    labels: &[usize],
+    hyper: &Hyper,
+    psp: &Psp,
+    tmax: f64,
+) {
+    let batch = inputs.len() as f64;
+    let mut delta: Vec<Vec<f64>> = weights.iter().map(|w| vec![0.0; w.len()]).collect();
+    let spiking: Vec<usize> = (0..layers.len())
+        .filter(|&l| !matches!(layers[l].spec, LayerSpec::MaxPool2d { .. }))
+        .collect();
+    for (x, &label) in inputs.iter().zip(labels) {
+        let times = forward(layers, weights, x, psp, tmax);
+        let y = times.last().unwrap();
+        let t_min = y.iter().copied().fold(f64::INFINITY, f64::min);
+        let target: Vec<f64> = (0..y.len())
+            .map(|k| {
+                if t_min >= tmax {
+                    if k == label {
+                        tmax - hyper.gamma
+                    } else {
+                        tmax
+                    }
+                } else if k == label {
+                    t_min
+                } else if y[k] - t_min < hyper.gamma {
+                    (t_min + hyper.gamma).min(tmax)
+                } else {
+                    y[k]
+                }
+            })
+            .collect();
+        let mut e: Vec<f64> = (0..y.len()).map(|k| (target[k] - y[k]) / tmax).collect();
+        for l in (0..layers.len()).rev() {
+            let xin = if l == 0 { x } else { &times[l - 1] };
+            let yl = &times[l];
+            if let LayerSpec::MaxPool2d { .. } = layers[l].spec {
+                let mut below = vec![0.0; xin.len()];
+                for (k, win) in windows(&layers[l]).iter().enumerate() {
+                    let mut best = win[0];
+                    for &i in win {
+                        if xin[i] < xin[best] {
+                            best = i;
+                        }
+                    }
+                    below[best] = e[k];
+                }
+                e = below;
+                continue;
+            }
+            let s = spiking.iter().position(|&q| q == l).unwrap();
+            let (theta, binary) = threshold_binary(&layers[l].spec);
+            if hyper.normalize {
+                let norm = e.iter().map(|v| v * v).sum::<f64>().sqrt();
+                if norm > 0.0 {
+                    e.iter_mut().for_each(|v| *v /= norm);
+                }
+            }
+            let reduce = match (&layers[l].spec, hyper.conv_reduce) {
+                (LayerSpec::Conv2d { .. }, ConvReduce::Mean) => yl.len() as f64 / {
+                    let LayerSpec::Conv2d { out_channels, .. } = layers[l].spec else {
+                        unreachable!()
+                    };
+                    out_channels as f64
+                },
+                _ => 1.0,
+            };
+            let mut d = vec![0.0; xin.len()];
+            for (j, f) in fields(&layers[l]).iter().enumerate() {
+                let tj = yl[j];
+                for &(i, wi) in f {
+                    let ti = xin[i];
+                    if ti < tj {
+                        delta[l][wi] += -hyper.lr[s] * e[j] * (tj / theta) * psp.eps(tj - ti)
+                            / tmax
+                            / reduce;
+                        d[i] += hyper.beta[s]
+                            * e[j]
+                            * (tj / theta)
+                            * fwd_weight(weights[l][wi], binary)
+                            * psp.deps(tj - ti);
+                    }
+                }
+            }
+            if s == 0 {
+                break;
+            }
+            e = (0..xin.len())
+                .map(|i| ((xin[i] + tmax * d[i]).clamp(0.0, tmax) - xin[i]) / tmax)
+                .collect();
+        }
+    }
+    for &l in &spiking {
+        let s = spiking.iter().position(|&q| q == l).unwrap();
+        for (w, dw) in weights[l].iter_mut().zip(&delta[l]) {
+            *w += dw / batch - hyper.lr[s] * hyper.weight_decay * *w;
+        }
+    }
+}

@@ -1,0 +1,449 @@
+use proptest::prelude::*;
+
+use super::naive;
+use super::{close, Params};
+use crate::threads::build_pool;
+use crate::{bits, ConvReduce, Hyper, LayerParams, LayerSpec, Network, Psp};
+
+const T: f64 = 32.0;
+const INF: f64 = f64::INFINITY;
+const TOL: f64 = 1e-9;
+
+/// SplitMix64: deterministic values from a proptest-chosen seed, so that
+/// strategies stay simple while the structure is still shrunk by proptest.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A spike time; one in five inputs stays silent.
+    fn time(&mut self) -> f64 {
+        if self.next() % 5 == 0 {
+            T
+        } else {
+            self.uniform(0.0, T)
+        }
+    }
+}
+
+fn psp_strategy() -> impl Strategy<Value = Psp> {
+    (1.0..12.0f64, prop_oneof![Just(INF), 1.0..30.0f64]).prop_map(|(r, f)| Psp::new(r, f).unwrap())
+}
+
+fn time_strategy() -> impl Strategy<Value = f64> {
+    prop_oneof![4 => 0.0..T, 1 => Just(T)]
+}
+
+/// Inputs `(t_i, w_i)` of one neuron.
+fn inputs_strategy() -> impl Strategy<Value = Vec<(f64, f64)>> {
+    prop::collection::vec((time_strategy(), -1.0..2.0f64), 1..8)
+}
+
+fn neuron(inputs: &[(f64, f64)], theta: f64, psp: Psp) -> f64 {
+    let (ts, ws): (Vec<f64>, Vec<f64>) = inputs.iter().copied().unzip();
+    let spec = LayerSpec::Dense {
+        in_features: ts.len(),
+        out_features: 1,
+        threshold: theta,
+        binary: false,
+    };
+    let net = Network::new(vec![spec], &[ts.len()], psp, T).unwrap();
+    net.forward(&[LayerParams::real(&ws)], &ts, 1).unwrap().times[0][0]
+}
+
+/// Structure of a random network; values come from `seed`.
+#[derive(Clone, Debug)]
+struct Shape {
+    conv: Option<(usize, usize, usize, bool, usize)>, // cin, cout, k, binary, pool
+    hw: (usize, usize),
+    hidden: usize,
+    hidden_binary: bool,
+    out: usize,
+    psp: Psp,
+    seed: u64,
+}
+
+fn shape_strategy() -> impl Strategy<Value = Shape> {
+    (
+        prop::option::weighted(
+            0.8,
+            (1usize..3, 1usize..4, 2usize..4, any::<bool>(), 1usize..3),
+        ),
+        (5usize..8, 5usize..8),
+        2usize..7,
+        any::<bool>(),
+        2usize..5,
+        psp_strategy(),
+        any::<u64>(),
+    )
+        .prop_map(|(conv, hw, hidden, hidden_binary, out, psp, seed)| Shape {
+            conv,
+            hw,
+            hidden,
+            hidden_binary,
+            out,
+            psp,
+            seed,
+        })
+}
+
+struct Case {
+    net: Network,
+    params: Params,
+    naive: Vec<naive::Layer>,
+    inputs: Vec<Vec<f64>>,
+    labels: Vec<usize>,
+}
+
+impl Case {
+    fn flat_inputs(&self) -> Vec<f64> {
+        self.inputs.concat()
+    }
+}
+
+fn build_case(s: &Shape, batch: usize) -> Case {
+    let mut rng = Rng(s.seed);
+    let mut specs = Vec::new();
+    let in_shape = match s.conv {
+        Some((cin, cout, k, binary, p)) => {
+            specs.push(LayerSpec::Conv2d {
+                in_channels: cin,
+                out_channels: cout,
+                kernel_size: k,
+                threshold: rng.uniform(0.2, 0.25 * (cin * k * k) as f64),
+                binary,
+            });
+            if p > 1 {
+                specs.push(LayerSpec::MaxPool2d { kernel_size: p });
+            }
+            vec![cin, s.hw.0, s.hw.1]
+        }
+        None => vec![s.hw.0 * s.hw.1],
+    };
+    // Sizes of a Dense input depend on the layers above, so build in two passes.
+    let probe = Network::new(specs.clone(), &in_shape, s.psp, T);
+    let flat: usize = match &probe {
+        Ok(n) => n.output_shapes().last().unwrap().iter().product(),
+        Err(_) => in_shape.iter().product(),
+    };
+    specs.push(LayerSpec::Dense {
+        in_features: flat,
+        out_features: s.hidden,
+        threshold: rng.uniform(0.2, 0.1 * flat as f64),
+        binary: s.hidden_binary,
+    });
+    specs.push(LayerSpec::Dense {
+        in_features: s.hidden,
+        out_features: s.out,
+        threshold: rng.uniform(0.2, 0.2 * s.hidden as f64),
+        binary: false,
+    });
+    let net = Network::new(specs.clone(), &in_shape, s.psp, T).unwrap();
+    let weights = (0..specs.len())
+        .map(|l| {
+            (0..net.weight_len(l))
+                .map(|_| rng.uniform(-0.4, 1.0))
+                .collect()
+        })
+        .collect();
+    let params = Params::new(&net, weights);
+    let mut shapes = vec![in_shape.clone()];
+    shapes.extend(net.output_shapes().iter().cloned());
+    let naive = specs
+        .iter()
+        .zip(&shapes)
+        .map(|(spec, shape)| naive::Layer {
+            spec: spec.clone(),
+            in_shape: shape.clone(),
+        })
+        .collect();
+    let n_in: usize = in_shape.iter().product();
+    let inputs = (0..batch)
+        .map(|_| (0..n_in).map(|_| rng.time()).collect())
+        .collect();
+    let labels = (0..batch).map(|_| rng.next() as usize % s.out).collect();
+    Case {
+        net,
+        params,
+        naive,
+        inputs,
+        labels,
+    }
+}
+
+fn hyper_strategy() -> impl Strategy<Value = Hyper> {
+    (
+        prop::collection::vec(0.0..0.5f64, 3),
+        0.5..6.0f64,
+        prop::collection::vec(0.2..2.0f64, 3),
+        any::<bool>(),
+        prop_oneof![Just(0.0), 0.0..0.1f64],
+        prop_oneof![Just(ConvReduce::Sum), Just(ConvReduce::Mean)],
+    )
+        .prop_map(
+            |(lr, gamma, beta, normalize, weight_decay, conv_reduce)| Hyper {
+                lr,
+                gamma,
+                beta,
+                normalize,
+                weight_decay,
+                conv_reduce,
+            },
+        )
+}
+
+/// `hyper` with as many `lr`/`beta` entries as `net` has spiking layers.
+fn fit(mut hyper: Hyper, net: &Network) -> Hyper {
+    hyper.lr.truncate(net.num_spiking());
+    hyper.beta.truncate(net.num_spiking());
+    hyper
+}
+
+fn bits_of(p: &Params) -> Vec<Vec<u64>> {
+    p.w.iter()
+        .map(|w| w.iter().map(|x| x.to_bits()).collect())
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn spike_time_is_the_first_crossing(
+        inputs in inputs_strategy(), theta in 0.2..3.0f64, psp in psp_strategy(),
+    ) {
+        let tj = neuron(&inputs, theta, psp);
+        let (ts, ws): (Vec<f64>, Vec<f64>) = inputs.iter().copied().unzip();
+        let scale = 1.0 + ws.iter().map(|w| w.abs()).sum::<f64>();
+        let v = |t: f64| naive::potential(&ts, &ws, t, &psp);
+        prop_assert!(tj <= T);
+        if tj < T {
+            prop_assert!((v(tj) - theta).abs() <= TOL * scale, "V({tj}) = {}", v(tj));
+        }
+        for b in naive::breakpoints(&ts, &psp, T) {
+            if b < tj {
+                prop_assert!(v(b) < theta + TOL * scale, "V({b}) = {} before {tj}", v(b));
+            }
+        }
+        let want = naive::spike_time(&ts, &ws, theta, &psp, T);
+        prop_assert!(close(tj, want, TOL), "{tj} vs naive {want}");
+    }
+
+    #[test]
+    fn later_inputs_do_not_change_a_spike(
+        inputs in inputs_strategy(), theta in 0.2..3.0f64, psp in psp_strategy(),
+        moves in prop::collection::vec((0.0..1.0f64, -1.0..2.0f64), 8),
+    ) {
+        let tj = neuron(&inputs, theta, psp);
+        prop_assume!(tj < T);
+        let start = tj + 1e-6;
+        let moved: Vec<(f64, f64)> = inputs
+            .iter()
+            .zip(&moves)
+            .map(|(&(t, w), &(r, w2))| if t >= tj { (start + r * (T - start), w2) } else { (t, w) })
+            .collect();
+        let t2 = neuron(&moved, theta, psp);
+        prop_assert!(close(t2, tj, 1e-12), "{t2} vs {tj}");
+    }
+
+    #[test]
+    fn raising_an_earlier_weight_never_delays(
+        inputs in inputs_strategy(), theta in 0.2..3.0f64, psp in psp_strategy(),
+        pick in any::<prop::sample::Index>(), delta in 0.0..2.0f64,
+    ) {
+        let tj = neuron(&inputs, theta, psp);
+        let earlier: Vec<usize> = (0..inputs.len()).filter(|&i| inputs[i].0 < tj).collect();
+        prop_assume!(!earlier.is_empty());
+        let mut raised = inputs.clone();
+        raised[earlier[pick.index(earlier.len())]].1 += delta;
+        let t2 = neuron(&raised, theta, psp);
+        prop_assert!(t2 <= tj + TOL * T, "{t2} > {tj}");
+    }
+
+    #[test]
+    fn shifting_inputs_shifts_spikes(
+        inputs in inputs_strategy(), theta in 0.2..3.0f64, psp in psp_strategy(),
+        shift in 0.0..16.0f64,
+    ) {
+        let tj = neuron(&inputs, theta, psp);
+        let shifted: Vec<(f64, f64)> =
+            inputs.iter().map(|&(t, w)| ((t + shift).min(T), w)).collect();
+        let t2 = neuron(&shifted, theta, psp);
+        if tj == T {
+            prop_assert_eq!(t2, T);
+        } else if tj + shift < T - 1e-6 {
+            prop_assert!(close(t2, tj + shift, TOL), "{t2} vs {} + {shift}", tj);
+        }
+    }
+
+    #[test]
+    fn conv_equals_dense_with_toeplitz_weights(
+        cin in 1usize..3, cout in 1usize..4, k in 1usize..4, dh in 0usize..3, dw in 0usize..3,
+        psp in psp_strategy(), seed in any::<u64>(),
+    ) {
+        let mut rng = Rng(seed);
+        let (h, w) = (k + dh, k + dw);
+        let (ho, wo) = (h - k + 1, w - k + 1);
+        let theta = rng.uniform(0.3, 0.4 * (cin * k * k) as f64);
+        let conv = Network::new(
+            vec![LayerSpec::Conv2d { in_channels: cin, out_channels: cout, kernel_size: k, threshold: theta, binary: false }],
+            &[cin, h, w], psp, T,
+        ).unwrap();
+        let wc: Vec<f64> = (0..conv.weight_len(0)).map(|_| rng.uniform(-0.4, 1.0)).collect();
+        let (n_in, n_out) = (cin * h * w, cout * ho * wo);
+        let mut wd = vec![0.0; n_in * n_out];
+        for o in 0..cout { for oy in 0..ho { for ox in 0..wo {
+            let j = (o * ho + oy) * wo + ox;
+            for c in 0..cin { for ky in 0..k { for kx in 0..k {
+                let i = (c * h + oy + ky) * w + ox + kx;
+                wd[j * n_in + i] = wc[((o * cin + c) * k + ky) * k + kx];
+            }}}
+        }}}
+        let dense = Network::new(
+            vec![LayerSpec::Dense { in_features: n_in, out_features: n_out, threshold: theta, binary: false }],
+            &[n_in], psp, T,
+        ).unwrap();
+        let x: Vec<f64> = (0..2 * n_in).map(|_| rng.time()).collect();
+        let a = conv.forward(&[LayerParams::real(&wc)], &x, 2).unwrap();
+        let b = dense.forward(&[LayerParams::real(&wd)], &x, 2).unwrap();
+        for (ta, tb) in a.times[0].iter().zip(&b.times[0]) {
+            prop_assert!(close(*ta, *tb, TOL), "{ta} vs {tb}");
+        }
+    }
+
+    #[test]
+    fn max_pool_is_the_window_min(
+        c in 1usize..3, p in 1usize..4, dh in 0usize..4, dw in 0usize..4, seed in any::<u64>(),
+    ) {
+        let mut rng = Rng(seed);
+        let (h, w) = (p + dh, p + dw);
+        let net = Network::new(vec![LayerSpec::MaxPool2d { kernel_size: p }], &[c, h, w], Psp::new(5.0, INF).unwrap(), T).unwrap();
+        // Coarse times so that ties occur.
+        let x: Vec<f64> = (0..c * h * w).map(|_| (rng.time() / 8.0).floor() * 8.0).collect();
+        let got = net.forward(&[LayerParams::pool()], &x, 1).unwrap().times.remove(0);
+        let want = naive::forward(
+            &[naive::Layer { spec: LayerSpec::MaxPool2d { kernel_size: p }, in_shape: vec![c, h, w] }],
+            &[vec![]], &x, &Psp::new(5.0, INF).unwrap(), T,
+        ).remove(0);
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
+    fn binary_forward_equals_real_forward_with_signs(s in shape_strategy()) {
+        let case = build_case(&s, 3);
+        let x = case.flat_inputs();
+        let real_specs: Vec<LayerSpec> = case.net.layers().iter().cloned().map(|spec| match spec {
+            LayerSpec::Conv2d { in_channels, out_channels, kernel_size, threshold, .. } =>
+                LayerSpec::Conv2d { in_channels, out_channels, kernel_size, threshold, binary: false },
+            LayerSpec::Dense { in_features, out_features, threshold, .. } =>
+                LayerSpec::Dense { in_features, out_features, threshold, binary: false },
+            pool => pool,
+        }).collect();
+        let real = Network::new(real_specs, case.net.input_shape(), s.psp, T).unwrap();
+        let signed: Vec<Vec<f64>> = case.params.w.iter().zip(case.net.layers()).map(|(w, spec)| {
+            let binary = matches!(spec, LayerSpec::Conv2d { binary: true, .. } | LayerSpec::Dense { binary: true, .. });
+            w.iter().map(|&v| if binary { if v >= 0.0 { 1.0 } else { -1.0 } } else { v }).collect()
+        }).collect();
+        let a = case.net.forward(&case.params.views(), &x, 3).unwrap();
+        let b = real.forward(&Params::new(&real, signed).views(), &x, 3).unwrap();
+        prop_assert_eq!(a.times, b.times);
+        prop_assert_eq!(a.v_end, b.v_end);
+    }
+
+    #[test]
+    fn pack_unpack_round_trip(out in 1usize..140, rows in 1usize..5, seed in any::<u64>()) {
+        let mut rng = Rng(seed);
+        let w: Vec<f64> = (0..out * rows)
+            .map(|_| if rng.next() % 7 == 0 { 0.0 } else { rng.uniform(-1.0, 1.0) })
+            .collect();
+        let p = bits::pack_signs(&w, out, rows);
+        prop_assert_eq!(p.len(), bits::packed_words(out, rows));
+        let u = bits::unpack_signs(&p, out, rows);
+        for (a, b) in w.iter().zip(&u) {
+            prop_assert_eq!(*b, if *a >= 0.0 { 1.0 } else { -1.0 });
+        }
+        prop_assert_eq!(bits::pack_signs(&u, out, rows), p);
+    }
+
+    #[test]
+    fn forward_matches_naive(s in shape_strategy()) {
+        let case = build_case(&s, 2);
+        let out = case.net.forward(&case.params.views(), &case.flat_inputs(), 2).unwrap();
+        for (b, x) in case.inputs.iter().enumerate() {
+            let want = naive::forward(&case.naive, &case.params.w, x, &s.psp, T);
+            for (l, w) in want.iter().enumerate() {
+                let got = &out.times[l][b * w.len()..(b + 1) * w.len()];
+                for (g, w) in got.iter().zip(w) {
+                    prop_assert!(close(*g, *w, TOL), "layer {l}: {g} vs {w}");
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn train_step_matches_naive(s in shape_strategy(), batch in 1usize..5, hyper in hyper_strategy()) {
+        let mut case = build_case(&s, batch);
+        let hyper = fit(hyper, &case.net);
+        let x = case.flat_inputs();
+        let mut want = case.params.w.clone();
+        naive::train_step(&case.naive, &mut want, &case.inputs, &case.labels, &hyper, &s.psp, T);
+        case.net.train_step(&mut case.params.views_mut(), &x, &case.labels, batch, &hyper).unwrap();
+        for (l, (got, want)) in case.params.w.iter().zip(&want).enumerate() {
+            for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                prop_assert!(close(*g, *w, TOL), "layer {l} weight {i}: {g} vs {w}");
+            }
+        }
+        let repacked = Params::new(&case.net, case.params.w.clone());
+        prop_assert_eq!(&repacked.p, &case.params.p);
+    }
+
+    #[test]
+    fn train_step_is_independent_of_thread_count(
+        s in shape_strategy(), batch in 1usize..12, hyper in hyper_strategy(),
+    ) {
+        let case = build_case(&s, batch);
+        let hyper = fit(hyper, &case.net);
+        let x = case.flat_inputs();
+        let run = |threads: usize| {
+            let pool = build_pool(threads).unwrap();
+            let mut p = case.params.clone();
+            let stats = case.net
+                .train_step_in(&pool, &mut p.views_mut(), &x, &case.labels, batch, &hyper)
+                .unwrap();
+            (p, stats)
+        };
+        let (p1, s1) = run(1);
+        let (p2, s2) = run(2);
+        prop_assert_eq!(bits_of(&p1), bits_of(&p2));
+        prop_assert_eq!(p1.p, p2.p);
+        prop_assert_eq!(s1.predictions, s2.predictions);
+        prop_assert_eq!(s1.cases, s2.cases);
+        prop_assert_eq!(s1.loss.to_bits(), s2.loss.to_bits());
+        prop_assert_eq!(s1.fired, s2.fired);
+    }
+
+    #[test]
+    fn zero_learning_rate_leaves_weights(s in shape_strategy(), batch in 1usize..5, hyper in hyper_strategy()) {
+        let mut case = build_case(&s, batch);
+        let mut hyper = fit(hyper, &case.net);
+        hyper.lr.iter_mut().for_each(|lr| *lr = 0.0);
+        let before = case.params.clone();
+        let x = case.flat_inputs();
+        case.net.train_step(&mut case.params.views_mut(), &x, &case.labels, batch, &hyper).unwrap();
+        prop_assert_eq!(case.params, before);
+    }
+}

@@ -1,0 +1,251 @@
+//! Thin PyO3 bindings over `stidi-core`: NumPy views in, the GIL released while
+//! the engine runs, core errors mapped to `ValueError` in one place.
+
+use numpy::ndarray::Array2;
+use numpy::{
+    IntoPyArray, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArrayDyn,
+    PyReadwriteArrayDyn, PyUntypedArrayMethods,
+};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use stidi_core::{ConvReduce, Hyper, LayerParams, LayerParamsMut, LayerSpec, Network, Psp};
+
+fn value_error(err: stidi_core::Error) -> PyErr {
+    PyValueError::new_err(err.to_string())
+}
+
+fn contiguous<'a, T>(slice: Option<&'a [T]>, what: &str) -> PyResult<&'a [T]> {
+    slice.ok_or_else(|| PyValueError::new_err(format!("{what} must be a C-contiguous array")))
+}
+
+fn layer_spec(d: &Bound<'_, PyDict>) -> PyResult<LayerSpec> {
+    let get = |key: &str| -> PyResult<Bound<'_, PyAny>> {
+        d.get_item(key)?
+            .ok_or_else(|| PyValueError::new_err(format!("layer spec is missing {key:?}")))
+    };
+    let kind: String = get("kind")?.extract()?;
+    Ok(match kind.as_str() {
+        "conv2d" => LayerSpec::Conv2d {
+            in_channels: get("in_channels")?.extract()?,
+            out_channels: get("out_channels")?.extract()?,
+            kernel_size: get("kernel_size")?.extract()?,
+            threshold: get("threshold")?.extract()?,
+            binary: get("binary")?.extract()?,
+        },
+        "maxpool2d" => LayerSpec::MaxPool2d {
+            kernel_size: get("kernel_size")?.extract()?,
+        },
+        "dense" => LayerSpec::Dense {
+            in_features: get("in_features")?.extract()?,
+            out_features: get("out_features")?.extract()?,
+            threshold: get("threshold")?.extract()?,
+            binary: get("binary")?.extract()?,
+        },
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "unknown layer kind {other:?}"
+            )))
+        }
+    })
+}
+
+/// An architecture compiled for the Rust engine. It holds no weights: those stay
+/// in NumPy arrays owned by the Python layers and are passed (zero-copy) per call.
+#[pyclass(module = "stidi_rs._core", frozen)]
+struct Engine {
+    net: Network,
+}
+
+#[pymethods]
+impl Engine {
+    #[new]
+    fn new(
+        layers: Vec<Bound<'_, PyDict>>,
+        input_shape: Vec<usize>,
+        tau_rise: f64,
+        tau_fall: f64,
+        tmax: f64,
+    ) -> PyResult<Self> {
+        let specs = layers
+            .iter()
+            .map(layer_spec)
+            .collect::<PyResult<Vec<_>>>()?;
+        let psp = Psp::new(tau_rise, tau_fall).map_err(value_error)?;
+        let net = Network::new(specs, &input_shape, psp, tmax).map_err(value_error)?;
+        Ok(Engine { net })
+    }
+
+    /// Spike times of every layer as `(batch, size)` arrays, and `V(tmax)` of the
+    /// last layer as `(batch, n_out)` (empty if it is not Dense).
+    #[allow(clippy::type_complexity)]
+    fn forward<'py>(
+        &self,
+        py: Python<'py>,
+        weights: Vec<Option<PyReadonlyArrayDyn<'py, f64>>>,
+        packed: Vec<Option<PyReadonlyArrayDyn<'py, u64>>>,
+        times: PyReadonlyArray2<'py, f64>,
+    ) -> PyResult<(Vec<Bound<'py, PyArray2<f64>>>, Bound<'py, PyArray2<f64>>)> {
+        let batch = times.shape()[0];
+        let input = contiguous(times.as_slice().ok(), "times")?;
+        let params = read_params(&weights, &packed)?;
+        let out = py
+            .detach(|| self.net.forward(&params, input, batch))
+            .map_err(value_error)?;
+        let layers = out
+            .times
+            .into_iter()
+            .map(|t| to_2d(py, t, batch))
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok((layers, to_2d(py, out.v_end, batch)?))
+    }
+
+    /// One STiDi-BP step over the batch; updates `weights` (and the packed signs of
+    /// binary layers) in place and returns the statistics of the forward pass.
+    #[allow(clippy::too_many_arguments)]
+    fn train_step<'py>(
+        &self,
+        py: Python<'py>,
+        mut weights: Vec<Option<PyReadwriteArrayDyn<'py, f64>>>,
+        mut packed: Vec<Option<PyReadwriteArrayDyn<'py, u64>>>,
+        times: PyReadonlyArray2<'py, f64>,
+        labels: PyReadonlyArray1<'py, i64>,
+        lr: Vec<f64>,
+        gamma: f64,
+        beta: Vec<f64>,
+        normalize: bool,
+        weight_decay: f64,
+        conv_reduce: &str,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let batch = times.shape()[0];
+        let input = contiguous(times.as_slice().ok(), "times")?;
+        let labels = contiguous(labels.as_slice().ok(), "labels")?
+            .iter()
+            .map(|&y| {
+                usize::try_from(y)
+                    .map_err(|_| PyValueError::new_err(format!("label {y} is negative")))
+            })
+            .collect::<PyResult<Vec<usize>>>()?;
+        let conv_reduce = match conv_reduce {
+            "sum" => ConvReduce::Sum,
+            "mean" => ConvReduce::Mean,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "conv_reduce must be 'sum' or 'mean', got {other:?}"
+                )))
+            }
+        };
+        let hyper = Hyper {
+            lr,
+            gamma,
+            beta,
+            normalize,
+            weight_decay,
+            conv_reduce,
+        };
+        if weights.len() != packed.len() {
+            return Err(PyValueError::new_err(
+                "weights and packed must have one entry per layer",
+            ));
+        }
+        let mut params = Vec::with_capacity(weights.len());
+        for (w, p) in weights.iter_mut().zip(packed.iter_mut()) {
+            let weight: &mut [f64] = match w {
+                Some(a) => a.as_slice_mut().map_err(|_| {
+                    PyValueError::new_err("weights must be C-contiguous float64 arrays")
+                })?,
+                None => &mut [],
+            };
+            let packed: &mut [u64] = match p {
+                Some(a) => a.as_slice_mut().map_err(|_| {
+                    PyValueError::new_err("packed weights must be C-contiguous uint64 arrays")
+                })?,
+                None => &mut [],
+            };
+            params.push(LayerParamsMut { weight, packed });
+        }
+        let stats = py
+            .detach(|| {
+                self.net
+                    .train_step(&mut params, input, &labels, batch, &hyper)
+            })
+            .map_err(value_error)?;
+        let out = PyDict::new(py);
+        let predictions: Vec<i64> = stats.predictions.iter().map(|&p| p as i64).collect();
+        out.set_item("predictions", predictions.into_pyarray(py))?;
+        out.set_item("cases", stats.cases.into_pyarray(py))?;
+        out.set_item("loss", stats.loss)?;
+        out.set_item("fired", stats.fired)?;
+        Ok(out)
+    }
+}
+
+fn read_params<'a>(
+    weights: &'a [Option<PyReadonlyArrayDyn<'_, f64>>],
+    packed: &'a [Option<PyReadonlyArrayDyn<'_, u64>>],
+) -> PyResult<Vec<LayerParams<'a>>> {
+    if weights.len() != packed.len() {
+        return Err(PyValueError::new_err(
+            "weights and packed must have one entry per layer",
+        ));
+    }
+    weights
+        .iter()
+        .zip(packed)
+        .map(|(w, p)| {
+            let weight = match w {
+                Some(a) => contiguous(a.as_slice().ok(), "weights")?,
+                None => &[],
+            };
+            let packed = match p {
+                Some(a) => contiguous(a.as_slice().ok(), "packed weights")?,
+                None => &[],
+            };
+            Ok(LayerParams { weight, packed })
+        })
+        .collect()
+}
+
+fn to_2d(py: Python<'_>, data: Vec<f64>, batch: usize) -> PyResult<Bound<'_, PyArray2<f64>>> {
+    let width = if batch == 0 { 0 } else { data.len() / batch };
+    let array = Array2::from_shape_vec((batch, width), data)
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(array.into_pyarray(py))
+}
+
+/// Bit-pack the signs of a `(out, rows)` weight (the engine's layout; see `stidi_rs.pack_signs`).
+#[pyfunction]
+fn pack_signs<'py>(
+    py: Python<'py>,
+    weight: PyReadonlyArray2<'py, f64>,
+) -> PyResult<Bound<'py, PyArray2<u64>>> {
+    let (out, rows) = (weight.shape()[0], weight.shape()[1]);
+    let w = contiguous(weight.as_slice().ok(), "weight")?;
+    let words = out.div_ceil(64);
+    let packed = stidi_core::bits::try_pack_signs(w, out, rows).map_err(value_error)?;
+    let array = Array2::from_shape_vec((rows, words), packed)
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(array.into_pyarray(py))
+}
+
+/// Set the number of engine threads (results do not depend on it).
+#[pyfunction]
+fn set_num_threads(n: usize) -> PyResult<()> {
+    stidi_core::set_num_threads(n).map_err(value_error)
+}
+
+/// Number of threads the engine uses.
+#[pyfunction]
+fn num_threads() -> usize {
+    stidi_core::num_threads()
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<Engine>()?;
+    m.add_function(wrap_pyfunction!(pack_signs, m)?)?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,188 @@
+"""The Rust engine agrees with the NumPy reference (the oracle) on random networks.
+
+Tolerance: spike times within ``1e-8 * tmax``. Both engines are float64 but sum the
+PSP contributions in different orders, so results differ by rounding (a few ulps of
+V, divided by the slope at the crossing). Two kinds of input are excluded, because
+on them two correct engines may take different discrete branches (docs/algorithm.md §3):
+
+- V touches the threshold within ``1e-7`` (relative) at a breakpoint: the engines
+  may disagree about *whether* a neuron fires;
+- two spike times that a discrete rule compares are within ``1e-9 * tmax`` of a tie:
+  the two earliest of a pooling window (which one wins), the two earliest outputs
+  (the decision), an output within rounding of ``t_min + gamma`` (the targets).
+  Binary (±1) weights make such exact ties common, not a measure-zero accident.
+"""
+
+import math
+
+import numpy as np
+import pytest
+from helpers import tangent_margin
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import stidi_rs as sr
+from stidi_rs import reference as R
+
+ATOL_T = 1e-8
+ATOL_W = 1e-9
+
+settings.register_profile("stidi", max_examples=60, deadline=None)
+settings.load_profile("stidi")
+
+
+@st.composite
+def network_case(draw):
+    """A random small network, a batch of input times and labels."""
+    tmax = draw(st.sampled_from([256.0, 100.0]))
+    tau_rise = draw(st.floats(5.0, 60.0))
+    tau_fall = draw(st.one_of(st.just(math.inf), st.floats(5.0, 100.0)))
+    shape_kind = draw(st.sampled_from(["dense", "conv", "conv-pool-conv-pool"]))
+    bin_ = lambda: draw(st.booleans())  # noqa: E731
+    if shape_kind == "dense":
+        n_in, hidden = draw(st.integers(2, 20)), draw(st.integers(1, 12))
+        input_shape = (n_in,)
+        layers = [sr.Dense(n_in, hidden, draw(st.floats(0.5, 4.0)), binary=bin_()),
+                  sr.Dense(hidden, 4, draw(st.floats(0.3, 3.0)), binary=bin_())]
+    elif shape_kind == "conv":
+        c, h = draw(st.integers(1, 2)), draw(st.integers(3, 7))
+        k, co = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+        input_shape = (c, h, h)
+        layers = [sr.Conv2d(c, co, k, draw(st.floats(0.5, 3.0)), binary=bin_()),
+                  sr.Dense(co * (h - k + 1) ** 2, 3, draw(st.floats(0.5, 4.0)), binary=bin_())]
+    else:
+        c1, c2 = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+        input_shape = (1, 12, 12)
+        layers = [sr.Conv2d(1, c1, 3, draw(st.floats(0.5, 3.0)), binary=bin_()),
+                  sr.MaxPool2d(2),
+                  sr.Conv2d(c1, c2, 2, draw(st.floats(0.5, 3.0)), binary=bin_()),
+                  sr.MaxPool2d(2),
+                  sr.Dense(c2 * 4, 3, draw(st.floats(0.5, 3.0)), binary=bin_())]
+    seed = draw(st.integers(0, 2**32 - 1))
+    net = sr.Network(layers, input_shape, tmax=tmax, psp=sr.PSP(tau_rise, tau_fall), seed=seed,
+                     backend="rust")
+    rng = np.random.default_rng(seed)
+    batch = draw(st.integers(1, 4))
+    x = rng.uniform(0, tmax, size=(batch, *input_shape))
+    x[rng.random(x.shape) < draw(st.floats(0.0, 0.6))] = tmax
+    labels = rng.integers(0, net.n_classes, size=batch)
+    return net, x, labels
+
+
+def near_tie(t: np.ndarray, tmax: float, gap: float = 0.0) -> bool:
+    """Whether the two earliest spikes of a row (last axis) are within rounding of ``gap``."""
+    s = np.sort(t, axis=-1)
+    if s.shape[-1] < 2:
+        return False
+    spiking = s[..., 0] < tmax
+    if gap:
+        return bool((spiking[..., None] & (np.abs(s - s[..., :1] - gap) < 1e-9 * tmax)).any())
+    return bool((spiking & (s[..., 1] - s[..., 0] < 1e-9 * tmax)).any())
+
+
+def margin(net, x, gamma: float = 3.0) -> float:
+    """Smallest tangent margin over every spiking layer of the reference forward pass,
+    or 0 where a discrete rule meets a near tie."""
+    times, _ = R.forward(net.layers, x, net.psp, net.tmax)
+    inputs = [x, *times[:-1]]
+    if near_tie(times[-1], net.tmax) or near_tie(times[-1], net.tmax, gamma):
+        return 0.0
+    best = np.inf
+    for layer, t_in in zip(net.layers, inputs):
+        if layer.kind == "maxpool2d":
+            p = layer.kernel_size
+            b, c, h, w = t_in.shape
+            win = t_in[:, :, : h // p * p, : w // p * p].reshape(b, c, h // p, p, w // p, p)
+            if near_tie(win.transpose(0, 1, 2, 4, 3, 5).reshape(b, c, h // p, w // p, -1),
+                        net.tmax):
+                return 0.0
+            continue
+        w = R._forward_weight(layer)
+        if layer.kind == "conv2d":
+            rows = R.unfold(t_in, layer.kernel_size).reshape(-1, w[0].size)
+        else:
+            rows = t_in.reshape(len(t_in), -1)
+        best = min(best, tangent_margin(rows, w.reshape(len(w), -1), layer.threshold,
+                                        net.psp.tau_rise, net.psp.tau_fall, net.tmax))
+    return best
+
+
+def snapshot(net):
+    return [layer.weight.copy() for layer in net.spiking_layers]
+
+
+@given(network_case())
+def test_forward_agrees_with_reference(case):
+    net, x, _ = case
+    rust = net.forward(x)
+    net.backend = "numpy"
+    ref = net.forward(x)
+    for a, b in zip(rust, ref):
+        assert a.shape == b.shape
+    assume(margin(net, x) > 1e-7)
+    for a, b in zip(rust, ref):
+        np.testing.assert_allclose(a, b, rtol=0, atol=ATOL_T * net.tmax)
+    net.backend = "rust"
+    assert np.array_equal(net.predict(x), R.decide(ref[-1], R.forward(
+        net.layers, x, net.psp, net.tmax)[1], net.tmax)[0])
+
+
+@given(network_case(), st.integers(1, 3), st.booleans(), st.sampled_from(["sum", "mean"]))
+def test_learning_steps_agree_with_reference(case, steps, normalize, reduce):
+    net, x, labels = case
+    start = snapshot(net)
+    kwargs = dict(lr=2.0, gamma=3.0, beta=0.7, normalize=normalize, weight_decay=1e-3,
+                  conv_reduce=reduce)
+    net.backend = "rust"
+    rust_stats = [sr.STiDiBP(net, **kwargs).step(x, labels) for _ in range(steps)]
+    rust_w = snapshot(net)
+    rust_packed = [layer.packed for layer in net.spiking_layers]
+    for layer, w in zip(net.spiking_layers, start):
+        layer.weight = w
+    net.backend = "numpy"
+    ref_stats = []
+    for _ in range(steps):
+        assume(margin(net, x) > 1e-7)
+        ref_stats.append(sr.STiDiBP(net, **kwargs).step(x, labels))
+    for a, b in zip(rust_w, snapshot(net)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=ATOL_W)
+    for layer, packed in zip(net.spiking_layers, rust_packed):
+        if layer.binary:  # the engine kept the bit-packed signs in sync with its update
+            assert np.array_equal(packed, sr.pack_signs(layer.weight))
+    for rs, ns in zip(rust_stats, ref_stats):
+        assert np.array_equal(rs["predictions"], ns["predictions"])
+        assert np.array_equal(rs["cases"], ns["cases"])
+        assert rs["loss"] == pytest.approx(ns["loss"], abs=1e-9)
+        assert rs["fired"] == pytest.approx(ns["fired"], abs=1e-12)
+
+
+@given(network_case())
+@settings(max_examples=20)
+def test_results_do_not_depend_on_thread_count(case):
+    net, x, labels = case
+    x = np.concatenate([x] * 5)  # enough samples for both threads to work
+    labels = np.concatenate([labels] * 5)
+    start = snapshot(net)
+    results = []
+    for threads in (1, 2):
+        sr.set_num_threads(threads)
+        for layer, w in zip(net.spiking_layers, start):
+            layer.weight = w
+        out = net.forward(x)
+        sr.STiDiBP(net, lr=3.0).step(x, labels)
+        results.append((out, snapshot(net)))
+    sr.set_num_threads(2)
+    (out1, w1), (out2, w2) = results
+    assert all(np.array_equal(a, b) for a, b in zip(out1, out2))
+    assert all(np.array_equal(a, b) for a, b in zip(w1, w2))
+
+
+def test_pack_signs_layouts_agree():
+    rng = np.random.default_rng(3)
+    for out, rows in [(1, 1), (63, 5), (64, 3), (65, 7), (200, 11)]:
+        w = rng.normal(size=(out, rows))
+        w[0, 0] = 0.0
+        packed = sr.pack_signs(w)
+        assert packed.shape == (rows, -(-out // 64))
+        assert np.array_equal(packed, sr._core.pack_signs(w))
+        assert np.array_equal(sr.unpack_signs(packed, w.shape), np.where(w >= 0, 1.0, -1.0))
