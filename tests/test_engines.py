@@ -17,11 +17,10 @@ import math
 
 import numpy as np
 import pytest
+import stidi_rs as sr
 from helpers import tangent_margin
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-
-import stidi_rs as sr
 from stidi_rs import reference as R
 
 ATOL_T = 1e-8
@@ -42,25 +41,32 @@ def network_case(draw):
     if shape_kind == "dense":
         n_in, hidden = draw(st.integers(2, 20)), draw(st.integers(1, 12))
         input_shape = (n_in,)
-        layers = [sr.Dense(n_in, hidden, draw(st.floats(0.5, 4.0)), binary=bin_()),
-                  sr.Dense(hidden, 4, draw(st.floats(0.3, 3.0)), binary=bin_())]
+        layers = [
+            sr.Dense(n_in, hidden, draw(st.floats(0.5, 4.0)), binary=bin_()),
+            sr.Dense(hidden, 4, draw(st.floats(0.3, 3.0)), binary=bin_()),
+        ]
     elif shape_kind == "conv":
         c, h = draw(st.integers(1, 2)), draw(st.integers(3, 7))
         k, co = draw(st.integers(1, 3)), draw(st.integers(1, 3))
         input_shape = (c, h, h)
-        layers = [sr.Conv2d(c, co, k, draw(st.floats(0.5, 3.0)), binary=bin_()),
-                  sr.Dense(co * (h - k + 1) ** 2, 3, draw(st.floats(0.5, 4.0)), binary=bin_())]
+        layers = [
+            sr.Conv2d(c, co, k, draw(st.floats(0.5, 3.0)), binary=bin_()),
+            sr.Dense(co * (h - k + 1) ** 2, 3, draw(st.floats(0.5, 4.0)), binary=bin_()),
+        ]
     else:
         c1, c2 = draw(st.integers(1, 3)), draw(st.integers(1, 3))
         input_shape = (1, 12, 12)
-        layers = [sr.Conv2d(1, c1, 3, draw(st.floats(0.5, 3.0)), binary=bin_()),
-                  sr.MaxPool2d(2),
-                  sr.Conv2d(c1, c2, 2, draw(st.floats(0.5, 3.0)), binary=bin_()),
-                  sr.MaxPool2d(2),
-                  sr.Dense(c2 * 4, 3, draw(st.floats(0.5, 3.0)), binary=bin_())]
+        layers = [
+            sr.Conv2d(1, c1, 3, draw(st.floats(0.5, 3.0)), binary=bin_()),
+            sr.MaxPool2d(2),
+            sr.Conv2d(c1, c2, 2, draw(st.floats(0.5, 3.0)), binary=bin_()),
+            sr.MaxPool2d(2),
+            sr.Dense(c2 * 4, 3, draw(st.floats(0.5, 3.0)), binary=bin_()),
+        ]
     seed = draw(st.integers(0, 2**32 - 1))
-    net = sr.Network(layers, input_shape, tmax=tmax, psp=sr.PSP(tau_rise, tau_fall), seed=seed,
-                     backend="rust")
+    net = sr.Network(
+        layers, input_shape, tmax=tmax, psp=sr.PSP(tau_rise, tau_fall), seed=seed, backend="rust"
+    )
     rng = np.random.default_rng(seed)
     batch = draw(st.integers(1, 4))
     x = rng.uniform(0, tmax, size=(batch, *input_shape))
@@ -93,8 +99,9 @@ def margin(net, x, gamma: float = 3.0) -> float:
             p = layer.kernel_size
             b, c, h, w = t_in.shape
             win = t_in[:, :, : h // p * p, : w // p * p].reshape(b, c, h // p, p, w // p, p)
-            if near_tie(win.transpose(0, 1, 2, 4, 3, 5).reshape(b, c, h // p, w // p, -1),
-                        net.tmax):
+            if near_tie(
+                win.transpose(0, 1, 2, 4, 3, 5).reshape(b, c, h // p, w // p, -1), net.tmax
+            ):
                 return 0.0
             continue
         w = R._forward_weight(layer)
@@ -102,8 +109,17 @@ def margin(net, x, gamma: float = 3.0) -> float:
             rows = R.unfold(t_in, layer.kernel_size).reshape(-1, w[0].size)
         else:
             rows = t_in.reshape(len(t_in), -1)
-        best = min(best, tangent_margin(rows, w.reshape(len(w), -1), layer.threshold,
-                                        net.psp.tau_rise, net.psp.tau_fall, net.tmax))
+        best = min(
+            best,
+            tangent_margin(
+                rows,
+                w.reshape(len(w), -1),
+                layer.threshold,
+                net.psp.tau_rise,
+                net.psp.tau_fall,
+                net.tmax,
+            ),
+        )
     return best
 
 
@@ -123,16 +139,19 @@ def test_forward_agrees_with_reference(case):
     for a, b in zip(rust, ref):
         np.testing.assert_allclose(a, b, rtol=0, atol=ATOL_T * net.tmax)
     net.backend = "rust"
-    assert np.array_equal(net.predict(x), R.decide(ref[-1], R.forward(
-        net.layers, x, net.psp, net.tmax)[1], net.tmax)[0])
+    assert np.array_equal(
+        net.predict(x),
+        R.decide(ref[-1], R.forward(net.layers, x, net.psp, net.tmax)[1], net.tmax)[0],
+    )
 
 
 @given(network_case(), st.integers(1, 3), st.booleans(), st.sampled_from(["sum", "mean"]))
 def test_learning_steps_agree_with_reference(case, steps, normalize, reduce):
     net, x, labels = case
     start = snapshot(net)
-    kwargs = dict(lr=2.0, gamma=3.0, beta=0.7, normalize=normalize, weight_decay=1e-3,
-                  conv_reduce=reduce)
+    kwargs = dict(
+        lr=2.0, gamma=3.0, beta=0.7, normalize=normalize, weight_decay=1e-3, conv_reduce=reduce
+    )
     net.backend = "rust"
     rust_stats = [sr.STiDiBP(net, **kwargs).step(x, labels) for _ in range(steps)]
     rust_w = snapshot(net)

@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 import pytest
-
 import stidi_rs as sr
 from stidi_rs import datasets
 
@@ -18,8 +17,9 @@ def test_reference_learns_mnist_from_1000_images():
     x_test, y_test = datasets.load("mnist", "test", download=False)
     train = sr.encode(x_train[:1000].reshape(1000, -1))
     test = sr.encode(x_test[:1000].reshape(1000, -1))
-    net = sr.Network([sr.Dense(784, 100, 30.0), sr.Dense(100, 10, 15.0)], (784,),
-                     backend="numpy", seed=0)
+    net = sr.Network(
+        [sr.Dense(784, 100, 30.0), sr.Dense(100, 10, 15.0)], (784,), backend="numpy", seed=0
+    )
     before = (net.predict(test) == y_test[:1000]).mean()
     rule = sr.STiDiBP(net, lr=12.8)
     rng = np.random.default_rng(0)

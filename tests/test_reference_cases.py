@@ -4,13 +4,13 @@ import math
 
 import numpy as np
 import pytest
-
 from stidi_rs import reference as R
 
 
 def fire(t_in, w, theta, tau_rise, tau_fall, tmax=256.0):
-    return R.spike_times(np.array([t_in], float), np.array([w], float), theta, tau_rise,
-                         tau_fall, tmax)[0, 0]
+    return R.spike_times(
+        np.array([t_in], float), np.array([w], float), theta, tau_rise, tau_fall, tmax
+    )[0, 0]
 
 
 def test_psp_kernel_values():
@@ -51,9 +51,9 @@ def test_inputs_at_tmax_never_act_and_crossing_at_tmax_is_no_spike():
 
 
 def test_maxpool_takes_earliest_spike_and_first_winner():
-    x = np.array([[[[5.0, 3.0, 9.0, 9.0, 1.0],
-                    [4.0, 3.0, 2.0, 8.0, 1.0],
-                    [7.0, 7.0, 6.0, 6.0, 1.0]]]])
+    x = np.array(
+        [[[[5.0, 3.0, 9.0, 9.0, 1.0], [4.0, 3.0, 2.0, 8.0, 1.0], [7.0, 7.0, 6.0, 6.0, 1.0]]]]
+    )
     out, winner = R.maxpool2d_forward(x, 2)
     assert out.tolist() == [[[[3.0, 2.0]]]]  # the last row and column are dropped
     assert winner.tolist() == [[[[1, 2]]]]  # (0,1) beats the tie at (1,1); (1,0) of window 2

@@ -3,11 +3,10 @@
 import math
 
 import numpy as np
+import stidi_rs as sr
 from helpers import breakpoints, tangent_margin, toeplitz, v_direct
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-
-import stidi_rs as sr
 from stidi_rs import reference as R
 
 TOL = 1e-9
@@ -24,7 +23,11 @@ taus = st.tuples(
 def layer_case(draw, max_in=8, max_out=4):
     """Random input rows, weights, threshold, PSP and tmax; some inputs never spike."""
     tmax = draw(st.sampled_from([256.0, draw(st.floats(20.0, 300.0))]))
-    rows, n, m = draw(st.integers(1, 3)), draw(st.integers(1, max_in)), draw(st.integers(1, max_out))
+    rows, n, m = (
+        draw(st.integers(1, 3)),
+        draw(st.integers(1, max_in)),
+        draw(st.integers(1, max_out)),
+    )
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     t = rng.uniform(0, tmax, size=(rows, n))
@@ -117,8 +120,13 @@ def test_conv2d_equals_dense_with_toeplitz_weights(case):
     assert np.allclose(conv.reshape(len(x), -1), dense, rtol=0, atol=TOL * tmax)
 
 
-@given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 9), st.integers(1, 9),
-       st.integers(0, 2**32 - 1))
+@given(
+    st.integers(1, 3),
+    st.integers(1, 4),
+    st.integers(1, 9),
+    st.integers(1, 9),
+    st.integers(0, 2**32 - 1),
+)
 def test_maxpool_is_window_min(c, p, h, width, seed):
     assume(p <= min(h, width))
     rng = np.random.default_rng(seed)
@@ -156,10 +164,17 @@ def test_conv_update_equals_toeplitz_update_tied_back(case, e_scale, reduce):
     e = rng.normal(size=y.shape) * e_scale
     c_out, c_in, k, _ = w.shape
     rows_in = R.unfold(x, k).reshape(-1, c_in * k * k)
-    grad = R.layer_update(rows_in, y.transpose(0, 2, 3, 1).reshape(-1, c_out),
-                          e.transpose(0, 2, 3, 1).reshape(-1, c_out), theta, psp, tmax)
-    big_grad = R.layer_update(x.reshape(len(x), -1), y.reshape(len(x), -1), e.reshape(len(x), -1),
-                              theta, psp, tmax)
+    grad = R.layer_update(
+        rows_in,
+        y.transpose(0, 2, 3, 1).reshape(-1, c_out),
+        e.transpose(0, 2, 3, 1).reshape(-1, c_out),
+        theta,
+        psp,
+        tmax,
+    )
+    big_grad = R.layer_update(
+        x.reshape(len(x), -1), y.reshape(len(x), -1), e.reshape(len(x), -1), theta, psp, tmax
+    )
     h, width = x.shape[2:]
     ho, wo = y.shape[2:]
     tied = np.zeros_like(w)
@@ -169,10 +184,23 @@ def test_conv_update_equals_toeplitz_update_tied_back(case, e_scale, reduce):
             tied += g[:, yy, xx, :, yy : yy + k, xx : xx + k]
     assert np.allclose(grad.reshape(w.shape), tied, atol=1e-12)
     # And the displacement folds back like the Toeplitz one.
-    d = R.displacement(rows_in, y.transpose(0, 2, 3, 1).reshape(-1, c_out),
-                       e.transpose(0, 2, 3, 1).reshape(-1, c_out), w.reshape(c_out, -1), theta,
-                       psp, 1.0)
+    d = R.displacement(
+        rows_in,
+        y.transpose(0, 2, 3, 1).reshape(-1, c_out),
+        e.transpose(0, 2, 3, 1).reshape(-1, c_out),
+        w.reshape(c_out, -1),
+        theta,
+        psp,
+        1.0,
+    )
     d = R.fold(d.reshape(len(x), ho, wo, -1), c_in, k)
-    d_big = R.displacement(x.reshape(len(x), -1), y.reshape(len(x), -1), e.reshape(len(x), -1),
-                           toeplitz(w, h, width), theta, psp, 1.0)
+    d_big = R.displacement(
+        x.reshape(len(x), -1),
+        y.reshape(len(x), -1),
+        e.reshape(len(x), -1),
+        toeplitz(w, h, width),
+        theta,
+        psp,
+        1.0,
+    )
     assert np.allclose(d.reshape(len(x), -1), d_big, atol=1e-12)

@@ -23,8 +23,10 @@ def build_model(name: str, binary: bool, seed: int, backend: str) -> tuple[Netwo
         layers = [Dense(784, 400, 30.0, binary=binary), Dense(400, 10, 60.0, binary=binary)]
         return Network(layers, (784,), psp=PSP(40.0), seed=seed, backend=backend), 12.8
     layers = [
-        Conv2d(1, 16, 5, 10.0, binary=binary), MaxPool2d(2),
-        Conv2d(16, 32, 5, 40.0, binary=binary), MaxPool2d(2),
+        Conv2d(1, 16, 5, 10.0, binary=binary),
+        MaxPool2d(2),
+        Conv2d(16, 32, 5, 40.0, binary=binary),
+        MaxPool2d(2),
         Dense(32 * 4 * 4, 10, 40.0, binary=binary),
     ]
     return Network(layers, (1, 28, 28), psp=PSP(40.0), seed=seed, backend=backend), 12.8
@@ -45,8 +47,11 @@ def cmd_train(args) -> int:
     rule = STiDiBP(net, lr=args.lr if args.lr is not None else lr)
     train, test = _inputs(net, x_train), _inputs(net, x_test)
     rng = np.random.default_rng(args.seed)
-    print(f"{args.model} on {args.dataset}: {len(train)} train, {len(test)} test images, "
-          f"backend {args.backend}", file=sys.stderr)
+    print(
+        f"{args.model} on {args.dataset}: {len(train)} train, {len(test)} test images, "
+        f"backend {args.backend}",
+        file=sys.stderr,
+    )
     for epoch in range(args.epochs):
         order = rng.permutation(len(train))
         correct = seen = 0
@@ -61,8 +66,10 @@ def cmd_train(args) -> int:
                 bar.set_postfix(acc=f"{100 * correct / seen:.1f}%")
         rate = seen / (time.perf_counter() - start)
         accuracy = float((net.predict(test) == y_test).mean())
-        print(f"epoch {epoch + 1}: train (running) {100 * correct / seen:.2f}%  "
-              f"test {100 * accuracy:.2f}%  ({rate:.0f} img/s)")
+        print(
+            f"epoch {epoch + 1}: train (running) {100 * correct / seen:.2f}%  "
+            f"test {100 * accuracy:.2f}%  ({rate:.0f} img/s)"
+        )
     return 0
 
 

@@ -140,12 +140,16 @@ class Conv2d(_Spiking):
         if c != self.in_channels:
             raise ValueError(f"Conv2d expects {self.in_channels} input channels, got {c}")
         if self.kernel_size > min(h, w):
-            raise ValueError(f"Conv2d kernel_size {self.kernel_size} is larger than its {h}x{w} input")
+            raise ValueError(
+                f"Conv2d kernel_size {self.kernel_size} is larger than its {h}x{w} input"
+            )
         return (self.out_channels, h - self.kernel_size + 1, w - self.kernel_size + 1)
 
     def __repr__(self):
-        return (f"Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"threshold={self.threshold}, binary={self.binary})")
+        return (
+            f"Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"threshold={self.threshold}, binary={self.binary})"
+        )
 
 
 class Dense(_Spiking):
@@ -162,13 +166,16 @@ class Dense(_Spiking):
         n = math.prod(shape)
         if n != self.in_features:
             raise ValueError(
-                f"Dense expects {self.in_features} input features, got {n} (input shape {tuple(shape)})"
+                f"Dense expects {self.in_features} input features, "
+                f"got {n} (input shape {tuple(shape)})"
             )
         return (self.out_features,)
 
     def __repr__(self):
-        return (f"Dense({self.in_features}, {self.out_features}, threshold={self.threshold}, "
-                f"binary={self.binary})")
+        return (
+            f"Dense({self.in_features}, {self.out_features}, threshold={self.threshold}, "
+            f"binary={self.binary})"
+        )
 
 
 class MaxPool2d:

@@ -22,7 +22,9 @@ def _per_layer(name: str, value, n: int, allow_zero: bool) -> list[float]:
     for v in values:
         v = float(v)
         if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-            raise ValueError(f"{name} values must be finite and {'>= 0' if allow_zero else '> 0'}, got {v}")
+            raise ValueError(
+                f"{name} values must be finite and {'>= 0' if allow_zero else '> 0'}, got {v}"
+            )
         out.append(v)
     return out
 
@@ -84,15 +86,32 @@ class STiDiBP:
         if net.backend == "rust":
             weights, packed = net._params()
             stats = net._engine.train_step(
-                weights, packed, t.reshape(len(t), -1), y, self.lr, self.gamma, self.beta,
-                self.normalize, self.weight_decay, self.conv_reduce,
+                weights,
+                packed,
+                t.reshape(len(t), -1),
+                y,
+                self.lr,
+                self.gamma,
+                self.beta,
+                self.normalize,
+                self.weight_decay,
+                self.conv_reduce,
             )
             pred, cases = np.asarray(stats["predictions"]), np.asarray(stats["cases"])
             loss, fired = float(stats["loss"]), [float(f) for f in stats["fired"]]
         else:
             deltas, (times_out, v_end), e_out = reference.updates(
-                net.layers, t, y, net.psp, net.tmax, self.lr, self.gamma, self.beta,
-                self.normalize, self.weight_decay, self.conv_reduce,
+                net.layers,
+                t,
+                y,
+                net.psp,
+                net.tmax,
+                self.lr,
+                self.gamma,
+                self.beta,
+                self.normalize,
+                self.weight_decay,
+                self.conv_reduce,
             )
             for layer, delta in zip(net.layers, deltas):
                 if delta is not None:

@@ -25,7 +25,9 @@ def encode(images, tmax: float = 256.0, max_value: float = 255.0) -> np.ndarray:
     tmax = _positive_float("tmax", tmax)
     max_value = _positive_float("max_value", max_value)
     x = np.asarray(images)
-    if x.dtype == bool or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+    if x.dtype == bool or not (
+        np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)
+    ):
         raise ValueError(f"images must be a real numeric array, got dtype {x.dtype}")
     if x.size and np.isnan(x).any():
         raise ValueError("images contain NaN")
@@ -39,7 +41,9 @@ def encode(images, tmax: float = 256.0, max_value: float = 255.0) -> np.ndarray:
 
 def _check_times(times, shape, tmax: float) -> np.ndarray:
     t = np.asarray(times)
-    if t.dtype == bool or not (np.issubdtype(t.dtype, np.integer) or np.issubdtype(t.dtype, np.floating)):
+    if t.dtype == bool or not (
+        np.issubdtype(t.dtype, np.integer) or np.issubdtype(t.dtype, np.floating)
+    ):
         raise ValueError(f"spike times must be a real numeric array, got dtype {t.dtype}")
     if t.ndim != len(shape) + 1 or tuple(t.shape[1:]) != tuple(shape):
         raise ValueError(
@@ -100,7 +104,9 @@ class Network:
             raise ValueError("the same layer object appears twice in the Network")
         shape = tuple(int(s) for s in input_shape)
         if len(shape) not in (1, 3) or min(shape) <= 0:
-            raise ValueError(f"input_shape must be (C, H, W) or (N,) with positive sizes, got {shape}")
+            raise ValueError(
+                f"input_shape must be (C, H, W) or (N,) with positive sizes, got {shape}"
+            )
         self.input_shape = shape
         self.tmax = _positive_float("tmax", tmax)
         self.psp = PSP(40.0) if psp is None else psp
@@ -188,17 +194,28 @@ class Network:
 
     def __repr__(self):
         body = ",\n  ".join(repr(layer) for layer in self.layers)
-        return (f"Network([\n  {body}\n], input_shape={self.input_shape}, tmax={self.tmax:g}, "
-                f"psp={self.psp}, backend={self.backend!r})")
+        return (
+            f"Network([\n  {body}\n], input_shape={self.input_shape}, tmax={self.tmax:g}, "
+            f"psp={self.psp}, backend={self.backend!r})"
+        )
 
 
 def _layer_spec(layer) -> dict:
     if isinstance(layer, MaxPool2d):
         return {"kind": "maxpool2d", "kernel_size": layer.kernel_size}
     if isinstance(layer, Conv2d):
-        return {"kind": "conv2d", "in_channels": layer.in_channels,
-                "out_channels": layer.out_channels, "kernel_size": layer.kernel_size,
-                "threshold": layer.threshold, "binary": layer.binary}
-    return {"kind": "dense", "in_features": layer.in_features,
-            "out_features": layer.out_features, "threshold": layer.threshold,
-            "binary": layer.binary}
+        return {
+            "kind": "conv2d",
+            "in_channels": layer.in_channels,
+            "out_channels": layer.out_channels,
+            "kernel_size": layer.kernel_size,
+            "threshold": layer.threshold,
+            "binary": layer.binary,
+        }
+    return {
+        "kind": "dense",
+        "in_features": layer.in_features,
+        "out_features": layer.out_features,
+        "threshold": layer.threshold,
+        "binary": layer.binary,
+    }

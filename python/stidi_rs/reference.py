@@ -147,8 +147,9 @@ def conv2d_forward(t_in, w, threshold, psp, tmax):
     c_out, _, k, _ = w.shape
     patches = unfold(t_in, k)
     b, ho, wo, n = patches.shape
-    t = spike_times(patches.reshape(-1, n), w.reshape(c_out, n), threshold, psp.tau_rise,
-                    psp.tau_fall, tmax)
+    t = spike_times(
+        patches.reshape(-1, n), w.reshape(c_out, n), threshold, psp.tau_rise, psp.tau_fall, tmax
+    )
     return t.reshape(b, ho, wo, c_out).transpose(0, 3, 1, 2)
 
 
@@ -254,13 +255,15 @@ def forward(layers, t_in: np.ndarray, psp, tmax: float):
     v_end = None
     if last.kind == "dense":
         prev = times[-2] if len(times) > 1 else t_in
-        v_end = potential(prev.reshape(len(prev), -1), _forward_weight(last), tmax,
-                          psp.tau_rise, psp.tau_fall)
+        v_end = potential(
+            prev.reshape(len(prev), -1), _forward_weight(last), tmax, psp.tau_rise, psp.tau_fall
+        )
     return times, v_end
 
 
-def updates(layers, t_in, labels, psp, tmax, lr, gamma, beta, normalize, weight_decay,
-            conv_reduce="sum"):
+def updates(
+    layers, t_in, labels, psp, tmax, lr, gamma, beta, normalize, weight_decay, conv_reduce="sum"
+):
     """One STiDi-BP step: the weight change of every layer (``None`` for pooling).
 
     ``lr`` and ``beta`` hold one value per spiking layer. Also returns the forward
@@ -276,8 +279,9 @@ def updates(layers, t_in, labels, psp, tmax, lr, gamma, beta, normalize, weight_
     for li in reversed(range(len(layers))):
         layer, x, y = layers[li], inputs[li], times[li]
         if layer.kind == "maxpool2d":
-            e = maxpool2d_route(e, maxpool2d_forward(x, layer.kernel_size)[1], x.shape,
-                                layer.kernel_size)
+            e = maxpool2d_route(
+                e, maxpool2d_forward(x, layer.kernel_size)[1], x.shape, layer.kernel_size
+            )
             continue
         s = spiking.index(li)
         e_hat = normalise(e) if normalize else e

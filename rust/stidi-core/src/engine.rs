@@ -29,10 +29,18 @@ pub(crate) fn build_events(x: &[f64], psp: &Psp, tmax: f64, events: &mut Vec<Eve
         // the end breakpoint is +∞ and is dropped here.
         let t1 = t + psp.tau_rise;
         if t1 < tmax {
-            events.push(Event { t: t1, src, kind: 1 });
+            events.push(Event {
+                t: t1,
+                src,
+                kind: 1,
+            });
             let t2 = t1 + psp.tau_fall;
             if t2 < tmax {
-                events.push(Event { t: t2, src, kind: 2 });
+                events.push(Event {
+                    t: t2,
+                    src,
+                    kind: 2,
+                });
             }
         }
     }
@@ -47,8 +55,15 @@ pub(crate) fn build_events(x: &[f64], psp: &Psp, tmax: f64, events: &mut Vec<Eve
 /// Forward weights as rows over inputs (kernel positions), contiguous over the
 /// output channels: the transpose of PyTorch's `(out, rows)` layout.
 pub(crate) enum RowWeights<'a> {
-    Real { wt: Vec<f64>, out: usize },
-    Bits { packed: &'a [u64], wpr: usize, out: usize },
+    Real {
+        wt: Vec<f64>,
+        out: usize,
+    },
+    Bits {
+        packed: &'a [u64],
+        wpr: usize,
+        out: usize,
+    },
 }
 
 impl<'a> RowWeights<'a> {
@@ -233,7 +248,11 @@ pub(crate) fn conv_times(
                     continue;
                 }
                 let row = c * k * k + (y - oy) * k + (x - ox);
-                w.axpy(row, steps[ev.kind], &mut st.slope[p * g.cout..(p + 1) * g.cout]);
+                w.axpy(
+                    row,
+                    steps[ev.kind],
+                    &mut st.slope[p * g.cout..(p + 1) * g.cout],
+                );
             }
         }
         if st.remaining == 0 {
@@ -256,7 +275,13 @@ pub(crate) fn conv_times(
 }
 
 /// `V_j(tmax) = Σ_i w̃_ji ε(tmax − t_i)` by the direct formula, summed in input order.
-pub(crate) fn potential_at(x: &[f64], w: &RowWeights, out: usize, psp: &Psp, tmax: f64) -> Vec<f64> {
+pub(crate) fn potential_at(
+    x: &[f64],
+    w: &RowWeights,
+    out: usize,
+    psp: &Psp,
+    tmax: f64,
+) -> Vec<f64> {
     let mut v = vec![0.0; out];
     for (i, &t) in x.iter().enumerate() {
         if t < tmax {

@@ -133,7 +133,11 @@ fn backward_sample(
         }
         // The first spiking layer has nothing below it to displace.
         let disp = si > 0;
-        let mut dsum = if disp { vec![0.0; xin.len()] } else { Vec::new() };
+        let mut dsum = if disp {
+            vec![0.0; xin.len()]
+        } else {
+            Vec::new()
+        };
         let mut k = Kernel {
             psp: &net.psp,
             theta,
@@ -146,7 +150,7 @@ fn backward_sample(
         };
         match &net.layers[l] {
             Layer::Conv { g, .. } => k.conv(g, y, &err),
-            _ => k.dense(y, &err),
+            _ => k.dense(y, &err, tmax),
         }
         if !disp {
             break;
@@ -213,14 +217,20 @@ impl Kernel<'_> {
         }
     }
 
-    fn dense(&mut self, y: &[f64], err: &[f64]) {
+    fn dense(&mut self, y: &[f64], err: &[f64], tmax: f64) {
         let n_in = self.x.len();
+        // Inputs that never spiked pair with nothing; latency codes are sparse.
+        let active: Vec<usize> = (0..n_in).filter(|&i| self.x[i] < tmax).collect();
         for (j, (&e, &tj)) in err.iter().zip(y).enumerate() {
             if e == 0.0 {
                 continue;
             }
             let base = j * n_in;
-            self.neuron(tj, e * tj / self.theta, (0..n_in).map(|i| (i, base + i)));
+            self.neuron(
+                tj,
+                e * tj / self.theta,
+                active.iter().map(|&i| (i, base + i)),
+            );
         }
     }
 

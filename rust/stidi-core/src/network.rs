@@ -413,7 +413,12 @@ impl Network {
     }
 
     /// `V(tmax)` of the last layer if it is Dense, else empty.
-    pub(crate) fn v_end(&self, prep: &[Option<RowWeights>], x: &[f64], times: &[Vec<f64>]) -> Vec<f64> {
+    pub(crate) fn v_end(
+        &self,
+        prep: &[Option<RowWeights>],
+        x: &[f64],
+        times: &[Vec<f64>],
+    ) -> Vec<f64> {
         let l = self.layers.len() - 1;
         match (&self.layers[l], &prep[l]) {
             (Layer::Dense { n_out, .. }, Some(w)) => {
@@ -458,7 +463,8 @@ impl Network {
             let lr = hyper.lr[si];
             // Δw = −η ê (t_j/θ) ε / T per pair; the accumulators hold Σ ê (t_j/θ) ε.
             let mut factor = -lr * per_sample;
-            if let (Layer::Conv { g, .. }, ConvReduce::Mean) = (&self.layers[l], hyper.conv_reduce) {
+            if let (Layer::Conv { g, .. }, ConvReduce::Mean) = (&self.layers[l], hyper.conv_reduce)
+            {
                 factor /= g.positions() as f64;
             }
             let decay = lr * hyper.weight_decay;

@@ -59,7 +59,10 @@ impl<'a> LayerParams<'a> {
     }
 
     pub fn real(weight: &'a [f64]) -> Self {
-        LayerParams { weight, packed: &[] }
+        LayerParams {
+            weight,
+            packed: &[],
+        }
     }
 
     pub fn binary(weight: &'a [f64], packed: &'a [u64]) -> Self {

@@ -207,7 +207,7 @@ fn read_params<'a>(
 }
 
 fn to_2d(py: Python<'_>, data: Vec<f64>, batch: usize) -> PyResult<Bound<'_, PyArray2<f64>>> {
-    let width = if batch == 0 { 0 } else { data.len() / batch };
+    let width = data.len().checked_div(batch).unwrap_or(0);
     let array = Array2::from_shape_vec((batch, width), data)
         .map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok(array.into_pyarray(py))
@@ -228,7 +228,8 @@ fn pack_signs<'py>(
     Ok(array.into_pyarray(py))
 }
 
-/// Set the number of engine threads (results do not depend on it).
+/// Set the number of engine threads (0 = `RAYON_NUM_THREADS`, else every core).
+/// Results do not depend on it.
 #[pyfunction]
 fn set_num_threads(n: usize) -> PyResult<()> {
     stidi_core::set_num_threads(n).map_err(value_error)

@@ -19,15 +19,49 @@ pub(crate) fn breakpoints(ts: &[f64], psp: &Psp, tmax: f64) -> Vec<f64> {
     b
 }
 
-/// First crossing of θ, found by evaluating V directly at every breakpoint.
+/// Slope of ε on the right of `s`.
+fn slope_right(s: f64, psp: &Psp) -> f64 {
+    if s < 0.0 {
+        0.0
+    } else if s < psp.tau_rise {
+        1.0 / psp.tau_rise
+    } else if s < psp.tau_rise + psp.tau_fall {
+        -1.0 / psp.tau_fall
+    } else {
+        0.0
+    }
+}
+
+/// First crossing of θ: V is evaluated directly at every breakpoint, and the
+/// crossing solved with the slope (also direct) inside the crossing segment.
+///
+/// Sums run over the inputs sorted by `(t, w)`, and inputs after a time add
+/// exact zeros, so two neurons with the same history up to their crossing get
+/// bit-identical times, as in the engine: max-pooling routes exact ties to the
+/// first neuron, and a rounding-level split would change the winner.
 pub(crate) fn spike_time(ts: &[f64], ws: &[f64], theta: f64, psp: &Psp, tmax: f64) -> f64 {
-    let b = breakpoints(ts, psp, tmax);
+    let mut pairs: Vec<(f64, f64)> = ts
+        .iter()
+        .copied()
+        .zip(ws.iter().copied())
+        .filter(|&(t, _)| t < tmax)
+        .collect();
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    let (ts, ws): (Vec<f64>, Vec<f64>) = pairs.into_iter().unzip();
+    let b = breakpoints(&ts, psp, tmax);
     for pair in b.windows(2) {
         let (b0, b1) = (pair[0], pair[1]);
-        let (v0, v1) = (potential(ts, ws, b0, psp), potential(ts, ws, b1, psp));
-        if v1 >= theta {
-            let t = b0 + (theta - v0) * (b1 - b0) / (v1 - v0);
-            return if t < tmax { t } else { tmax };
+        if potential(&ts, &ws, b1, psp) >= theta {
+            let v0 = potential(&ts, &ws, b0, psp);
+            // At the midpoint: `b0 - t_i` may round to either side of τ1.
+            let mid = 0.5 * (b0 + b1);
+            let s: f64 = ts
+                .iter()
+                .zip(&ws)
+                .map(|(&ti, &w)| w * slope_right(mid - ti, psp))
+                .sum();
+            let t = b0 + (theta - v0) / s;
+            return if t < tmax { t.min(b1) } else { tmax };
         }
     }
     tmax
@@ -231,12 +265,14 @@ pub(crate) fn train_step(
                 }
             }
             let reduce = match (&layers[l].spec, hyper.conv_reduce) {
-                (LayerSpec::Conv2d { .. }, ConvReduce::Mean) => yl.len() as f64 / {
-                    let LayerSpec::Conv2d { out_channels, .. } = layers[l].spec else {
-                        unreachable!()
-                    };
-                    out_channels as f64
-                },
+                (LayerSpec::Conv2d { .. }, ConvReduce::Mean) => {
+                    yl.len() as f64 / {
+                        let LayerSpec::Conv2d { out_channels, .. } = layers[l].spec else {
+                            unreachable!()
+                        };
+                        out_channels as f64
+                    }
+                }
                 _ => 1.0,
             };
             let mut d = vec![0.0; xin.len()];
@@ -245,9 +281,8 @@ pub(crate) fn train_step(
                 for &(i, wi) in f {
                     let ti = xin[i];
                     if ti < tj {
-                        delta[l][wi] += -hyper.lr[s] * e[j] * (tj / theta) * psp.eps(tj - ti)
-                            / tmax
-                            / reduce;
+                        delta[l][wi] +=
+                            -hyper.lr[s] * e[j] * (tj / theta) * psp.eps(tj - ti) / tmax / reduce;
                         d[i] += hyper.beta[s]
                             * e[j]
                             * (tj / theta)

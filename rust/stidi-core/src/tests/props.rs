@@ -58,7 +58,9 @@ fn neuron(inputs: &[(f64, f64)], theta: f64, psp: Psp) -> f64 {
         binary: false,
     };
     let net = Network::new(vec![spec], &[ts.len()], psp, T).unwrap();
-    net.forward(&[LayerParams::real(&ws)], &ts, 1).unwrap().times[0][0]
+    net.forward(&[LayerParams::real(&ws)], &ts, 1)
+        .unwrap()
+        .times[0][0]
 }
 
 /// Structure of a random network; values come from `seed`.
@@ -445,5 +447,23 @@ proptest! {
         let x = case.flat_inputs();
         case.net.train_step(&mut case.params.views_mut(), &x, &case.labels, batch, &hyper).unwrap();
         prop_assert_eq!(case.params, before);
+    }
+}
+
+#[test]
+fn tmp_debug() {
+    let s = Shape { conv: Some((1, 3, 2, true, 2)), hw: (5, 6), hidden: 3, hidden_binary: false, out: 2,
+        psp: Psp { tau_rise: 9.70094783266337, tau_fall: INF }, seed: 7157459747040958372 };
+    let case = build_case(&s, 3);
+    let out = case.net.forward(&case.params.views(), &case.flat_inputs(), 3).unwrap();
+    for (b, x) in case.inputs.iter().enumerate() {
+        let want = naive::forward(&case.naive, &case.params.w, x, &s.psp, T);
+        for (l, w) in want.iter().enumerate() {
+            let got = &out.times[l][b * w.len()..(b + 1) * w.len()];
+            for (i, (g, w)) in got.iter().zip(w).enumerate() {
+                if g != w { eprintln!("b {b} layer {l} idx {i}: {g:?} vs {w:?}"); }
+            }
+        }
+        eprintln!("conv {:?}", &want[0]);
     }
 }

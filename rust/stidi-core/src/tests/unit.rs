@@ -52,10 +52,22 @@ fn psp_kernel_values() {
 #[test]
 fn neuron_fires_on_the_rise() {
     // V = 2 t / 10 until t = 10: reaches 1 at t = 5.
-    let t = one_neuron(&[0.0, 0.0], &[1.0, 1.0], 1.0, Psp::new(10.0, INF).unwrap(), 100.0);
+    let t = one_neuron(
+        &[0.0, 0.0],
+        &[1.0, 1.0],
+        1.0,
+        Psp::new(10.0, INF).unwrap(),
+        100.0,
+    );
     assert_eq!(t, 5.0);
     // Second input arrives later: V = t/10 + (t-4)/10 = 1 at t = 7.
-    let t = one_neuron(&[0.0, 4.0], &[1.0, 1.0], 1.0, Psp::new(10.0, INF).unwrap(), 100.0);
+    let t = one_neuron(
+        &[0.0, 4.0],
+        &[1.0, 1.0],
+        1.0,
+        Psp::new(10.0, INF).unwrap(),
+        100.0,
+    );
     assert!(close(t, 7.0, 1e-12), "{t}");
 }
 
@@ -92,8 +104,13 @@ fn max_pool_takes_first_earliest_spike() {
         3.0, 7.0, 2.0, 8.0, 0.0, //
         0.0, 0.0, 0.0, 0.0, 0.0,
     ];
-    let net = Network::new(vec![LayerSpec::MaxPool2d { kernel_size: 2 }], &[1, 3, 5], psp, 10.0)
-        .unwrap();
+    let net = Network::new(
+        vec![LayerSpec::MaxPool2d { kernel_size: 2 }],
+        &[1, 3, 5],
+        psp,
+        10.0,
+    )
+    .unwrap();
     assert_eq!(net.output_shapes(), &[vec![1, 1, 2]]);
     let out = net.forward(&[LayerParams::pool()], &x, 1).unwrap();
     assert_eq!(out.times[0], vec![3.0, 2.0]);
@@ -139,8 +156,14 @@ fn normalisation_keeps_zero() {
 
 #[test]
 fn decision_rule() {
-    assert_eq!(decide_with_tmax(&[5.0, 3.0, 4.0], &[0.0, 0.0, 9.0], 10.0), (1, 0));
-    assert_eq!(decide_with_tmax(&[3.0, 5.0, 3.0], &[1.0, 9.0, 2.0], 10.0), (2, 1));
+    assert_eq!(
+        decide_with_tmax(&[5.0, 3.0, 4.0], &[0.0, 0.0, 9.0], 10.0),
+        (1, 0)
+    );
+    assert_eq!(
+        decide_with_tmax(&[3.0, 5.0, 3.0], &[1.0, 9.0, 2.0], 10.0),
+        (2, 1)
+    );
     assert_eq!(decide_with_tmax(&[3.0, 3.0], &[2.0, 2.0], 10.0), (0, 1));
     assert_eq!(decide_with_tmax(&[10.0, 10.0], &[1.0, 2.0], 10.0), (1, 2));
     assert_eq!(decide_with_tmax(&[10.0], &[1.0], 10.0), (0, 2));
@@ -156,7 +179,10 @@ fn packed_layout() {
     let w = [1.0, -1.0, 0.0, -2.0, 3.0, -0.0];
     let p = bits::pack_signs(&w, 2, 3);
     assert_eq!(p, vec![0b01, 0b10, 0b11]);
-    assert_eq!(bits::unpack_signs(&p, 2, 3), vec![1.0, -1.0, 1.0, -1.0, 1.0, 1.0]);
+    assert_eq!(
+        bits::unpack_signs(&p, 2, 3),
+        vec![1.0, -1.0, 1.0, -1.0, 1.0, 1.0]
+    );
     // 70 outputs need two words per row.
     assert_eq!(bits::packed_words(70, 3), 6);
     assert!(bits::try_pack_signs(&w, 4, 3).is_err());
@@ -214,7 +240,11 @@ fn network_shapes_and_validation() {
     assert!(bad(vec![conv(2, 2, 3)], &[1, 4, 4]).is_err());
     assert!(bad(vec![conv(1, 2, 5)], &[1, 4, 9]).is_err());
     assert!(bad(vec![LayerSpec::MaxPool2d { kernel_size: 0 }], &[1, 4, 4]).is_err());
-    assert!(bad(vec![dense(4, 2, 1.0), LayerSpec::MaxPool2d { kernel_size: 1 }], &[4]).is_err());
+    assert!(bad(
+        vec![dense(4, 2, 1.0), LayerSpec::MaxPool2d { kernel_size: 1 }],
+        &[4]
+    )
+    .is_err());
     assert!(bad(vec![dense(4, 2, 1.0)], &[2, 2]).is_err());
     assert!(bad(vec![dense(4, 2, 1.0)], &[0, 2, 2]).is_err());
     assert!(Network::new(vec![dense(4, 2, 1.0)], &[4], psp, 0.0).is_err());
@@ -257,7 +287,9 @@ fn bad_inputs_are_errors() {
     assert!(m.contains("NaN") && m.contains("index 2"), "{m}");
     assert!(net.forward(&params.views(), &[-1.0, 2.0, 3.0], 1).is_err());
     assert!(net.forward(&params.views(), &[1.0, 2.0], 1).is_err());
-    assert!(net.forward(&params.views()[..1], &[1.0, 2.0, 3.0], 1).is_err());
+    assert!(net
+        .forward(&params.views()[..1], &[1.0, 2.0, 3.0], 1)
+        .is_err());
     assert!(net.forward(&params.views(), &[], 0).unwrap().times[0].is_empty());
     let x = [1.0, 2.0, 3.0];
     let m = message(net.train_step(&mut params.views_mut(), &x, &[2], 1, &hyper(0.1)));
@@ -270,10 +302,14 @@ fn bad_inputs_are_errors() {
         .is_err());
     let mut h = hyper(0.1);
     h.lr.pop();
-    assert!(net.train_step(&mut params.views_mut(), &x, &[0], 1, &h).is_err());
+    assert!(net
+        .train_step(&mut params.views_mut(), &x, &[0], 1, &h)
+        .is_err());
     let mut h = hyper(0.1);
     h.gamma = 0.0;
-    assert!(net.train_step(&mut params.views_mut(), &x, &[0], 1, &h).is_err());
+    assert!(net
+        .train_step(&mut params.views_mut(), &x, &[0], 1, &h)
+        .is_err());
     params.w[0][3] = f64::NAN;
     assert!(net.forward(&params.views(), &x, 1).is_err());
 }
@@ -349,7 +385,10 @@ fn train_step_updates_and_repacks() {
     }
     // Output 0 got negative weights: the bits follow.
     assert_eq!(params.p[0], bits::pack_signs(&params.w[0], 2, 2));
-    assert_eq!(bits::unpack_signs(&params.p[0], 2, 2), vec![-1.0, -1.0, 1.0, 1.0]);
+    assert_eq!(
+        bits::unpack_signs(&params.p[0], 2, 2),
+        vec![-1.0, -1.0, 1.0, 1.0]
+    );
 }
 
 #[test]
