@@ -30,7 +30,7 @@ pub(crate) fn run_chunk(
     samples: Range<usize>,
     hyper: &Hyper,
 ) -> ChunkOut {
-    let n_in = input.len() / labels.len();
+    let n_in = net.in_size;
     let mut out = ChunkOut {
         acc: net
             .spiking

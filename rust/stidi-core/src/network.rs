@@ -95,7 +95,7 @@ pub struct Network {
     shapes: Vec<Vec<usize>>,
     pub(crate) psp: Psp,
     pub(crate) tmax: f64,
-    in_size: usize,
+    pub(crate) in_size: usize,
     /// Layer index of each spiking layer, in order.
     pub(crate) spiking: Vec<usize>,
 }

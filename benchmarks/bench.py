@@ -1,0 +1,116 @@
+"""Side-by-side speed and memory of the engines, printed as a Markdown table.
+
+Each configuration runs in its own subprocess so that its peak memory (max RSS
+above the process's baseline after loading the data) is its own. Images/s are
+measured on real MNIST images from $STIDI_RS_DATA (or the dataset cache).
+
+    python benchmarks/bench.py            # full table (a few minutes)
+    python benchmarks/bench.py --quick    # fewer images, for a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+MODELS = ("csnn", "dense")
+
+
+def run_one(cfg: dict) -> dict:
+    """Time inference and training steps of one configuration in this process."""
+    import stidi_rs as sr
+    from stidi_rs import datasets
+    from stidi_rs.cli import build_model
+
+    images, labels = datasets.load("mnist", "train")
+    n = cfg["images"]
+    net, lr = build_model(cfg["model"], cfg["binary"], 0, cfg["backend"])
+    x = sr.encode(images[:n].reshape(n, *net.input_shape))
+    y = labels[:n]
+    if cfg["backend"] == "rust":
+        sr.set_num_threads(cfg["threads"])
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rule = sr.STiDiBP(net, lr=lr)
+    bs = cfg["batch"]
+    net.predict(x[:bs])  # warm-up: thread pool, caches
+    start = time.perf_counter()
+    net.predict(x, batch_size=256)
+    infer = n / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for lo in range(0, n - bs + 1, bs):
+        rule.step(x[lo : lo + bs], y[lo : lo + bs])
+    train = (n // bs * bs) / (time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
+    weights = sum(
+        (layer.packed if layer.binary else layer.weight).nbytes for layer in net.spiking_layers
+    )
+    return {**cfg, "infer": infer, "train": train, "peak_mib": peak / 1024, "weight_bytes": weights}
+
+
+def configurations(quick: bool) -> list[dict]:
+    cores = os.cpu_count() or 1
+    out = []
+    for model in MODELS:
+        for binary in (False, True):
+            big = 256 if quick else (2048 if model == "csnn" else 8192)
+            small = 32 if quick else (64 if model == "csnn" else 256)
+            for backend, threads, n in (
+                ("numpy", 1, small),
+                ("rust", 1, big),
+                ("rust", cores, big),
+            ):
+                out.append(
+                    {"model": model, "binary": binary, "backend": backend, "threads": threads,
+                     "images": n, "batch": 32}
+                )
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer images (smoke test)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(json.loads(args.one))))
+        return 0
+    rows = []
+    for cfg in configurations(args.quick):
+        proc = subprocess.run(
+            [sys.executable, __file__, "--one", json.dumps(cfg)],
+            capture_output=True, text=True, check=False,
+            env={**os.environ, "RAYON_NUM_THREADS": str(cfg["threads"])},
+        )
+        if proc.returncode != 0:
+            print(proc.stderr, file=sys.stderr)
+            return 1
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"  measured {cfg}", file=sys.stderr)
+    print(f"MNIST, training batch {rows[0]['batch']}, {os.cpu_count()} cores; "
+          "ratios against the NumPy reference of the same model and weights.\n")
+    print("| model | weights | engine | threads | infer img/s | train img/s | "
+          "train × numpy | train × 1 thread | peak MiB | stored weights |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        ref = next(q for q in rows if q["model"] == r["model"] and q["binary"] == r["binary"]
+                   and q["backend"] == "numpy")
+        one = next((q for q in rows if q["model"] == r["model"] and q["binary"] == r["binary"]
+                    and q["backend"] == "rust" and q["threads"] == 1), None)
+        vs_one = f"{r['train'] / one['train']:.2f}" if r["backend"] == "rust" and one else ""
+        print(f"| {r['model']} | {'binary' if r['binary'] else 'real'} | {r['backend']} | "
+              f"{r['threads']} | {r['infer']:,.0f} | {r['train']:,.0f} | "
+              f"{r['train'] / ref['train']:,.1f} | {vs_one} | {r['peak_mib']:.0f} | "
+              f"{r['weight_bytes']:,} B |")
+    return 0
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main())
