@@ -1,7 +1,7 @@
 """Side-by-side speed and memory of the engines, printed as a Markdown table.
 
-Each configuration runs in its own subprocess so that its peak memory (max RSS
-above the process's baseline after loading the data) is its own. Images/s are
+Each configuration runs in its own subprocess; its peak memory is the peak RSS
+(Linux VmHWM, reset after the data is loaded) above the RSS at that point. Images/s are
 measured on real MNIST images from $STIDI_RS_DATA (or the dataset cache).
 
     python benchmarks/bench.py            # full table (a few minutes)
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -23,20 +22,35 @@ import numpy as np
 MODELS = ("csnn", "dense")
 
 
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak() -> int:
+    """Reset the peak-RSS mark (Linux clear_refs) and return the current RSS in KiB."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_kib("VmRSS")
+
+
 def run_one(cfg: dict) -> dict:
     """Time inference and training steps of one configuration in this process."""
     import stidi_rs as sr
-    from stidi_rs import datasets
-    from stidi_rs.cli import build_model
+    from stidi_rs import datasets, presets
 
     images, labels = datasets.load("mnist", "train")
     n = cfg["images"]
-    net, lr = build_model(cfg["model"], cfg["binary"], 0, cfg["backend"])
+    preset = presets.get(cfg["model"] + ("-binary" if cfg["binary"] else ""))
+    net, lr = preset.build(seed=0, backend=cfg["backend"]), preset.rule["lr"]
     x = sr.encode(images[:n].reshape(n, *net.input_shape))
     y = labels[:n]
     if cfg["backend"] == "rust":
         sr.set_num_threads(cfg["threads"])
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _reset_peak()
     rule = sr.STiDiBP(net, lr=lr)
     bs = cfg["batch"]
     net.predict(x[:bs])  # warm-up: thread pool, caches
@@ -47,7 +61,7 @@ def run_one(cfg: dict) -> dict:
     for lo in range(0, n - bs + 1, bs):
         rule.step(x[lo : lo + bs], y[lo : lo + bs])
     train = (n // bs * bs) / (time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
+    peak = _status_kib("VmHWM") - base
     weights = sum(
         (layer.packed if layer.binary else layer.weight).nbytes for layer in net.spiking_layers
     )
@@ -67,8 +81,14 @@ def configurations(quick: bool) -> list[dict]:
                 ("rust", cores, big),
             ):
                 out.append(
-                    {"model": model, "binary": binary, "backend": backend, "threads": threads,
-                     "images": n, "batch": 32}
+                    {
+                        "model": model,
+                        "binary": binary,
+                        "backend": backend,
+                        "threads": threads,
+                        "images": n,
+                        "batch": 32,
+                    }
                 )
     return out
 
@@ -85,7 +105,9 @@ def main() -> int:
     for cfg in configurations(args.quick):
         proc = subprocess.run(
             [sys.executable, __file__, "--one", json.dumps(cfg)],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
             env={**os.environ, "RAYON_NUM_THREADS": str(cfg["threads"])},
         )
         if proc.returncode != 0:
@@ -93,21 +115,39 @@ def main() -> int:
             return 1
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(f"  measured {cfg}", file=sys.stderr)
-    print(f"MNIST, training batch {rows[0]['batch']}, {os.cpu_count()} cores; "
-          "ratios against the NumPy reference of the same model and weights.\n")
-    print("| model | weights | engine | threads | infer img/s | train img/s | "
-          "train × numpy | train × 1 thread | peak MiB | stored weights |")
+    print(
+        f"MNIST, training batch {rows[0]['batch']}, {os.cpu_count()} cores; "
+        "ratios against the NumPy reference of the same model and weights.\n"
+    )
+    print(
+        "| model | weights | engine | threads | infer img/s | train img/s | "
+        "train × numpy | train × 1 thread | peak MiB | stored weights |"
+    )
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        ref = next(q for q in rows if q["model"] == r["model"] and q["binary"] == r["binary"]
-                   and q["backend"] == "numpy")
-        one = next((q for q in rows if q["model"] == r["model"] and q["binary"] == r["binary"]
-                    and q["backend"] == "rust" and q["threads"] == 1), None)
+        ref = next(
+            q
+            for q in rows
+            if q["model"] == r["model"] and q["binary"] == r["binary"] and q["backend"] == "numpy"
+        )
+        one = next(
+            (
+                q
+                for q in rows
+                if q["model"] == r["model"]
+                and q["binary"] == r["binary"]
+                and q["backend"] == "rust"
+                and q["threads"] == 1
+            ),
+            None,
+        )
         vs_one = f"{r['train'] / one['train']:.2f}" if r["backend"] == "rust" and one else ""
-        print(f"| {r['model']} | {'binary' if r['binary'] else 'real'} | {r['backend']} | "
-              f"{r['threads']} | {r['infer']:,.0f} | {r['train']:,.0f} | "
-              f"{r['train'] / ref['train']:,.1f} | {vs_one} | {r['peak_mib']:.0f} | "
-              f"{r['weight_bytes']:,} B |")
+        print(
+            f"| {r['model']} | {'binary' if r['binary'] else 'real'} | {r['backend']} | "
+            f"{r['threads']} | {r['infer']:,.0f} | {r['train']:,.0f} | "
+            f"{r['train'] / ref['train']:,.1f} | {vs_one} | {r['peak_mib']:.0f} | "
+            f"{r['weight_bytes']:,} B |"
+        )
     return 0
 
 

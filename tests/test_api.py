@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-
 import stidi_rs as sr
 
 BACKENDS = ["rust", "numpy"]

@@ -1,75 +1,118 @@
-"""The ``stidi-rs`` command line."""
+"""stidi-rs: train and evaluate single-spike convolutional SNNs with STiDi-BP."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-import time
+from pathlib import Path
 
 import numpy as np
 
-from . import datasets
-from .layers import PSP, Conv2d, Dense, MaxPool2d
+from . import checkpoint, datasets, presets
 from .learning import STiDiBP
-from .network import BACKENDS, Network, encode
-from .progress import ProgressBar
-
-MODELS = ("dense", "csnn")
+from .network import BACKENDS, encode
+from .trainer import Trainer, evaluate
 
 
-def build_model(name: str, binary: bool, seed: int, backend: str) -> tuple[Network, float]:
-    """A network and the learning rate it was tuned with (docs/algorithm.md)."""
-    if name == "dense":
-        layers = [Dense(784, 400, 30.0, binary=binary), Dense(400, 10, 60.0, binary=binary)]
-        return Network(layers, (784,), psp=PSP(40.0), seed=seed, backend=backend), 12.8
-    layers = [
-        Conv2d(1, 16, 5, 10.0, binary=binary),
-        MaxPool2d(2),
-        Conv2d(16, 32, 5, 40.0, binary=binary),
-        MaxPool2d(2),
-        Dense(32 * 4 * 4, 10, 40.0, binary=binary),
-    ]
-    return Network(layers, (1, 28, 28), psp=PSP(40.0), seed=seed, backend=backend), 12.8
+def _split(x, y, val_size: int, seed: int):
+    """Carve a seeded validation split off the training set (never the test set)."""
+    if val_size <= 0:
+        return (x, y), None
+    if val_size >= len(x):
+        raise ValueError(f"--val-size {val_size} leaves no training images (of {len(x)})")
+    order = np.random.default_rng([seed, 0x5A1]).permutation(len(x))
+    val, train = order[:val_size], order[val_size:]
+    return (x[train], y[train]), (x[val], y[val])
 
 
-def _inputs(net: Network, images: np.ndarray) -> np.ndarray:
-    return encode(images.reshape(len(images), *net.input_shape), tmax=net.tmax)
+def _summary(name: str, m: dict) -> str:
+    spikes = ", ".join(f"{s:.0f}" for s in m["spikes_per_layer"])
+    t = m["decision_time"]
+    return (
+        f"{name}: accuracy {100 * m['accuracy']:.2f}%  spikes/layer [{spikes}]  "
+        f"synops {m['synops']:,.0f}  decision t {t:.1f}"
+        if t is not None
+        else f"{name}: accuracy {100 * m['accuracy']:.2f}%  (no output spikes)"
+    )
 
 
 def cmd_train(args) -> int:
-    x_train, y_train = datasets.load(args.dataset, "train", root=args.data)
-    x_test, y_test = datasets.load(args.dataset, "test", root=args.data)
-    if args.train_size:
-        x_train, y_train = x_train[: args.train_size], y_train[: args.train_size]
-    if args.test_size:
-        x_test, y_test = x_test[: args.test_size], y_test[: args.test_size]
-    net, lr = build_model(args.model, args.binary, args.seed, args.backend)
-    rule = STiDiBP(net, lr=args.lr if args.lr is not None else lr)
-    train, test = _inputs(net, x_train), _inputs(net, x_test)
-    rng = np.random.default_rng(args.seed)
+    if args.resume:
+        trainer = Trainer.resume(
+            args.resume, backend=args.backend, epochs=args.epochs, progress=not args.no_progress
+        )
+        cfg = trainer.config
+    else:
+        preset = presets.get(args.preset)
+        net = preset.build(seed=args.seed, backend=args.backend)
+        rule_args = {**preset.rule, **({"lr": args.lr} if args.lr is not None else {})}
+        cfg = {
+            "preset": args.preset,
+            "dataset": args.dataset,
+            "train_size": args.train_size,
+            "val_size": args.val_size,
+        }
+        out = Path(args.out) if args.out else Path("runs") / f"{args.preset}-{args.dataset}"
+        if (out / "last.npz").exists() or (out / "metrics.jsonl").exists():
+            if not args.force:
+                raise ValueError(
+                    f"{out} already holds a run: pass --resume {out / 'last.npz'}, "
+                    "another --out, or --force to start over"
+                )
+            for name in ("last.npz", "metrics.jsonl"):
+                (out / name).unlink(missing_ok=True)
+        trainer = Trainer(
+            net,
+            STiDiBP(net, **rule_args),
+            epochs=args.epochs or 1,
+            batch_size=args.batch_size,
+            lr_decay=args.lr_decay,
+            seed=args.seed,
+            out_dir=out,
+            progress=not args.no_progress,
+            config=cfg,
+        )
+    x, y = datasets.load(cfg["dataset"], "train", root=args.data)
+    if cfg["train_size"]:
+        x, y = x[: cfg["train_size"]], y[: cfg["train_size"]]
+    train, val = _split(x, y, cfg["val_size"], trainer.seed)
+    net = trainer.net
     print(
-        f"{args.model} on {args.dataset}: {len(train)} train, {len(test)} test images, "
-        f"backend {args.backend}",
+        f"{cfg['preset']} on {cfg['dataset']}: {len(train[0])} train, "
+        f"{0 if val is None else len(val[0])} validation images; backend {net.backend}; "
+        f"run in {trainer.out_dir}",
         file=sys.stderr,
     )
-    for epoch in range(args.epochs):
-        order = rng.permutation(len(train))
-        correct = seen = 0
-        start = time.perf_counter()
-        with ProgressBar(len(train), desc=f"epoch {epoch + 1}", unit="img") as bar:
-            for lo in range(0, len(train), args.batch_size):
-                idx = order[lo : lo + args.batch_size]
-                stats = rule.step(train[idx], y_train[idx])
-                correct += int(round(stats["accuracy"] * len(idx)))
-                seen += len(idx)
-                bar.update(len(idx))
-                bar.set_postfix(acc=f"{100 * correct / seen:.1f}%")
-        rate = seen / (time.perf_counter() - start)
-        accuracy = float((net.predict(test) == y_test).mean())
-        print(
-            f"epoch {epoch + 1}: train (running) {100 * correct / seen:.2f}%  "
-            f"test {100 * accuracy:.2f}%  ({rate:.0f} img/s)"
+    trainer.fit(*train, val=val)
+    for record in trainer.history:
+        line = (
+            f"epoch {record['epoch']}: train (running) "
+            f"{100 * record['train_accuracy']:.2f}%  {record['images_per_s']:.0f} img/s"
         )
+        if "val" in record:
+            line += f"  validation {100 * record['val']['accuracy']:.2f}%"
+        print(line)
+    xt, yt = datasets.load(cfg["dataset"], "test", root=args.data)
+    if args.test_size:
+        xt, yt = xt[: args.test_size], yt[: args.test_size]
+    metrics = evaluate(net, encode(xt.reshape(len(xt), *net.input_shape), tmax=net.tmax), yt)
+    print(_summary(f"test ({len(xt)} images)", metrics))
+    with open(trainer.out_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"test": metrics, "test_size": len(xt)}) + "\n")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    net, config = checkpoint.load(args.checkpoint, backend=args.backend)
+    dataset = args.dataset or config.get("trainer", {}).get("config", {}).get("dataset")
+    if dataset is None:
+        raise ValueError("the checkpoint does not name its dataset: pass --dataset")
+    x, y = datasets.load(dataset, "test", root=args.data)
+    if args.test_size:
+        x, y = x[: args.test_size], y[: args.test_size]
+    metrics = evaluate(net, encode(x.reshape(len(x), *net.input_shape), tmax=net.tmax), y)
+    print(json.dumps(metrics) if args.json else _summary(f"{dataset} test ({len(x)})", metrics))
     return 0
 
 
@@ -77,31 +120,60 @@ def cmd_info(args) -> int:
     from . import __version__, num_threads
 
     print(f"stidi-rs {__version__}, engine threads: {num_threads()}")
+    for name, p in presets.PRESETS.items():
+        print(f"  preset {name:14s} {p.description}")
     return 0
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="stidi-rs", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train a network and report test accuracy")
+    p = sub.add_parser("train", help="train a preset, evaluating on the test set at the end")
+    p.add_argument("--preset", default="dense", choices=sorted(presets.PRESETS))
     p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
-    p.add_argument("--model", default="dense", choices=MODELS)
-    p.add_argument("--binary", action="store_true", help="binary (sign) forward weights")
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=None, help="total epochs (default 1)")
     p.add_argument("--batch-size", type=int, default=1, help="1 = per-sample updates")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: preset's)")
+    p.add_argument("--lr-decay", type=float, default=1.0, help="lr multiplier per epoch")
     p.add_argument("--train-size", type=int, default=0, help="use the first N training images")
+    p.add_argument(
+        "--val-size",
+        type=int,
+        default=0,
+        help="carve a seeded validation split of N images from the training set",
+    )
     p.add_argument("--test-size", type=int, default=0, help="use the first N test images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="rust", choices=BACKENDS)
+    p.add_argument("--out", default=None, help="run directory (default runs/PRESET-DATASET)")
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue the run saved in CHECKPOINT (its last.npz)",
+    )
     p.add_argument("--data", default=None, help="dataset root (default: $STIDI_RS_DATA, cache)")
+    p.add_argument("--force", action="store_true", help="start over in an existing --out")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("info", help="version and engine threads")
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a test set")
+    p.add_argument("checkpoint")
+    p.add_argument("--dataset", default=None, choices=["mnist", "fashion-mnist"])
+    p.add_argument("--test-size", type=int, default=0)
+    p.add_argument("--backend", default="rust", choices=BACKENDS)
+    p.add_argument("--data", default=None)
+    p.add_argument("--json", action="store_true", help="print all metrics as JSON")
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("info", help="version, engine threads and presets")
     p.set_defaults(func=cmd_info)
     args = parser.parse_args(argv)
-    for name in ("epochs", "batch_size"):
-        if getattr(args, name, 1) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("epochs", "batch_size", "train_size", "val_size", "test_size"):
+        value = getattr(args, name, None)
+        if value is not None and value < (1 if name in ("epochs", "batch_size") else 0):
+            parser.error(
+                f"--{name.replace('_', '-')} must be at least "
+                f"{1 if name in ('epochs', 'batch_size') else 0}"
+            )
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:

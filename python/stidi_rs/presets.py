@@ -1,0 +1,89 @@
+"""Named model configurations: architecture, thresholds and learning rule.
+
+Status (see docs/results.md): ``dense`` learns MNIST out of the box; the CSNN
+presets are the intended paper-scale architecture, with thresholds chosen so that
+every layer fires at initialisation, but they are NOT tuned yet: with per-sample
+updates their conv layers fall silent within a few thousand images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .layers import PSP, Conv2d, Dense, MaxPool2d
+from .network import Network
+
+__all__ = ["Preset", "PRESETS", "get"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    layers: tuple  # (kind, args...) tuples, binary added by `build`
+    input_shape: tuple
+    rule: dict = field(default_factory=dict)
+    tau_rise: float = 40.0
+    tau_fall: float = float("inf")
+    binary: bool = False
+
+    def build(self, seed: int = 0, backend: str = "rust") -> Network:
+        make = {"conv2d": Conv2d, "dense": Dense, "maxpool2d": MaxPool2d}
+        layers = []
+        for kind, *args in self.layers:
+            extra = {"binary": self.binary} if kind != "maxpool2d" else {}
+            layers.append(make[kind](*args, **extra))
+        return Network(
+            layers,
+            self.input_shape,
+            psp=PSP(self.tau_rise, self.tau_fall),
+            seed=seed,
+            backend=backend,
+        )
+
+
+_DENSE = (("dense", 784, 400, 30.0), ("dense", 400, 10, 60.0))
+_CSNN = (
+    ("conv2d", 1, 16, 5, 4.0),
+    ("maxpool2d", 2),
+    ("conv2d", 16, 32, 5, 30.0),
+    ("maxpool2d", 2),
+    ("dense", 512, 10, 40.0),
+)
+
+PRESETS = {
+    p.name: p
+    for p in [
+        Preset("dense", "Dense 784-400-10, per-sample updates", _DENSE, (784,), {"lr": 12.8}),
+        Preset(
+            "dense-binary",
+            "Dense 784-400-10, binary forward weights",
+            _DENSE,
+            (784,),
+            {"lr": 12.8},
+            binary=True,
+        ),
+        Preset(
+            "csnn",
+            "conv5x5(16)-pool2-conv5x5(32)-pool2-dense(10) [untuned]",
+            _CSNN,
+            (1, 28, 28),
+            {"lr": 12.8},
+        ),
+        Preset(
+            "csnn-binary",
+            "the CSNN with binary forward weights [untuned]",
+            _CSNN,
+            (1, 28, 28),
+            {"lr": 12.8},
+            binary=True,
+        ),
+    ]
+}
+
+
+def get(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}: choose one of {sorted(PRESETS)}") from None

@@ -1,0 +1,224 @@
+"""Training loop, evaluation metrics, metrics log and resumable checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import checkpoint, reference
+from .learning import STiDiBP
+from .network import Network, encode
+from .progress import ProgressBar
+
+__all__ = ["Trainer", "evaluate", "synaptic_fanout"]
+
+
+def synaptic_fanout(net: Network) -> list[np.ndarray]:
+    """For every layer, how many synapses each of its *input* neurons drives."""
+    out = []
+    shape = net.input_shape
+    for layer, out_shape in zip(net.layers, net.output_shapes):
+        if layer.kind == "dense":
+            out.append(np.full(math.prod(shape), layer.out_features, dtype=np.int64))
+        elif layer.kind == "conv2d":
+            k = layer.kernel_size
+            ho, wo = out_shape[1:]
+            rows = np.convolve(np.ones(ho, np.int64), np.ones(k, np.int64))  # outputs per row
+            cols = np.convolve(np.ones(wo, np.int64), np.ones(k, np.int64))
+            per_pixel = np.outer(rows, cols) * layer.out_channels
+            out.append(np.broadcast_to(per_pixel, shape).reshape(-1))
+        else:
+            out.append(np.zeros(math.prod(shape), dtype=np.int64))  # pooling is not synaptic
+        shape = out_shape
+    return out
+
+
+def evaluate(net: Network, times: np.ndarray, labels: np.ndarray, batch_size: int = 512) -> dict:
+    """Accuracy and the spike statistics SNN papers report, over a labelled set.
+
+    ``spikes_per_layer``: mean number of neurons that fire per image, per layer;
+    ``synops``: mean synaptic operations per inference (input spikes x fan-out);
+    ``decision_time``: mean first output spike time over images with an output spike;
+    ``silent_fraction``: per layer, the fraction of neurons that never fire on the set;
+    ``cases``: how decisions were made (unique first spike, tie, no output spike);
+    ``confusion``: rows are true classes, columns predictions.
+    """
+    n_classes = net.n_classes
+    fanout = synaptic_fanout(net)
+    spikes = np.zeros(len(net.layers))
+    ever = [np.zeros(math.prod(s), dtype=bool) for s in net.output_shapes]
+    synops = 0.0
+    decision = []
+    cases = np.zeros(3, dtype=np.int64)
+    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+    for lo in range(0, len(times), batch_size):
+        x = times[lo : lo + batch_size]
+        outs, v_end = net._forward(x)
+        ins = [x, *outs[:-1]]
+        for i, (t_in, t_out) in enumerate(zip(ins, outs)):
+            fired = t_out.reshape(len(x), -1) < net.tmax
+            spikes[i] += fired.sum()
+            ever[i] |= fired.any(axis=0)
+            synops += float(((t_in.reshape(len(x), -1) < net.tmax) @ fanout[i]).sum())
+        pred, case = reference.decide(outs[-1], v_end, net.tmax)
+        first = outs[-1].min(axis=1)
+        decision.extend(first[first < net.tmax].tolist())
+        cases += np.bincount(case, minlength=3)
+        np.add.at(confusion, (labels[lo : lo + batch_size], pred), 1)
+    n = max(len(times), 1)
+    return {
+        "accuracy": float(np.trace(confusion) / n),
+        "spikes_per_layer": (spikes / n).tolist(),
+        "synops": synops / n,
+        "decision_time": float(np.mean(decision)) if decision else None,
+        "silent_fraction": [float(1 - e.mean()) for e in ever],
+        "cases": {"first": int(cases[0]), "tie": int(cases[1]), "none": int(cases[2])},
+        "confusion": confusion.tolist(),
+    }
+
+
+class Trainer:
+    """Epochs of STiDi-BP over uint8 images, with evaluation, logs and checkpoints.
+
+    Shuffling is seeded per epoch (``seed``, ``epoch``), and a checkpoint is written
+    after every epoch, so a run resumed from one gives the same weights as an
+    uninterrupted run. The learning rate of epoch ``e`` is ``lr * lr_decay**e``.
+    """
+
+    def __init__(
+        self,
+        network: Network,
+        rule: STiDiBP,
+        *,
+        epochs: int = 1,
+        batch_size: int = 1,
+        lr_decay: float = 1.0,
+        seed: int = 0,
+        out_dir=None,
+        progress: bool | None = None,
+        config: dict | None = None,
+    ):
+        if epochs < 1 or batch_size < 1:
+            raise ValueError("epochs and batch_size must be at least 1")
+        if not 0 < lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay}")
+        self.net, self.rule = network, rule
+        self.epochs, self.batch_size, self.lr_decay, self.seed = epochs, batch_size, lr_decay, seed
+        self.base_lr = list(rule.lr)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.progress = progress
+        self.config = config or {}
+        self.epoch = 0
+        self.history: list[dict] = []
+
+    def _encode(self, images: np.ndarray) -> np.ndarray:
+        return encode(images.reshape(len(images), *self.net.input_shape), tmax=self.net.tmax)
+
+    def fit(self, images, labels, val=None) -> list[dict]:
+        """Train from the current epoch to ``epochs``; ``val`` is ``(images, labels)``."""
+        images, labels = np.asarray(images), np.asarray(labels, dtype=np.int64)
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        val_times = None if val is None else self._encode(np.asarray(val[0]))
+        while self.epoch < self.epochs:
+            e = self.epoch
+            self.rule.lr = [lr * self.lr_decay**e for lr in self.base_lr]
+            order = np.random.default_rng([self.seed, e]).permutation(len(images))
+            correct = seen = 0
+            loss = 0.0
+            start = time.perf_counter()
+            with ProgressBar(
+                len(images),
+                desc=f"epoch {e + 1}/{self.epochs}",
+                unit="img",
+                disable=self.progress is False,
+                force=bool(self.progress),
+            ) as bar:
+                for lo in range(0, len(images), self.batch_size):
+                    idx = order[lo : lo + self.batch_size]
+                    stats = self.rule.step(self._encode(images[idx]), labels[idx])
+                    correct += int(round(stats["accuracy"] * len(idx)))
+                    loss += stats["loss"] * len(idx)
+                    seen += len(idx)
+                    bar.update(len(idx))
+                    if lo % (64 * self.batch_size) == 0:
+                        bar.set_postfix(acc=f"{100 * correct / seen:.1f}%")
+            seconds = time.perf_counter() - start
+            record = {
+                "epoch": e + 1,
+                "lr": self.rule.lr,
+                "train_accuracy": correct / seen,
+                "train_loss": loss / seen,
+                "seconds": seconds,
+                "images_per_s": seen / seconds,
+            }
+            if val_times is not None:
+                record["val"] = evaluate(self.net, val_times, np.asarray(val[1], dtype=np.int64))
+            self.epoch += 1
+            self.history.append(record)
+            self._log(record)
+            if self.out_dir is not None:
+                self.save(self.out_dir / "last.npz")
+        return self.history
+
+    def _log(self, record: dict) -> None:
+        if self.out_dir is None:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def state(self) -> dict:
+        rule = self.rule
+        return {
+            "epoch": self.epoch,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr_decay": self.lr_decay,
+            "seed": self.seed,
+            "history": self.history,
+            "rule": {
+                "lr": self.base_lr,
+                "gamma": rule.gamma,
+                "beta": rule.beta,
+                "normalize": rule.normalize,
+                "weight_decay": rule.weight_decay,
+                "conv_reduce": rule.conv_reduce,
+            },
+            "config": self.config,
+        }
+
+    def save(self, path) -> Path:
+        return checkpoint.save(path, self.net, trainer=self.state())
+
+    @classmethod
+    def resume(
+        cls,
+        path,
+        backend: str = "rust",
+        epochs: int | None = None,
+        out_dir=None,
+        progress: bool | None = None,
+    ) -> Trainer:
+        """Continue a run from a checkpoint written by :meth:`save`."""
+        net, config = checkpoint.load(path, backend=backend)
+        state = config.get("trainer")
+        if state is None:
+            raise checkpoint.CheckpointError(f"{path} holds weights but no trainer state")
+        trainer = cls(
+            net,
+            STiDiBP(net, **state["rule"]),
+            epochs=epochs or state["epochs"],
+            batch_size=state["batch_size"],
+            lr_decay=state["lr_decay"],
+            seed=state["seed"],
+            out_dir=out_dir if out_dir is not None else Path(path).parent,
+            progress=progress,
+            config=state.get("config"),
+        )
+        trainer.epoch, trainer.history = state["epoch"], state["history"]
+        return trainer

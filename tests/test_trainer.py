@@ -1,0 +1,170 @@
+"""Checkpoints, resume, evaluation metrics and the command line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import toeplitz
+
+import stidi_rs as sr
+from stidi_rs import checkpoint, presets
+from stidi_rs.cli import main
+from stidi_rs.trainer import Trainer, evaluate, synaptic_fanout
+
+needs_data = pytest.mark.skipif(
+    not os.environ.get("STIDI_RS_DATA"), reason="STIDI_RS_DATA is not set (see README)"
+)
+
+
+def tiny(binary=False, seed=0):
+    layers = [
+        sr.Conv2d(1, 3, 3, 2.0, binary=binary),
+        sr.MaxPool2d(2),
+        sr.Dense(3 * 3 * 3, 4, 2.0, binary=binary),
+    ]
+    return sr.Network(layers, (1, 8, 8), seed=seed)
+
+
+def fake_images(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 8, 8)).astype(np.uint8), rng.integers(0, 4, n)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_checkpoint_round_trip_gives_identical_predictions(tmp_path, binary):
+    net = tiny(binary)
+    sr.STiDiBP(net, lr=5.0).step(sr.encode(fake_images()[0][:, None]), fake_images()[1])
+    checkpoint.save(tmp_path / "m.npz", net, note="hello")
+    loaded, config = checkpoint.load(tmp_path / "m.npz")
+    assert config["note"] == "hello"
+    for a, b in zip(net.spiking_layers, loaded.spiking_layers):
+        assert np.array_equal(a.weight, b.weight) and a.binary == b.binary
+    x = sr.encode(fake_images(seed=1)[0][:, None])
+    assert np.array_equal(net.predict(x), loaded.predict(x))
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as data:  # readable without pickle
+        assert ("layer0.packed" in data.files) == binary
+
+
+def test_corrupt_checkpoints_are_named(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip file")
+    with pytest.raises(checkpoint.CheckpointError, match="bad.npz"):
+        checkpoint.load(bad)
+    net = tiny(binary=True)
+    checkpoint.save(tmp_path / "ok.npz", net)
+    with np.load(tmp_path / "ok.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["layer0.packed"] = ~arrays["layer0.packed"]
+    np.savez(tmp_path / "flipped.npz", **arrays)
+    with pytest.raises(checkpoint.CheckpointError, match="does not match the signs"):
+        checkpoint.load(tmp_path / "flipped.npz")
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        checkpoint.load(tmp_path / "missing.npz")
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+    x, y = fake_images(60)
+    full_net = tiny()
+    Trainer(
+        full_net,
+        sr.STiDiBP(full_net, lr=3.0),
+        epochs=3,
+        batch_size=4,
+        lr_decay=0.7,
+        seed=5,
+        progress=False,
+    ).fit(x, y)
+    net = tiny()
+    first = Trainer(
+        net,
+        sr.STiDiBP(net, lr=3.0),
+        epochs=1,
+        batch_size=4,
+        lr_decay=0.7,
+        seed=5,
+        out_dir=tmp_path,
+        progress=False,
+    )
+    first.fit(x, y)
+    resumed = Trainer.resume(tmp_path / "last.npz", epochs=3, progress=False)
+    assert resumed.epoch == 1
+    resumed.fit(x, y)
+    for a, b in zip(full_net.spiking_layers, resumed.net.spiking_layers):
+        assert np.array_equal(a.weight, b.weight)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_synaptic_fanout_counts_conv_connections():
+    net = tiny()
+    conv = net.layers[0]
+    big = toeplitz(np.ones((3, 1, 3, 3)), 8, 8)  # (outputs, inputs) connection matrix
+    assert np.array_equal(synaptic_fanout(net)[0], big.sum(axis=0).astype(int))
+    assert conv.out_channels * 9 == synaptic_fanout(net)[0].max()
+    assert (synaptic_fanout(net)[2] == 4).all()
+
+
+def test_evaluate_reports_consistent_metrics():
+    net = tiny()
+    x, y = fake_images(30)
+    m = evaluate(net, sr.encode(x[:, None]), y, batch_size=7)
+    assert np.sum(m["confusion"]) == 30
+    assert m["accuracy"] == pytest.approx(np.trace(m["confusion"]) / 30)
+    assert m["accuracy"] == pytest.approx((net.predict(sr.encode(x[:, None])) == y).mean())
+    assert sum(m["cases"].values()) == 30
+    out = net.forward(sr.encode(x[:, None]))
+    assert m["spikes_per_layer"][2] == pytest.approx((out[2] < 256).sum() / 30)
+    assert m["silent_fraction"][0] == pytest.approx(1 - (out[0] < 256).any(axis=0).mean())
+
+
+def test_presets_build():
+    for name, preset in presets.PRESETS.items():
+        net = preset.build()
+        assert net.n_classes == 10, name
+        assert all(layer.binary == preset.binary for layer in net.spiking_layers)
+    with pytest.raises(ValueError, match="unknown preset"):
+        presets.get("nope")
+
+
+def test_cli_rejects_bad_flags_with_one_line_reason():
+    proc = subprocess.run(
+        [sys.executable, "-m", "stidi_rs.cli", "train", "--epochs", "0"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0 and "--epochs must be at least 1" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "stidi_rs.cli", "eval", "missing.npz"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert "missing.npz does not exist" in proc.stderr
+
+
+@needs_data
+def test_cli_trains_evaluates_and_resumes_on_mnist(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--preset",
+        "dense",
+        "--train-size",
+        "2000",
+        "--test-size",
+        "1000",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    accuracy = records[-1]["test"]["accuracy"]
+    assert accuracy > 0.5, f"test accuracy {accuracy} after one epoch on 2,000 images"
+    assert main(args) == 2  # refuses to overwrite a run
+    capsys.readouterr()
+    assert main(["eval", str(out / "last.npz"), "--test-size", "1000", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(accuracy)
