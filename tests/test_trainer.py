@@ -7,9 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import toeplitz
-
 import stidi_rs as sr
+from helpers import toeplitz
 from stidi_rs import checkpoint, presets
 from stidi_rs.cli import main
 from stidi_rs.trainer import Trainer, evaluate, synaptic_fanout
