@@ -83,35 +83,22 @@ class STiDiBP:
         y = _check_labels(labels, len(t), net.n_classes)
         if len(t) == 0:
             raise ValueError("step needs a non-empty batch")
+        hyper = (
+            self.lr,
+            self.gamma,
+            self.beta,
+            self.normalize,
+            self.weight_decay,
+            self.conv_reduce,
+        )
         if net.backend == "rust":
             weights, packed = net._params()
-            stats = net._engine.train_step(
-                weights,
-                packed,
-                t.reshape(len(t), -1),
-                y,
-                self.lr,
-                self.gamma,
-                self.beta,
-                self.normalize,
-                self.weight_decay,
-                self.conv_reduce,
-            )
+            stats = net._engine.train_step(weights, packed, t.reshape(len(t), -1), y, *hyper)
             pred, cases = np.asarray(stats["predictions"]), np.asarray(stats["cases"])
             loss, fired = float(stats["loss"]), [float(f) for f in stats["fired"]]
         else:
             deltas, (times_out, v_end), e_out = reference.updates(
-                net.layers,
-                t,
-                y,
-                net.psp,
-                net.tmax,
-                self.lr,
-                self.gamma,
-                self.beta,
-                self.normalize,
-                self.weight_decay,
-                self.conv_reduce,
+                net.layers, t, y, net.psp, net.tmax, *hyper
             )
             for layer, delta in zip(net.layers, deltas):
                 if delta is not None:

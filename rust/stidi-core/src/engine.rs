@@ -17,46 +17,84 @@ pub(crate) struct Event {
     pub kind: usize,
 }
 
-/// Sorted breakpoints before `tmax` of the inputs that spike (`t < tmax`).
-pub(crate) fn build_events(x: &[f64], psp: &Psp, tmax: f64, events: &mut Vec<Event>) {
+/// An input that spikes (`t < tmax`): its time and index.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Active {
+    pub t: f64,
+    pub src: u32,
+}
+
+/// The inputs that spike, sorted by `(t, src)` (a total order: the summation
+/// order, hence the rounding, is reproducible).
+pub(crate) fn sort_active(x: &[f64], tmax: f64, act: &mut Vec<Active>) {
+    act.clear();
+    act.extend(
+        x.iter()
+            .enumerate()
+            .filter(|&(_, &t)| t < tmax)
+            .map(|(src, &t)| Active { t, src: src as u32 }),
+    );
+    // Times are >= 0, so their bit patterns order like the values.
+    act.sort_unstable_by_key(|a| (a.t.to_bits(), a.src));
+}
+
+/// Sorted breakpoints before `tmax` of the inputs that spike (`t < tmax`),
+/// merged from the sorted active inputs: `t + τ1` (and `t + τ1 + τ2`) are
+/// non-decreasing along that order, so three sorted streams are merged. Equal
+/// times keep a fixed order (rise, fall, end; then input order).
+pub(crate) fn build_events(
+    x: &[f64],
+    psp: &Psp,
+    tmax: f64,
+    act: &mut Vec<Active>,
+    events: &mut Vec<Event>,
+) {
+    sort_active(x, tmax, act);
     events.clear();
-    for (src, &t) in x.iter().enumerate() {
-        if t >= tmax {
-            continue;
-        }
-        events.push(Event { t, src, kind: 0 });
+    let n = act.len();
+    let fall_at = |k: usize| act[k].t + psp.tau_rise;
+    let end_at = |k: usize| act[k].t + psp.tau_rise + psp.tau_fall;
+    let (mut r, mut f, mut e) = (0, 0, 0);
+    loop {
         // Breakpoints at or after tmax cannot change V on [0, tmax); with τ2 = ∞
         // the end breakpoint is +∞ and is dropped here.
-        let t1 = t + psp.tau_rise;
-        if t1 < tmax {
+        let tr = if r < n { act[r].t } else { f64::INFINITY };
+        let tf = if f < n { fall_at(f) } else { f64::INFINITY };
+        let te = if e < n { end_at(e) } else { f64::INFINITY };
+        let t = tr.min(tf).min(te);
+        if t >= tmax {
+            break;
+        }
+        if tr == t {
             events.push(Event {
-                t: t1,
-                src,
+                t,
+                src: act[r].src as usize,
+                kind: 0,
+            });
+            r += 1;
+        } else if tf == t {
+            events.push(Event {
+                t,
+                src: act[f].src as usize,
                 kind: 1,
             });
-            let t2 = t1 + psp.tau_fall;
-            if t2 < tmax {
-                events.push(Event {
-                    t: t2,
-                    src,
-                    kind: 2,
-                });
-            }
+            f += 1;
+        } else {
+            events.push(Event {
+                t,
+                src: act[e].src as usize,
+                kind: 2,
+            });
+            e += 1;
         }
     }
-    // A total order keeps the summation order, hence the rounding, reproducible.
-    events.sort_unstable_by(|a, b| {
-        a.t.total_cmp(&b.t)
-            .then(a.src.cmp(&b.src))
-            .then(a.kind.cmp(&b.kind))
-    });
 }
 
 /// Forward weights as rows over inputs (kernel positions), contiguous over the
 /// output channels: the transpose of PyTorch's `(out, rows)` layout.
 pub(crate) enum RowWeights<'a> {
     Real {
-        wt: Vec<f64>,
+        wt: &'a [f64],
         out: usize,
     },
     Bits {
@@ -66,15 +104,26 @@ pub(crate) enum RowWeights<'a> {
     },
 }
 
-impl<'a> RowWeights<'a> {
-    /// Transposes a real `(out, rows)` weight once per call.
-    pub fn real(weight: &[f64], out: usize, rows: usize) -> Self {
-        let mut wt = vec![0.0; weight.len()];
-        for (j, row) in weight.chunks_exact(rows.max(1)).enumerate() {
-            for (r, &w) in row.iter().enumerate() {
-                wt[r * out + j] = w;
-            }
+/// Transposes a real `(out, rows)` weight to `(rows, out)`.
+pub(crate) fn transpose(weight: &[f64], out: usize, rows: usize) -> Vec<f64> {
+    let mut wt = vec![0.0; weight.len()];
+    for (j, row) in weight.chunks_exact(rows.max(1)).enumerate() {
+        for (r, &w) in row.iter().enumerate() {
+            wt[r * out + j] = w;
         }
+    }
+    wt
+}
+
+/// `±scale` for a sign bit (1 = +1, 0 = −1): flips the IEEE sign bit, so the
+/// result is bit-identical to `scale * ±1.0` without a branch or a multiply.
+#[inline(always)]
+fn signed(scale: u64, word: u64, b: usize) -> f64 {
+    f64::from_bits(scale ^ ((!word >> b) << 63))
+}
+
+impl<'a> RowWeights<'a> {
+    pub fn real(wt: &'a [f64], out: usize) -> Self {
         RowWeights::Real { wt, out }
     }
 
@@ -93,16 +142,36 @@ impl<'a> RowWeights<'a> {
         match self {
             RowWeights::Real { wt, out } => {
                 let w = &wt[row * out..(row + 1) * out];
-                for (d, &w) in dst.iter_mut().zip(w) {
+                for (d, &w) in dst[..*out].iter_mut().zip(w) {
                     *d += scale * w;
                 }
             }
             RowWeights::Bits { packed, wpr, out } => {
                 let words = &packed[row * wpr..(row + 1) * wpr];
-                for (chunk, &word) in dst[..*out].chunks_mut(64).zip(words) {
+                let bits = scale.to_bits();
+                let dst = &mut dst[..*out];
+                let mut chunks = dst.chunks_exact_mut(64);
+                for (chunk, &word) in (&mut chunks).zip(words) {
+                    // A constant trip count: the shifts unroll to immediates.
                     for (b, d) in chunk.iter_mut().enumerate() {
-                        // scale * ±1: bit-identical to a real layer holding sign(w).
-                        *d += scale * sign_bit(word, b);
+                        *d += signed(bits, word, b);
+                    }
+                }
+                let rest = chunks.into_remainder();
+                if let Some(&word) = words.get(*out / 64) {
+                    if rest.len() == 32 {
+                        // Conv layers of 32 (or 16) channels: keep the shifts constant.
+                        for b in 0..32 {
+                            rest[b] += signed(bits, word, b);
+                        }
+                    } else if rest.len() == 16 {
+                        for b in 0..16 {
+                            rest[b] += signed(bits, word, b);
+                        }
+                    } else {
+                        for (b, d) in rest.iter_mut().enumerate() {
+                            *d += signed(bits, word, b);
+                        }
                     }
                 }
             }
@@ -112,6 +181,8 @@ impl<'a> RowWeights<'a> {
 
 /// Per-neuron sweep state, position-major: neuron `p * out + j`.
 struct Sweep {
+    /// `V` of neurons that have not fired; `−∞` once fired, so that the
+    /// crossing test needs no per-neuron branch on the spike time.
     v: Vec<f64>,
     slope: Vec<f64>,
     /// Time up to which each position's `V` is current.
@@ -151,17 +222,24 @@ impl Sweep {
         if dt <= 0.0 {
             return;
         }
+        self.last[p] = t;
         let (theta, tmax) = (self.theta, self.tmax);
         let range = p * self.out..(p + 1) * self.out;
-        let mut fired = 0;
-        for ((v, &s), tj) in self.v[range.clone()]
-            .iter_mut()
-            .zip(&self.slope[range.clone()])
-            .zip(&mut self.times[range])
-        {
-            if *tj < tmax {
-                continue;
+        let v = &mut self.v[range.clone()];
+        let slope = &self.slope[range.clone()];
+        // Fast path (branch-free, vectorisable): does any live neuron cross?
+        let crossing = v
+            .iter()
+            .zip(slope)
+            .fold(0usize, |n, (&v, &s)| n + usize::from(v + s * dt >= theta));
+        if crossing == 0 {
+            for (v, &s) in v.iter_mut().zip(slope) {
+                *v += s * dt;
             }
+            return;
+        }
+        let mut fired = 0;
+        for ((v, &s), tj) in v.iter_mut().zip(slope).zip(&mut self.times[range]) {
             let v0 = *v;
             let v1 = v0 + s * dt;
             if v1 >= theta {
@@ -170,12 +248,13 @@ impl Sweep {
                 let tc = (t0 + (theta - v0) / s).min(t);
                 if tc < tmax {
                     *tj = tc;
+                    *v = f64::NEG_INFINITY;
                     fired += 1;
+                    continue;
                 }
             }
             *v = v1;
         }
-        self.last[p] = t;
         self.alive[p] -= fired;
         self.remaining -= fired;
     }
