@@ -35,6 +35,16 @@ def test_forward_shapes_follow_pytorch_layouts(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch_gives_empty_outputs(backend):
+    net = small_csnn(backend)
+    out = net.forward(np.zeros((0, 1, 8, 8)))
+    assert [o.shape for o in out] == [(0, 2, 6, 6), (0, 2, 3, 3), (0, 4)]
+    assert net.predict(np.zeros((0, 1, 8, 8))).shape == (0,)
+    with pytest.raises(ValueError, match="non-empty batch"):
+        sr.STiDiBP(net).step(np.zeros((0, 1, 8, 8)), np.zeros(0, dtype=int))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_predict_in_batches_equals_one_batch(backend):
     net = small_csnn(backend)
     x = images(10)

@@ -205,3 +205,48 @@ def test_pack_signs_layouts_agree():
         assert packed.shape == (rows, -(-out // 64))
         assert np.array_equal(packed, sr._core.pack_signs(w))
         assert np.array_equal(sr.unpack_signs(packed, w.shape), np.where(w >= 0, 1.0, -1.0))
+
+
+@given(network_case(), st.integers(1, 3), st.booleans(), st.sampled_from(["sum", "mean"]))
+@settings(max_examples=30)
+def test_train_steps_equals_steps_one_by_one(case, batch_size, decay, reduce):
+    """``Engine.train_steps`` over a chunk is bit-identical to ``train_step`` per batch."""
+    net, x, labels = case
+    x = np.concatenate([x] * 3)
+    labels = np.concatenate([labels] * 3)
+    t = x.reshape(len(x), -1)
+    y = labels.astype(np.int64)
+    hyper = (
+        [2.0] * len(net.spiking_layers),
+        3.0,
+        [0.7] * len(net.spiking_layers),
+        True,
+        1e-3 if decay else 0.0,
+        reduce,
+    )
+    start = snapshot(net)
+    one_by_one = []
+    for lo in range(0, len(t), batch_size):
+        weights, packed = net._params()
+        one_by_one.append(
+            net._engine.train_step(
+                weights, packed, t[lo : lo + batch_size], y[lo : lo + batch_size], *hyper
+            )
+        )
+    w_ref = snapshot(net)
+    p_ref = [layer.packed.copy() for layer in net.spiking_layers if layer.binary]
+    for layer, w in zip(net.spiking_layers, start):
+        layer.weight = w
+    weights, packed = net._params()
+    out = net._engine.train_steps(weights, packed, t, y, batch_size, *hyper)
+    assert all(np.array_equal(a, b) for a, b in zip(snapshot(net), w_ref))
+    assert all(
+        np.array_equal(layer.packed, p)
+        for layer, p in zip([lr for lr in net.spiking_layers if lr.binary], p_ref)
+    )
+    assert np.array_equal(
+        out["predictions"], np.concatenate([s["predictions"] for s in one_by_one])
+    )
+    assert np.array_equal(out["cases"], np.concatenate([s["cases"] for s in one_by_one]))
+    assert np.array_equal(out["loss"], [s["loss"] for s in one_by_one])
+    assert np.array_equal(out["fired"], [s["fired"] for s in one_by_one])

@@ -167,3 +167,30 @@ def test_cli_trains_evaluates_and_resumes_on_mnist(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(out / "last.npz"), "--test-size", "1000", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(accuracy)
+
+
+@needs_data
+def test_cli_plot_renders_a_run(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "dense",
+                "--train-size",
+                "500",
+                "--test-size",
+                "200",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert main(["plot", str(out), "--samples", "4"]) == 0
+    for name in ("training_curves", "confusion", "spike_time_maps", "output_raster"):
+        assert (out / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["plot", str(tmp_path / "nothing")]) == 2

@@ -37,6 +37,25 @@ class Engine:
         weight_decay: float,
         conv_reduce: str,
     ) -> dict[str, Any]: ...
+    def train_steps(
+        self,
+        weights: list[npt.NDArray[np.float64] | None],
+        packed: list[npt.NDArray[np.uint64] | None],
+        times: npt.NDArray[np.float64],
+        labels: npt.NDArray[np.int64],
+        batch_size: int,
+        lr: list[float],
+        gamma: float,
+        beta: list[float],
+        normalize: bool,
+        weight_decay: float,
+        conv_reduce: str,
+    ) -> dict[str, Any]:
+        """Consecutive ``train_step`` calls over ``batch_size``-row slices of ``times``
+        (the last may be smaller), in one call. Returns ``predictions`` and ``cases``
+        of shape ``(n,)``, ``loss`` of shape ``(steps,)``, ``fired`` of shape
+        ``(steps, layers)``."""
+        ...
 
 def pack_signs(weight: npt.NDArray[np.float64]) -> npt.NDArray[np.uint64]: ...
 def set_num_threads(n: int) -> None: ...

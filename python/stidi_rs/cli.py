@@ -116,6 +116,32 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from . import plots
+
+    run = Path(args.run)
+    metrics, ckpt = run / "metrics.jsonl", run / "last.npz"
+    if not metrics.exists() or not ckpt.exists():
+        raise FileNotFoundError(f"{run} is not a run directory (needs metrics.jsonl and last.npz)")
+    out = Path(args.out) if args.out else run / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    plots.training_curves(metrics, out / "training_curves.png")
+    written = ["training_curves"]
+    _, test = plots.read_metrics(metrics)
+    if test is not None:
+        plots.confusion_matrix(test["confusion"], path=out / "confusion.png")
+        written.append("confusion")
+    net, config = checkpoint.load(ckpt, backend=args.backend)
+    dataset = config.get("trainer", {}).get("config", {}).get("dataset", "mnist")
+    x, y = datasets.load(dataset, "test", root=args.data)
+    times = encode(x[: args.samples].reshape(-1, *net.input_shape), tmax=net.tmax)
+    plots.spike_time_maps(net, times[:1], out / "spike_time_maps.png")
+    plots.output_raster(net, times, y[: args.samples], out / "output_raster.png")
+    written += ["spike_time_maps", "output_raster"]
+    print(f"wrote {', '.join(name + '.png' for name in written)} to {out}")
+    return 0
+
+
 def cmd_info(args) -> int:
     from . import __version__, num_threads
 
@@ -164,6 +190,13 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=None)
     p.add_argument("--json", action="store_true", help="print all metrics as JSON")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("plot", help="plot a run: curves, confusion, spike maps, raster")
+    p.add_argument("run", help="run directory (holds metrics.jsonl and last.npz)")
+    p.add_argument("--out", default=None, help="output folder (default RUN/plots)")
+    p.add_argument("--samples", type=int, default=8, help="test images in the raster")
+    p.add_argument("--backend", default="rust", choices=BACKENDS)
+    p.add_argument("--data", default=None)
+    p.set_defaults(func=cmd_plot)
     p = sub.add_parser("info", help="version, engine threads and presets")
     p.set_defaults(func=cmd_info)
     args = parser.parse_args(argv)
@@ -176,7 +209,7 @@ def main(argv=None) -> int:
             )
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"stidi-rs: error: {err}", file=sys.stderr)
         return 2
 

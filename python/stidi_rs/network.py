@@ -160,6 +160,9 @@ class Network:
         return weights, packed
 
     def _forward(self, t: np.ndarray):
+        if len(t) == 0:
+            empty = [np.zeros((0, *s)) for s in self.output_shapes]
+            return empty, np.zeros((0, self.n_classes))
         if self.backend == "numpy":
             return reference.forward(self.layers, t, self.psp, self.tmax)
         weights, packed = self._params()

@@ -51,6 +51,10 @@ _CSNN = (
     ("dense", 512, 10, 40.0),
 )
 
+# Conv updates averaged over positions: summed, they silence the conv layers within
+# a few thousand images even at lr 0.5 (docs/results.md).
+_CSNN_RULE = {"lr": [12.8, 50.0, 50.0], "conv_reduce": "mean"}
+
 PRESETS = {
     p.name: p
     for p in [

@@ -55,6 +55,14 @@ pub(crate) fn pack_into(weight: &[f64], out: usize, rows: usize, packed: &mut [u
     }
 }
 
+/// Packs row `r` (one input) of an `(out, rows)` weight into its `words`.
+pub(crate) fn pack_row(weight: &[f64], out: usize, rows: usize, r: usize, words: &mut [u64]) {
+    words.fill(0);
+    for j in 0..out {
+        words[j / 64] |= u64::from(weight[j * rows + r] >= 0.0) << (j % 64);
+    }
+}
+
 /// Unpacks to `±1.0` in the `(out, rows)` weight layout. Panics if
 /// `packed.len() != packed_words(out, rows)`; see [`try_unpack_signs`].
 pub fn unpack_signs(packed: &[u64], out: usize, rows: usize) -> Vec<f64> {

@@ -6,7 +6,7 @@
 //! position share their inputs, hence their breakpoints, so their state lives
 //! contiguously and is advanced together.
 
-use crate::bits::{sign_bit, words_per_row};
+use crate::bits::words_per_row;
 use crate::psp::Psp;
 
 /// One breakpoint of one input: `kind` 0 = rise, 1 = fall, 2 = end of fall.
@@ -150,34 +150,41 @@ impl<'a> RowWeights<'a> {
                 let words = &packed[row * wpr..(row + 1) * wpr];
                 let bits = scale.to_bits();
                 let dst = &mut dst[..*out];
-                let mut chunks = dst.chunks_exact_mut(64);
-                for (chunk, &word) in (&mut chunks).zip(words) {
-                    // A constant trip count: the shifts unroll to immediates.
-                    for (b, d) in chunk.iter_mut().enumerate() {
-                        *d += signed(bits, word, b);
+                let mut quads = dst.chunks_exact_mut(4);
+                for (n, quad) in (&mut quads).enumerate() {
+                    // Four outputs per nibble: their sign masks come from a table.
+                    let nib = (words[n / 16] >> (4 * (n % 16))) & 15;
+                    let m = &SIGN4[nib as usize];
+                    for (d, &m) in quad.iter_mut().zip(m) {
+                        *d += f64::from_bits(bits ^ m);
                     }
                 }
-                let rest = chunks.into_remainder();
-                if let Some(&word) = words.get(*out / 64) {
-                    if rest.len() == 32 {
-                        // Conv layers of 32 (or 16) channels: keep the shifts constant.
-                        for b in 0..32 {
-                            rest[b] += signed(bits, word, b);
-                        }
-                    } else if rest.len() == 16 {
-                        for b in 0..16 {
-                            rest[b] += signed(bits, word, b);
-                        }
-                    } else {
-                        for (b, d) in rest.iter_mut().enumerate() {
-                            *d += signed(bits, word, b);
-                        }
-                    }
+                let done = *out - quads.into_remainder().len();
+                for j in done..*out {
+                    dst[j] += signed(bits, words[j / 64], j % 64);
                 }
             }
         }
     }
 }
+
+/// Sign masks of four ±1 weights by their four sign bits: `1 << 63` where the
+/// bit is 0 (−1), so that `scale ^ mask` is `scale * ±1` exactly.
+const SIGN4: [[u64; 4]; 16] = {
+    let mut t = [[0u64; 4]; 16];
+    let mut n = 0;
+    while n < 16 {
+        let mut k = 0;
+        while k < 4 {
+            if (n >> k) & 1 == 0 {
+                t[n][k] = 1 << 63;
+            }
+            k += 1;
+        }
+        n += 1;
+    }
+    t
+};
 
 /// Per-neuron sweep state, position-major: neuron `p * out + j`.
 struct Sweep {

@@ -1,66 +1,77 @@
-//! STiDi-BP for one sample (contract §5): output targets, per-layer errors,
-//! weight-update accumulation and the displacement to the layer below.
-
-use std::ops::Range;
+//! STiDi-BP (contract §5) in two phases.
+//!
+//! 1. Per sample (parallel over samples): the forward pass, the output targets,
+//!    every layer's normalised errors and the displacements to the layers below.
+//!    The result is, per spiking layer, `g_j = ê_j t_j / θ` (zero where `ê_j = 0`).
+//! 2. Per weight row (parallel over output channels): the batch sum of
+//!    `g_j ε(t_j − t_i)`, visiting the samples in order, fused with the update.
+//!    Every weight sees the same additions in the same order for any number of
+//!    threads, so the result is bit-identical, and no weight-sized buffer per
+//!    sample or per task is needed.
 
 use crate::bits::sign;
 use crate::decide::decide_with_tmax;
-use crate::engine::{ConvGeom, PoolGeom, RowWeights};
+use crate::engine::{Active, ConvGeom, Event, PoolGeom, RowWeights};
 use crate::network::{Layer, Network};
 use crate::psp::Psp;
 use crate::spec::Hyper;
 
-/// What one task returns for its consecutive samples.
-pub(crate) struct ChunkOut {
-    /// Per spiking layer: Σ over the chunk's samples of Σ ê_j (t_j/θ) ε(t_j − t_i).
-    pub acc: Vec<Vec<f64>>,
-    pub predictions: Vec<usize>,
-    pub cases: Vec<u8>,
-    pub losses: Vec<f64>,
-    /// Per sample, per layer: fraction of neurons that fire.
-    pub fired: Vec<Vec<f64>>,
+/// Reusable per-thread buffers of phase 1.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    pub events: Vec<Event>,
+    pub act: Vec<Active>,
 }
 
-pub(crate) fn run_chunk(
+/// What phase 1 keeps of one sample.
+pub(crate) struct SampleRec {
+    /// Spike times of every layer.
+    pub times: Vec<Vec<f64>>,
+    /// Per spiking layer: `ê_j t_j / θ`, zero where `ê_j = 0`.
+    pub g: Vec<Vec<f64>>,
+    /// Per layer: its spiking inputs sorted by time (Dense layers only).
+    pub active: Vec<Vec<Active>>,
+    pub prediction: usize,
+    pub case: u8,
+    pub loss: f64,
+    /// Per layer: fraction of neurons that fire.
+    pub fired: Vec<f64>,
+}
+
+pub(crate) fn sample_pass(
     net: &Network,
     prep: &[Option<RowWeights>],
     weights: &[&[f64]],
-    input: &[f64],
-    labels: &[usize],
-    samples: Range<usize>,
+    x: &[f64],
+    label: usize,
     hyper: &Hyper,
-) -> ChunkOut {
-    let n_in = net.in_size;
-    let mut out = ChunkOut {
-        acc: net
-            .spiking
-            .iter()
-            .map(|&l| vec![0.0; net.weight_len(l)])
-            .collect(),
-        predictions: Vec::with_capacity(samples.len()),
-        cases: Vec::with_capacity(samples.len()),
-        losses: Vec::with_capacity(samples.len()),
-        fired: Vec::with_capacity(samples.len()),
-    };
-    let mut events = Vec::new();
-    for b in samples {
-        let x = &input[b * n_in..(b + 1) * n_in];
-        let times = net.forward_sample(prep, x, &mut events);
-        let v_end = net.v_end(prep, x, &times);
-        let y = &times[times.len() - 1];
-        let (pred, case) = decide_with_tmax(y, &v_end, net.tmax);
-        out.predictions.push(pred);
-        out.cases.push(case);
-        out.fired.push(
-            times
-                .iter()
-                .map(|t| t.iter().filter(|&&t| t < net.tmax).count() as f64 / t.len() as f64)
-                .collect(),
-        );
-        let loss = backward_sample(net, weights, x, &times, labels[b], hyper, &mut out.acc);
-        out.losses.push(loss);
+    scratch: &mut Scratch,
+) -> SampleRec {
+    let mut active = Vec::with_capacity(net.layers.len());
+    let times = net.forward_sample(
+        prep,
+        x,
+        &mut scratch.events,
+        &mut scratch.act,
+        Some(&mut active),
+    );
+    let v_end = net.v_end(prep, x, &times);
+    let y = &times[times.len() - 1];
+    let (prediction, case) = decide_with_tmax(y, &v_end, net.tmax);
+    let fired = times
+        .iter()
+        .map(|t| t.iter().filter(|&&t| t < net.tmax).count() as f64 / t.len() as f64)
+        .collect();
+    let (loss, g) = backward_sample(net, weights, x, &times, label, hyper);
+    SampleRec {
+        times,
+        g,
+        active,
+        prediction,
+        case,
+        loss,
+        fired,
     }
-    out
 }
 
 /// Relative output targets (S4NN family) for one sample.
@@ -95,7 +106,61 @@ pub(crate) fn normalize(e: &mut [f64]) {
     }
 }
 
-/// Accumulates one sample's updates into `acc` and returns its output loss.
+/// Branch-free `ε` and `ε'` for the inner loops (contract §2).
+#[derive(Clone, Copy)]
+pub(crate) struct Kern {
+    tau1: f64,
+    inv1: f64,
+    inv2: f64,
+    end: f64,
+    inf: bool,
+}
+
+impl Kern {
+    pub fn new(psp: &Psp) -> Kern {
+        Kern {
+            tau1: psp.tau_rise,
+            inv1: 1.0 / psp.tau_rise,
+            inv2: 1.0 / psp.tau_fall,
+            end: psp.tau_rise + psp.tau_fall,
+            inf: psp.tau_fall.is_infinite(),
+        }
+    }
+
+    /// ε(s); the rise uses `s · (1/τ1)` (within an ulp of `s / τ1`).
+    #[inline(always)]
+    pub fn eps(&self, s: f64) -> f64 {
+        let rise = s * self.inv1;
+        if self.inf {
+            rise.clamp(0.0, 1.0)
+        } else {
+            rise.min((self.end - s) * self.inv2).max(0.0)
+        }
+    }
+
+    /// ε'(s), the left segment's value at a breakpoint; 0 where the reference
+    /// has −0.0 (adding ±0 changes no sum).
+    #[inline(always)]
+    pub fn deps(&self, s: f64) -> f64 {
+        let rise = if s > 0.0 && s <= self.tau1 {
+            self.inv1
+        } else {
+            0.0
+        };
+        if self.inf {
+            rise
+        } else {
+            let fall = if s > self.tau1 && s <= self.end {
+                -self.inv2
+            } else {
+                0.0
+            };
+            rise + fall
+        }
+    }
+}
+
+/// One sample's output loss and, per spiking layer, `g_j = ê_j t_j / θ`.
 fn backward_sample(
     net: &Network,
     weights: &[&[f64]],
@@ -103,9 +168,9 @@ fn backward_sample(
     times: &[Vec<f64>],
     label: usize,
     hyper: &Hyper,
-    acc: &mut [Vec<f64>],
-) -> f64 {
+) -> (f64, Vec<Vec<f64>>) {
     let tmax = net.tmax;
+    let kern = Kern::new(&net.psp);
     let y_out = &times[times.len() - 1];
     let target = output_targets(y_out, label, hyper.gamma, tmax);
     let mut err: Vec<f64> = target
@@ -114,6 +179,7 @@ fn backward_sample(
         .map(|(tt, t)| (tt - t) / tmax)
         .collect();
     let loss = 0.5 * err.iter().map(|e| e * e).sum::<f64>();
+    let mut gs = vec![Vec::new(); net.spiking.len()];
     let mut si = net.spiking.len();
     for l in (0..net.layers.len()).rev() {
         let xin = if l == 0 { x } else { &times[l - 1] };
@@ -131,41 +197,37 @@ fn backward_sample(
         if hyper.normalize {
             normalize(&mut err);
         }
+        let g: Vec<f64> = err
+            .iter()
+            .zip(y)
+            .map(|(&e, &tj)| if e == 0.0 { 0.0 } else { e * tj / theta })
+            .collect();
         // The first spiking layer has nothing below it to displace.
-        let disp = si > 0;
-        let mut dsum = if disp {
-            vec![0.0; xin.len()]
-        } else {
-            Vec::new()
-        };
-        let mut k = Kernel {
-            psp: &net.psp,
-            theta,
-            binary,
-            disp,
-            x: xin,
-            w: weights[l],
-            acc: &mut acc[si],
-            dsum: &mut dsum,
-        };
-        match &net.layers[l] {
-            Layer::Conv { g, .. } => k.conv(g, y, &err),
-            _ => k.dense(y, &err, tmax),
+        if si > 0 {
+            let mut dsum = vec![0.0; xin.len()];
+            let w = weights[l];
+            match &net.layers[l] {
+                Layer::Conv { g: geom, .. } => {
+                    disp_conv(&kern, geom, xin, y, &g, w, binary, &mut dsum)
+                }
+                _ => disp_dense(&kern, xin, y, &g, w, binary, &mut dsum),
+            }
+            let beta = hyper.beta[si];
+            err = xin
+                .iter()
+                .zip(&dsum)
+                .map(|(&t, &s)| {
+                    let d = beta * s;
+                    ((t + tmax * d).clamp(0.0, tmax) - t) / tmax
+                })
+                .collect();
         }
-        if !disp {
+        gs[si] = g;
+        if si == 0 {
             break;
         }
-        let beta = hyper.beta[si];
-        err = xin
-            .iter()
-            .zip(&dsum)
-            .map(|(&t, &s)| {
-                let d = beta * s;
-                ((t + tmax * d).clamp(0.0, tmax) - t) / tmax
-            })
-            .collect();
     }
-    loss
+    (loss, gs)
 }
 
 /// Sends each pooled neuron's error to its window's winner.
@@ -183,70 +245,148 @@ fn route_pool(err: &[f64], x: &[f64], g: &PoolGeom) -> Vec<f64> {
     below
 }
 
-/// The backward of one spiking layer for one sample.
-struct Kernel<'a> {
-    psp: &'a Psp,
-    theta: f64,
-    binary: bool,
-    /// Whether to accumulate the displacement sums `dsum` for the layer below.
-    disp: bool,
-    /// Input spike times.
-    x: &'a [f64],
-    /// Real weights (PyTorch layout).
-    w: &'a [f64],
-    acc: &'a mut [f64],
-    dsum: &'a mut [f64],
+#[inline(always)]
+fn forward_weight(w: f64, binary: bool) -> f64 {
+    if binary {
+        sign(w)
+    } else {
+        w
+    }
 }
 
-impl Kernel<'_> {
-    /// Output neuron `j` (time `tj`, factor `gj = ê_j t_j / θ`) against the
-    /// `(input index, weight index)` pairs of its receptive field.
-    #[inline]
-    fn neuron(&mut self, tj: f64, gj: f64, field: impl Iterator<Item = (usize, usize)>) {
-        for (i, widx) in field {
-            let ti = self.x[i];
-            if ti < tj {
-                let s = tj - ti;
-                self.acc[widx] += gj * self.psp.eps(s);
-                if self.disp {
-                    let w = self.w[widx];
-                    let wf = if self.binary { sign(w) } else { w };
-                    self.dsum[i] += gj * wf * self.psp.deps(s);
+/// `dsum_i += Σ_j g_j w̃_ji ε'(t_j − t_i)` of a Dense layer (pairs `t_i < t_j`).
+fn disp_dense(
+    kern: &Kern,
+    x: &[f64],
+    y: &[f64],
+    g: &[f64],
+    w: &[f64],
+    binary: bool,
+    dsum: &mut [f64],
+) {
+    let n_in = x.len();
+    for (j, (&gj, &tj)) in g.iter().zip(y).enumerate() {
+        if gj == 0.0 {
+            continue;
+        }
+        let row = &w[j * n_in..(j + 1) * n_in];
+        for ((d, &ti), &wji) in dsum.iter_mut().zip(x).zip(row) {
+            *d += gj * forward_weight(wji, binary) * kern.deps(tj - ti);
+        }
+    }
+}
+
+/// The same for a Conv2d: every output neuron over its receptive field.
+#[allow(clippy::too_many_arguments)]
+fn disp_conv(
+    kern: &Kern,
+    geom: &ConvGeom,
+    x: &[f64],
+    y: &[f64],
+    g: &[f64],
+    w: &[f64],
+    binary: bool,
+    dsum: &mut [f64],
+) {
+    let (k, rows, positions) = (geom.k, geom.rows(), geom.positions());
+    for (j, (&gj, &tj)) in g.iter().zip(y).enumerate() {
+        if gj == 0.0 {
+            continue;
+        }
+        let (o, p) = (j / positions, j % positions);
+        let (oy, ox) = (p / geom.wo, p % geom.wo);
+        let wrow = &w[o * rows..(o + 1) * rows];
+        for c in 0..geom.cin {
+            for ky in 0..k {
+                let base = c * geom.h * geom.w + (oy + ky) * geom.w + ox;
+                let r0 = (c * k + ky) * k;
+                for ((d, &ti), &wr) in dsum[base..base + k]
+                    .iter_mut()
+                    .zip(&x[base..base + k])
+                    .zip(&wrow[r0..r0 + k])
+                {
+                    *d += gj * forward_weight(wr, binary) * kern.deps(tj - ti);
                 }
             }
         }
     }
+}
 
-    fn dense(&mut self, y: &[f64], err: &[f64], tmax: f64) {
-        let n_in = self.x.len();
-        // Inputs that never spiked pair with nothing; latency codes are sparse.
-        let active: Vec<usize> = (0..n_in).filter(|&i| self.x[i] < tmax).collect();
-        for (j, (&e, &tj)) in err.iter().zip(y).enumerate() {
-            if e == 0.0 {
-                continue;
+/// Phase 2 for one output channel `o` of spiking layer `l`: adds the batch sum
+/// of `g_j ε(t_j − t_i)` over the row's weights (samples in order, then
+/// positions, then the receptive field) into `acc`, which must be zero.
+/// Returns, for a Dense layer, how many sorted inputs each sample touched
+/// (`touched[b]`), so that the caller can visit only those.
+pub(crate) fn accumulate_row(
+    net: &Network,
+    l: usize,
+    o: usize,
+    recs: &[SampleRec],
+    input: &[f64],
+    acc: &mut [f64],
+    touched: &mut Vec<usize>,
+) {
+    let si = net.spiking_index(l);
+    let psp = &net.psp;
+    let kern = Kern::new(psp);
+    touched.clear();
+    match &net.layers[l] {
+        Layer::Dense { .. } => {
+            let tau1 = psp.tau_rise;
+            for rec in recs {
+                let gj = rec.g[si][o];
+                if gj == 0.0 {
+                    touched.push(0);
+                    continue;
+                }
+                let tj = rec.times[l][o];
+                let act = &rec.active[l];
+                let mut k = 0;
+                if kern.inf {
+                    // Inputs sorted by time: the plateau (ε = 1) is a prefix.
+                    k = act.partition_point(|a| tj - a.t > tau1);
+                    for a in &act[..k] {
+                        acc[a.src as usize] += gj;
+                    }
+                }
+                while k < act.len() {
+                    let s = tj - act[k].t;
+                    if s <= 0.0 {
+                        break;
+                    }
+                    acc[act[k].src as usize] += gj * psp.eps(s);
+                    k += 1;
+                }
+                touched.push(k);
             }
-            let base = j * n_in;
-            self.neuron(
-                tj,
-                e * tj / self.theta,
-                active.iter().map(|&i| (i, base + i)),
-            );
         }
-    }
-
-    fn conv(&mut self, g: &ConvGeom, y: &[f64], err: &[f64]) {
-        let (k, rows, positions) = (g.k, g.rows(), g.positions());
-        for (j, (&e, &tj)) in err.iter().zip(y).enumerate() {
-            if e == 0.0 {
-                continue;
+        Layer::Conv { g: geom, .. } => {
+            let (k, positions, n_in) = (geom.k, geom.positions(), net.in_size);
+            for (b, rec) in recs.iter().enumerate() {
+                let x = if l == 0 {
+                    &input[b * n_in..(b + 1) * n_in]
+                } else {
+                    &rec.times[l - 1][..]
+                };
+                let gs = &rec.g[si][o * positions..(o + 1) * positions];
+                let ys = &rec.times[l][o * positions..(o + 1) * positions];
+                for (p, (&gj, &tj)) in gs.iter().zip(ys).enumerate() {
+                    if gj == 0.0 {
+                        continue;
+                    }
+                    let (oy, ox) = (p / geom.wo, p % geom.wo);
+                    for c in 0..geom.cin {
+                        for ky in 0..k {
+                            let base = c * geom.h * geom.w + (oy + ky) * geom.w + ox;
+                            let r0 = (c * k + ky) * k;
+                            for (a, &ti) in acc[r0..r0 + k].iter_mut().zip(&x[base..base + k]) {
+                                *a += gj * kern.eps(tj - ti);
+                            }
+                        }
+                    }
+                }
             }
-            let (o, p) = (j / positions, j % positions);
-            let (oy, ox) = (p / g.wo, p % g.wo);
-            let field = (0..rows).map(|r| {
-                let (c, ky, kx) = (r / (k * k), (r / k) % k, r % k);
-                (c * g.h * g.w + (oy + ky) * g.w + ox + kx, o * rows + r)
-            });
-            self.neuron(tj, e * tj / self.theta, field);
         }
+        Layer::Pool { .. } => {}
     }
 }

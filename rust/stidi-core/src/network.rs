@@ -4,21 +4,14 @@ use rayon::ThreadPool;
 use crate::bits::{packed_words, signs_match};
 use crate::decide::decide_with_tmax;
 use crate::engine::{
-    build_events, conv_times, dense_times, pool_times, potential_at, ConvGeom, Event, PoolGeom,
-    RowWeights,
+    build_events, conv_times, dense_times, pool_times, potential_at, transpose, Active, ConvGeom,
+    Event, PoolGeom, RowWeights,
 };
 use crate::error::{invalid, Result};
 use crate::learn;
 use crate::psp::Psp;
 use crate::spec::{ConvReduce, Hyper, LayerParams, LayerParamsMut, LayerSpec};
 use crate::threads::current_pool;
-
-/// Samples whose updates one task accumulates, in order. A constant (not a
-/// function of the thread count) so that the reduction, and hence every
-/// rounding, is the same for any number of threads.
-const CHUNK: usize = 4;
-/// Chunks in flight at once: bounds memory to `WAVE` weight-sized accumulators.
-const WAVE: usize = 32;
 
 /// Result of [`Network::forward`].
 #[derive(Clone, Debug)]
@@ -344,12 +337,13 @@ impl Network {
         input: &[f64],
         batch: usize,
     ) -> ForwardOut {
-        let prep = self.prepare(params);
+        let wt = self.transpose_all(params);
+        let prep = self.row_weights(params, &wt);
         let samples: Vec<(Vec<Vec<f64>>, Vec<f64>)> = pool.install(|| {
             input
                 .par_chunks_exact(self.in_size)
-                .map_init(Vec::new, |events, x| {
-                    let times = self.forward_sample(&prep, x, events);
+                .map_init(learn::Scratch::default, |s, x| {
+                    let times = self.forward_sample(&prep, x, &mut s.events, &mut s.act, None);
                     let v_end = self.v_end(&prep, x, &times);
                     (times, v_end)
                 })
@@ -368,20 +362,43 @@ impl Network {
         ForwardOut { times, v_end }
     }
 
-    /// The forward weights of every spiking layer, laid out for the sweep.
-    pub(crate) fn prepare<'a>(&self, params: &[LayerParams<'a>]) -> Vec<Option<RowWeights<'a>>> {
+    /// Transposed `(rows, out)` weights of the real spiking layers (empty for
+    /// the others): the layout the sweep reads.
+    pub(crate) fn transpose_all(&self, params: &[LayerParams]) -> Vec<Vec<f64>> {
         self.layers
             .iter()
             .zip(params)
-            .map(|(layer, p)| {
-                let (out, rows) = layer.weight_dims()?;
+            .map(|(layer, p)| match layer.weight_dims() {
+                Some((out, rows)) if !layer.is_binary() => transpose(p.weight, out, rows),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    /// The forward weights of every spiking layer, laid out for the sweep.
+    pub(crate) fn row_weights<'a>(
+        &self,
+        params: &[LayerParams<'a>],
+        wt: &'a [Vec<f64>],
+    ) -> Vec<Option<RowWeights<'a>>> {
+        self.layers
+            .iter()
+            .zip(params)
+            .zip(wt)
+            .map(|((layer, p), wt)| {
+                let (out, _) = layer.weight_dims()?;
                 Some(if layer.is_binary() {
                     RowWeights::bits(p.packed, out)
                 } else {
-                    RowWeights::real(p.weight, out, rows)
+                    RowWeights::real(wt, out)
                 })
             })
             .collect()
+    }
+
+    /// Position of layer `l` among the spiking layers.
+    pub(crate) fn spiking_index(&self, l: usize) -> usize {
+        self.spiking.iter().position(|&s| s == l).unwrap_or(0)
     }
 
     /// Spike times of every layer for one sample.
@@ -390,23 +407,32 @@ impl Network {
         prep: &[Option<RowWeights>],
         x: &[f64],
         events: &mut Vec<Event>,
+        act: &mut Vec<Active>,
+        mut keep: Option<&mut Vec<Vec<Active>>>,
     ) -> Vec<Vec<f64>> {
         let steps = self.psp.slope_steps();
         let mut out: Vec<Vec<f64>> = Vec::with_capacity(self.layers.len());
         for (l, (layer, w)) in self.layers.iter().zip(prep).enumerate() {
             let inp = if l == 0 { x } else { &out[l - 1] };
+            let mut kept = Vec::new();
             let y = match (layer, w) {
                 (Layer::Pool { g }, _) => pool_times(inp, g),
                 (Layer::Conv { g, theta, .. }, Some(w)) => {
-                    build_events(inp, &self.psp, self.tmax, events);
+                    build_events(inp, &self.psp, self.tmax, act, events);
                     conv_times(events, g, w, &steps, *theta, self.tmax)
                 }
                 (Layer::Dense { n_out, theta, .. }, Some(w)) => {
-                    build_events(inp, &self.psp, self.tmax, events);
+                    build_events(inp, &self.psp, self.tmax, act, events);
+                    if keep.is_some() {
+                        kept.clone_from(act);
+                    }
                     dense_times(events, w, &steps, *n_out, *theta, self.tmax)
                 }
-                _ => unreachable!("prepare() gives weights to every spiking layer"),
+                _ => unreachable!("row_weights() gives weights to every spiking layer"),
             };
+            if let Some(k) = keep.as_deref_mut() {
+                k.push(kept);
+            }
             out.push(y);
         }
         out
@@ -453,84 +479,97 @@ impl Network {
         batch: usize,
         hyper: &Hyper,
     ) -> Result<StepStats> {
-        let (totals, stats) = {
+        let mut wt = {
             let views: Vec<LayerParams> = params.iter().map(LayerParamsMut::as_params).collect();
             self.check_train(&views, input, labels, batch, hyper)?;
-            self.accumulate(pool, &views, input, labels, batch, hyper)
+            self.transpose_all(&views)
         };
-        let per_sample = 1.0 / (self.tmax * batch as f64);
-        for (si, &l) in self.spiking.iter().enumerate() {
-            let lr = hyper.lr[si];
-            // Δw = −η ê (t_j/θ) ε / T per pair; the accumulators hold Σ ê (t_j/θ) ε.
-            let mut factor = -lr * per_sample;
-            if let (Layer::Conv { g, .. }, ConvReduce::Mean) = (&self.layers[l], hyper.conv_reduce)
-            {
-                factor /= g.positions() as f64;
-            }
-            let decay = lr * hyper.weight_decay;
-            let p = &mut params[l];
-            for (w, &a) in p.weight.iter_mut().zip(&totals[si]) {
-                *w += a * factor - decay * *w;
-            }
-            if self.layers[l].is_binary() {
-                let (out, rows) = self.layers[l].weight_dims().unwrap_or_default();
-                crate::bits::pack_into(p.weight, out, rows, p.packed);
-            }
-        }
-        Ok(stats)
+        Ok(self.step(pool, params, &mut wt, input, labels, hyper, false))
     }
 
-    /// Forward and backward of the whole batch: per spiking layer the batch sum
-    /// of `Σ ê_j (t_j/θ) ε(t_j − t_i)`, and the statistics.
-    fn accumulate(
+    /// Consecutive [`Network::train_step`]s over a chunk of data: step `s` trains
+    /// on samples `s * batch_size ..` (the last batch may be smaller), each from
+    /// the weights the previous step left. Bit-identical to calling
+    /// `train_step` on each batch in turn, without a call (and a transposition
+    /// of the weights) per step: with `batch_size = 1` these are per-sample
+    /// updates. Returns the statistics of every step.
+    pub fn train_steps(
         &self,
-        pool: &ThreadPool,
-        views: &[LayerParams],
+        params: &mut [LayerParamsMut],
         input: &[f64],
         labels: &[usize],
-        batch: usize,
+        batch_size: usize,
         hyper: &Hyper,
-    ) -> (Vec<Vec<f64>>, StepStats) {
-        let prep = self.prepare(views);
-        let weights: Vec<&[f64]> = views.iter().map(|p| p.weight).collect();
-        let mut totals: Vec<Vec<f64>> = self
-            .spiking
-            .iter()
-            .map(|&l| vec![0.0; self.weight_len(l)])
-            .collect();
-        let n_layers = self.layers.len();
+    ) -> Result<Vec<StepStats>> {
+        let pool = current_pool()?;
+        let n = labels.len();
+        if batch_size == 0 {
+            return invalid!("train_steps needs batch_size >= 1");
+        }
+        let mut wt = {
+            let views: Vec<LayerParams> = params.iter().map(LayerParamsMut::as_params).collect();
+            self.check_train(&views, input, labels, n, hyper)?;
+            self.transpose_all(&views)
+        };
+        let n_in = self.in_size;
+        let mut out = Vec::with_capacity(n.div_ceil(batch_size));
+        for lo in (0..n).step_by(batch_size) {
+            let hi = (lo + batch_size).min(n);
+            out.push(self.step(
+                &pool,
+                params,
+                &mut wt,
+                &input[lo * n_in..hi * n_in],
+                &labels[lo..hi],
+                hyper,
+                hi < n,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// One checked step. `wt` holds the transposed real weights and, if `sync`,
+    /// is brought up to date with the new weights.
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &self,
+        pool: &ThreadPool,
+        params: &mut [LayerParamsMut],
+        wt: &mut [Vec<f64>],
+        input: &[f64],
+        labels: &[usize],
+        hyper: &Hyper,
+        sync: bool,
+    ) -> StepStats {
+        let batch = labels.len();
+        let recs: Vec<learn::SampleRec> = {
+            let views: Vec<LayerParams> = params.iter().map(LayerParamsMut::as_params).collect();
+            let prep = self.row_weights(&views, wt);
+            let weights: Vec<&[f64]> = views.iter().map(|p| p.weight).collect();
+            let n_in = self.in_size;
+            pool.install(|| {
+                (0..batch)
+                    .into_par_iter()
+                    .map_init(learn::Scratch::default, |s, b| {
+                        let x = &input[b * n_in..(b + 1) * n_in];
+                        learn::sample_pass(self, &prep, &weights, x, labels[b], hyper, s)
+                    })
+                    .collect()
+            })
+        };
+        // Statistics, in sample order.
         let mut stats = StepStats {
             predictions: Vec::with_capacity(batch),
             cases: Vec::with_capacity(batch),
             loss: 0.0,
-            fired: vec![0.0; n_layers],
+            fired: vec![0.0; self.layers.len()],
         };
-        let n_chunks = batch.div_ceil(CHUNK);
-        for wave in (0..n_chunks).step_by(WAVE) {
-            let chunks: Vec<learn::ChunkOut> = pool.install(|| {
-                (wave..(wave + WAVE).min(n_chunks))
-                    .into_par_iter()
-                    .map(|c| {
-                        let range = c * CHUNK..((c + 1) * CHUNK).min(batch);
-                        learn::run_chunk(self, &prep, &weights, input, labels, range, hyper)
-                    })
-                    .collect()
-            });
-            // Sequential, in sample order: the rounding is independent of threads.
-            for chunk in chunks {
-                for (t, a) in totals.iter_mut().zip(&chunk.acc) {
-                    for (t, a) in t.iter_mut().zip(a) {
-                        *t += a;
-                    }
-                }
-                stats.predictions.extend(chunk.predictions);
-                stats.cases.extend(chunk.cases);
-                for (loss, fired) in chunk.losses.iter().zip(&chunk.fired) {
-                    stats.loss += loss;
-                    for (s, f) in stats.fired.iter_mut().zip(fired) {
-                        *s += f;
-                    }
-                }
+        for rec in &recs {
+            stats.predictions.push(rec.prediction);
+            stats.cases.push(rec.case);
+            stats.loss += rec.loss;
+            for (s, f) in stats.fired.iter_mut().zip(&rec.fired) {
+                *s += f;
             }
         }
         let b = batch as f64;
@@ -538,7 +577,83 @@ impl Network {
         for f in &mut stats.fired {
             *f /= b;
         }
-        (totals, stats)
+        let per_sample = 1.0 / (self.tmax * b);
+        for (si, &l) in self.spiking.iter().enumerate() {
+            let lr = hyper.lr[si];
+            // Δw = −η ê (t_j/θ) ε / T per pair; phase 2 sums ê (t_j/θ) ε.
+            let mut factor = -lr * per_sample;
+            if let (Layer::Conv { g, .. }, ConvReduce::Mean) = (&self.layers[l], hyper.conv_reduce)
+            {
+                factor /= g.positions() as f64;
+            }
+            let decay = lr * hyper.weight_decay;
+            let Some((out, rows)) = self.layers[l].weight_dims() else {
+                continue;
+            };
+            // Inputs (weight columns) that may change: with no decay, a Dense
+            // layer's weights from inputs that never spiked stay as they are.
+            let sparse = decay == 0.0 && matches!(self.layers[l], Layer::Dense { .. });
+            let p = &mut params[l];
+            pool.install(|| {
+                p.weight.par_chunks_mut(rows).enumerate().for_each_init(
+                    || (vec![0.0; rows], Vec::new()),
+                    |(acc, touched), (o, w)| {
+                        learn::accumulate_row(self, l, o, &recs, input, acc, touched);
+                        // Visiting only the touched weights pays when they are few
+                        // (small batches); the choice depends only on the data.
+                        if sparse && touched.iter().sum::<usize>() * 4 < rows {
+                            for (rec, &k) in recs.iter().zip(touched.iter()) {
+                                for a in &rec.active[l][..k] {
+                                    let i = a.src as usize;
+                                    w[i] += acc[i] * factor - decay * w[i];
+                                    // Each weight is updated once; acc is left zeroed.
+                                    acc[i] = 0.0;
+                                }
+                            }
+                        } else {
+                            for (w, a) in w.iter_mut().zip(acc.iter_mut()) {
+                                *w += *a * factor - decay * *w;
+                                *a = 0.0;
+                            }
+                        }
+                    },
+                );
+            });
+            let binary = self.layers[l].is_binary();
+            if !binary && !sync {
+                continue;
+            }
+            let mut changed = vec![!sparse; rows];
+            if sparse {
+                for rec in &recs {
+                    for a in &rec.active[l] {
+                        changed[a.src as usize] = true;
+                    }
+                }
+            }
+            let w: &[f64] = p.weight;
+            pool.install(|| {
+                if binary {
+                    let wpr = crate::bits::words_per_row(out);
+                    p.packed
+                        .par_chunks_mut(wpr)
+                        .enumerate()
+                        .filter(|(r, _)| changed[*r])
+                        .for_each(|(r, words)| crate::bits::pack_row(w, out, rows, r, words));
+                } else {
+                    wt[l]
+                        .par_chunks_mut(out)
+                        .enumerate()
+                        .filter(|(r, _)| changed[*r])
+                        .for_each(|(r, dst)| {
+                            for (j, d) in dst.iter_mut().enumerate() {
+                                *d = w[j * rows + r];
+                            }
+                        });
+                }
+            });
+        }
+        stats
     }
 
     fn check_input(&self, input: &[f64], batch: usize) -> Result<()> {

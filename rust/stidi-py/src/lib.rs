@@ -119,51 +119,9 @@ impl Engine {
     ) -> PyResult<Bound<'py, PyDict>> {
         let batch = times.shape()[0];
         let input = contiguous(times.as_slice().ok(), "times")?;
-        let labels = contiguous(labels.as_slice().ok(), "labels")?
-            .iter()
-            .map(|&y| {
-                usize::try_from(y)
-                    .map_err(|_| PyValueError::new_err(format!("label {y} is negative")))
-            })
-            .collect::<PyResult<Vec<usize>>>()?;
-        let conv_reduce = match conv_reduce {
-            "sum" => ConvReduce::Sum,
-            "mean" => ConvReduce::Mean,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "conv_reduce must be 'sum' or 'mean', got {other:?}"
-                )))
-            }
-        };
-        let hyper = Hyper {
-            lr,
-            gamma,
-            beta,
-            normalize,
-            weight_decay,
-            conv_reduce,
-        };
-        if weights.len() != packed.len() {
-            return Err(PyValueError::new_err(
-                "weights and packed must have one entry per layer",
-            ));
-        }
-        let mut params = Vec::with_capacity(weights.len());
-        for (w, p) in weights.iter_mut().zip(packed.iter_mut()) {
-            let weight: &mut [f64] = match w {
-                Some(a) => a.as_slice_mut().map_err(|_| {
-                    PyValueError::new_err("weights must be C-contiguous float64 arrays")
-                })?,
-                None => &mut [],
-            };
-            let packed: &mut [u64] = match p {
-                Some(a) => a.as_slice_mut().map_err(|_| {
-                    PyValueError::new_err("packed weights must be C-contiguous uint64 arrays")
-                })?,
-                None => &mut [],
-            };
-            params.push(LayerParamsMut { weight, packed });
-        }
+        let labels = read_labels(&labels)?;
+        let hyper = make_hyper(lr, gamma, beta, normalize, weight_decay, conv_reduce)?;
+        let mut params = write_params(&mut weights, &mut packed)?;
         let stats = py
             .detach(|| {
                 self.net
@@ -178,6 +136,120 @@ impl Engine {
         out.set_item("fired", stats.fired)?;
         Ok(out)
     }
+
+    /// Consecutive STiDi-BP steps over the rows of `times` in order, `batch_size`
+    /// samples per step (the last step may be smaller); the same as calling
+    /// `train_step` on each batch in turn, in one call. Returns per-step arrays:
+    /// `predictions` and `cases` of shape `(n,)` (per sample), `loss` of shape
+    /// `(steps,)` and `fired` of shape `(steps, layers)`.
+    #[allow(clippy::too_many_arguments)]
+    fn train_steps<'py>(
+        &self,
+        py: Python<'py>,
+        mut weights: Vec<Option<PyReadwriteArrayDyn<'py, f64>>>,
+        mut packed: Vec<Option<PyReadwriteArrayDyn<'py, u64>>>,
+        times: PyReadonlyArray2<'py, f64>,
+        labels: PyReadonlyArray1<'py, i64>,
+        batch_size: usize,
+        lr: Vec<f64>,
+        gamma: f64,
+        beta: Vec<f64>,
+        normalize: bool,
+        weight_decay: f64,
+        conv_reduce: &str,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let input = contiguous(times.as_slice().ok(), "times")?;
+        let labels = read_labels(&labels)?;
+        let hyper = make_hyper(lr, gamma, beta, normalize, weight_decay, conv_reduce)?;
+        let mut params = write_params(&mut weights, &mut packed)?;
+        let steps = py
+            .detach(|| {
+                self.net
+                    .train_steps(&mut params, input, &labels, batch_size, &hyper)
+            })
+            .map_err(value_error)?;
+        let n_layers = self.net.layers().len();
+        let mut predictions = Vec::with_capacity(labels.len());
+        let mut cases = Vec::with_capacity(labels.len());
+        let mut loss = Vec::with_capacity(steps.len());
+        let mut fired = Vec::with_capacity(steps.len() * n_layers);
+        for s in steps.iter() {
+            predictions.extend(s.predictions.iter().map(|&p| p as i64));
+            cases.extend_from_slice(&s.cases);
+            loss.push(s.loss);
+            fired.extend_from_slice(&s.fired);
+        }
+        let out = PyDict::new(py);
+        out.set_item("predictions", predictions.into_pyarray(py))?;
+        out.set_item("cases", cases.into_pyarray(py))?;
+        out.set_item("loss", loss.into_pyarray(py))?;
+        out.set_item("fired", to_2d(py, fired, steps.len())?)?;
+        Ok(out)
+    }
+}
+
+fn read_labels(labels: &PyReadonlyArray1<'_, i64>) -> PyResult<Vec<usize>> {
+    contiguous(labels.as_slice().ok(), "labels")?
+        .iter()
+        .map(|&y| {
+            usize::try_from(y).map_err(|_| PyValueError::new_err(format!("label {y} is negative")))
+        })
+        .collect()
+}
+
+fn make_hyper(
+    lr: Vec<f64>,
+    gamma: f64,
+    beta: Vec<f64>,
+    normalize: bool,
+    weight_decay: f64,
+    conv_reduce: &str,
+) -> PyResult<Hyper> {
+    let conv_reduce = match conv_reduce {
+        "sum" => ConvReduce::Sum,
+        "mean" => ConvReduce::Mean,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "conv_reduce must be 'sum' or 'mean', got {other:?}"
+            )))
+        }
+    };
+    Ok(Hyper {
+        lr,
+        gamma,
+        beta,
+        normalize,
+        weight_decay,
+        conv_reduce,
+    })
+}
+
+fn write_params<'a>(
+    weights: &'a mut [Option<PyReadwriteArrayDyn<'_, f64>>],
+    packed: &'a mut [Option<PyReadwriteArrayDyn<'_, u64>>],
+) -> PyResult<Vec<LayerParamsMut<'a>>> {
+    if weights.len() != packed.len() {
+        return Err(PyValueError::new_err(
+            "weights and packed must have one entry per layer",
+        ));
+    }
+    let mut params = Vec::with_capacity(weights.len());
+    for (w, p) in weights.iter_mut().zip(packed.iter_mut()) {
+        let weight: &mut [f64] = match w {
+            Some(a) => a.as_slice_mut().map_err(|_| {
+                PyValueError::new_err("weights must be C-contiguous float64 arrays")
+            })?,
+            None => &mut [],
+        };
+        let packed: &mut [u64] = match p {
+            Some(a) => a.as_slice_mut().map_err(|_| {
+                PyValueError::new_err("packed weights must be C-contiguous uint64 arrays")
+            })?,
+            None => &mut [],
+        };
+        params.push(LayerParamsMut { weight, packed });
+    }
+    Ok(params)
 }
 
 fn read_params<'a>(
