@@ -184,3 +184,19 @@ def test_thread_count_can_be_set():
     assert sr.num_threads() == 2
     sr.set_num_threads(0)  # back to the default: RAYON_NUM_THREADS, else every core
     assert sr.num_threads() >= 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_steps_equals_step_by_step(backend):
+    x, y = images(7), np.array([0, 1, 2, 3, 0, 1, 2])
+    a, b = small_csnn(backend), small_csnn(backend)
+    out = sr.STiDiBP(a, lr=4.0).steps(x, y, batch_size=3)
+    rule = sr.STiDiBP(b, lr=4.0)
+    stats = [rule.step(x[i : i + 3], y[i : i + 3]) for i in (0, 3, 6)]
+    for la, lb in zip(a.spiking_layers, b.spiking_layers):
+        assert np.array_equal(la.weight, lb.weight)
+    assert np.array_equal(out["predictions"], np.concatenate([s["predictions"] for s in stats]))
+    assert out["loss"].tolist() == [s["loss"] for s in stats]
+    assert out["fired"].shape == (3, 3)
+    with pytest.raises(ValueError, match="batch_size"):
+        rule.steps(x, y, batch_size=0)

@@ -70,6 +70,50 @@ class STiDiBP:
             raise ValueError(f"conv_reduce must be 'sum' or 'mean', got {conv_reduce!r}")
         self.conv_reduce = conv_reduce
 
+    def _hyper(self) -> tuple:
+        return (self.lr, self.gamma, self.beta, self.normalize, self.weight_decay, self.conv_reduce)
+
+    def steps(self, times, labels, batch_size: int = 1) -> dict:
+        """Consecutive steps over ``batch_size`` slices of ``times`` (the last may be
+        smaller), exactly as calling :meth:`step` on each slice in order, but in one
+        engine call: per-sample updates without Python overhead per sample.
+
+        Returns ``predictions`` and ``cases`` per sample (from the forward pass of the
+        step that sample was in), ``accuracy`` over all samples, and per step
+        ``loss`` ``(steps,)`` and ``fired`` ``(steps, layers)``.
+        """
+        net = self.network
+        t = _check_times(times, net.input_shape, net.tmax)
+        y = _check_labels(labels, len(t), net.n_classes)
+        batch_size = int(batch_size)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if len(t) == 0:
+            raise ValueError("steps needs a non-empty batch")
+        if net.backend == "rust":
+            weights, packed = net._params()
+            out = net._engine.train_steps(
+                weights, packed, t.reshape(len(t), -1), y, batch_size, *self._hyper()
+            )
+            pred, cases = np.asarray(out["predictions"]), np.asarray(out["cases"])
+            loss, fired = np.asarray(out["loss"]), np.asarray(out["fired"])
+        else:
+            stats = [
+                self.step(t[i : i + batch_size], y[i : i + batch_size])
+                for i in range(0, len(t), batch_size)
+            ]
+            pred = np.concatenate([s["predictions"] for s in stats])
+            cases = np.concatenate([s["cases"] for s in stats])
+            loss = np.array([s["loss"] for s in stats])
+            fired = np.array([s["fired"] for s in stats])
+        return {
+            "loss": loss,
+            "accuracy": float((pred == y).mean()),
+            "predictions": pred,
+            "cases": cases,
+            "fired": fired,
+        }
+
     def step(self, times, labels) -> dict:
         """Apply one update from a batch (the per-sample updates are averaged).
 
@@ -83,14 +127,7 @@ class STiDiBP:
         y = _check_labels(labels, len(t), net.n_classes)
         if len(t) == 0:
             raise ValueError("step needs a non-empty batch")
-        hyper = (
-            self.lr,
-            self.gamma,
-            self.beta,
-            self.normalize,
-            self.weight_decay,
-            self.conv_reduce,
-        )
+        hyper = self._hyper()
         if net.backend == "rust":
             weights, packed = net._params()
             stats = net._engine.train_step(weights, packed, t.reshape(len(t), -1), y, *hyper)

@@ -138,15 +138,17 @@ class Trainer:
                 disable=self.progress is False,
                 force=bool(self.progress),
             ) as bar:
-                for lo in range(0, len(images), self.batch_size):
-                    idx = order[lo : lo + self.batch_size]
-                    stats = self.rule.step(self._encode(images[idx]), labels[idx])
-                    correct += int(round(stats["accuracy"] * len(idx)))
-                    loss += stats["loss"] * len(idx)
+                # Chunks of whole batches: one engine call each, and a progress tick.
+                chunk = self.batch_size * max(1, 1024 // self.batch_size)
+                for lo in range(0, len(images), chunk):
+                    idx = order[lo : lo + chunk]
+                    stats = self.rule.steps(self._encode(images[idx]), labels[idx], self.batch_size)
+                    correct += int((stats["predictions"] == labels[idx]).sum())
+                    sizes = np.diff(np.r_[0 : len(idx) : self.batch_size, len(idx)])
+                    loss += float((stats["loss"] * sizes).sum())
                     seen += len(idx)
                     bar.update(len(idx))
-                    if lo % (64 * self.batch_size) == 0:
-                        bar.set_postfix(acc=f"{100 * correct / seen:.1f}%")
+                    bar.set_postfix(acc=f"{100 * correct / seen:.1f}%")
             seconds = time.perf_counter() - start
             record = {
                 "epoch": e + 1,
