@@ -97,6 +97,56 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
 
 
+def test_homeostasis_nudges_silent_and_overactive_hidden_units_only():
+    net = tiny()
+    conv, dense = net.layers[0], net.layers[2]
+    w = np.full(conv.weight.shape, 1.0)
+    w[1] = -1.0  # channel 1 can never fire
+    conv.weight = w
+    out_before = dense.weight.copy()
+    x = sr.encode(fake_images(20)[0][:, None])
+    rate = (net.forward(x)[0] < net.tmax).mean(axis=(0, 2, 3))
+    assert rate[1] == 0 and rate[0] > 0.6  # silent and overactive channels
+    nudged = sr.Homeostasis(low=0.1, high=0.6, delta=0.25, probe=20)(net, x)
+    assert nudged == int((rate < 0.1).sum() + (rate > 0.6).sum())
+    assert np.allclose(conv.weight[1], -0.75) and np.allclose(conv.weight[0], 0.75)
+    assert np.array_equal(dense.weight, out_before)  # the output layer is left alone
+    with pytest.raises(ValueError, match="low < high"):
+        sr.Homeostasis(low=0.7, high=0.6)
+
+
+def test_resume_with_homeostasis_equals_an_uninterrupted_run(tmp_path):
+    x, y = fake_images(60)
+    guard = {"low": 0.2, "high": 0.5, "delta": 0.05, "probe": 10}
+    full = tiny()
+    Trainer(
+        full,
+        sr.STiDiBP(full, lr=3.0),
+        epochs=2,
+        batch_size=2,
+        seed=1,
+        progress=False,
+        homeostasis=sr.Homeostasis(**guard),
+    ).fit(x, y)
+    net = tiny()
+    Trainer(
+        net,
+        sr.STiDiBP(net, lr=3.0),
+        epochs=1,
+        batch_size=2,
+        seed=1,
+        out_dir=tmp_path,
+        progress=False,
+        homeostasis=sr.Homeostasis(**guard),
+    ).fit(x, y)
+    resumed = Trainer.resume(tmp_path / "last.npz", epochs=2, progress=False)
+    assert resumed.homeostasis.config() == guard
+    history = resumed.fit(x, y)
+    assert history[0]["homeostasis_nudges"] > 0
+    for a, b in zip(full.spiking_layers, resumed.net.spiking_layers):
+        assert np.array_equal(a.weight, b.weight)
+
+
 def test_synaptic_fanout_counts_conv_connections():
     net = tiny()
     conv = net.layers[0]

@@ -7,7 +7,7 @@ described in ``docs/algorithm.md``.
 
 from ._core import __version__, num_threads, set_num_threads
 from .layers import PSP, Conv2d, Dense, MaxPool2d, pack_signs, unpack_signs
-from .learning import STiDiBP
+from .learning import Homeostasis, STiDiBP
 from .network import Network, encode
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "Dense",
     "Network",
     "STiDiBP",
+    "Homeostasis",
     "encode",
     "pack_signs",
     "unpack_signs",

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint, datasets, presets
-from .learning import STiDiBP
+from .learning import Homeostasis, STiDiBP
 from .network import BACKENDS, encode
 from .trainer import Trainer, evaluate
 
@@ -40,7 +40,10 @@ def _summary(name: str, m: dict) -> str:
 def cmd_train(args) -> int:
     if args.resume:
         trainer = Trainer.resume(
-            args.resume, backend=args.backend, epochs=args.epochs, progress=not args.no_progress
+            args.resume,
+            backend=args.backend,
+            epochs=args.epochs,
+            progress=False if args.no_progress else None,
         )
         cfg = trainer.config
     else:
@@ -70,8 +73,11 @@ def cmd_train(args) -> int:
             lr_decay=args.lr_decay,
             seed=args.seed,
             out_dir=out,
-            progress=not args.no_progress,
+            progress=False if args.no_progress else None,
             config=cfg,
+            homeostasis=None
+            if args.no_homeostasis or preset.homeostasis is None
+            else Homeostasis(**preset.homeostasis),
         )
     x, y = datasets.load(cfg["dataset"], "train", root=args.data)
     if cfg["train_size"]:
@@ -180,6 +186,11 @@ def main(argv=None) -> int:
     )
     p.add_argument("--data", default=None, help="dataset root (default: $STIDI_RS_DATA, cache)")
     p.add_argument("--force", action="store_true", help="start over in an existing --out")
+    p.add_argument(
+        "--no-homeostasis",
+        action="store_true",
+        help="turn off the preset's guard against silent hidden layers",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval", help="evaluate a checkpoint on a test set")

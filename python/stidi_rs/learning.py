@@ -11,7 +11,7 @@ from . import reference
 from .layers import Dense, _positive_float
 from .network import Network, _check_labels, _check_times
 
-__all__ = ["STiDiBP"]
+__all__ = ["STiDiBP", "Homeostasis"]
 
 
 def _per_layer(name: str, value, n: int, allow_zero: bool) -> list[float]:
@@ -150,3 +150,43 @@ class STiDiBP:
             "cases": cases,
             "fired": fired,
         }
+
+
+class Homeostasis:
+    """Keeps hidden layers firing: a guard against silent layers, not part of STiDi-BP.
+
+    A hidden neuron that stops firing gets no displacement and so never learns to
+    fire again (docs/algorithm.md §5). Every call measures, on a probe batch, the
+    fraction of samples in which each hidden unit fires (a Conv2d channel counts
+    all its positions); units below ``low`` get ``+delta`` on every weight, units
+    above ``high`` get ``-delta``. The output layer is left alone.
+    """
+
+    def __init__(self, low: float = 0.1, high: float = 0.6, delta: float = 0.01, probe: int = 100):
+        if not 0 <= low < high <= 1:
+            raise ValueError(f"need 0 <= low < high <= 1, got low={low}, high={high}")
+        if not (math.isfinite(delta) and delta > 0):
+            raise ValueError(f"delta must be positive and finite, got {delta}")
+        if int(probe) < 1:
+            raise ValueError(f"probe must be at least 1, got {probe}")
+        self.low, self.high, self.delta, self.probe = low, high, float(delta), int(probe)
+
+    def config(self) -> dict:
+        return {"low": self.low, "high": self.high, "delta": self.delta, "probe": self.probe}
+
+    def __call__(self, network: Network, times) -> int:
+        """Nudge the hidden layers of ``network`` using the first ``probe`` samples of
+        ``times``; returns how many units were nudged."""
+        outputs = network.forward(np.asarray(times)[: self.probe])
+        nudged = 0
+        for layer, out in zip(network.layers[:-1], outputs[:-1]):
+            if not hasattr(layer, "weight"):
+                continue
+            fired = out < network.tmax
+            rate = fired.mean(axis=(0, 2, 3)) if fired.ndim == 4 else fired.mean(axis=0)
+            step = np.where(rate < self.low, self.delta, np.where(rate > self.high, -self.delta, 0))
+            if step.any():
+                shape = (-1,) + (1,) * (layer.weight.ndim - 1)
+                layer.weight = layer.weight + step.reshape(shape)
+                nudged += int(np.count_nonzero(step))
+        return nudged

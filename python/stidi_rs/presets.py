@@ -1,9 +1,10 @@
 """Named model configurations: architecture, thresholds and learning rule.
 
-Status (see docs/results.md): ``dense`` learns MNIST out of the box; the CSNN
+Status (see docs/results.md): ``dense`` learns MNIST out of the box. The CSNN
 presets are the intended paper-scale architecture, with thresholds chosen so that
-every layer fires at initialisation, but they are NOT tuned yet: with per-sample
-updates their conv layers fall silent within a few thousand images.
+every layer fires at initialisation, conv updates averaged over positions and a
+homeostasis guard that keeps the conv layers from falling silent; they are only
+coarsely tuned so far.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class Preset:
     layers: tuple  # (kind, args...) tuples, binary added by `build`
     input_shape: tuple
     rule: dict = field(default_factory=dict)
+    homeostasis: dict | None = None  # Homeostasis(**homeostasis) in the trainer
     tau_rise: float = 40.0
     tau_fall: float = float("inf")
     binary: bool = False
@@ -54,6 +56,8 @@ _CSNN = (
 # Conv updates averaged over positions: summed, they silence the conv layers within
 # a few thousand images even at lr 0.5 (docs/results.md).
 _CSNN_RULE = {"lr": [12.8, 50.0, 50.0], "conv_reduce": "mean"}
+# Even then conv2 falls silent over an epoch; the homeostasis guard keeps it alive.
+_CSNN_HOMEOSTASIS = {"low": 0.1, "high": 0.6, "delta": 0.01, "probe": 100}
 
 PRESETS = {
     p.name: p
@@ -69,17 +73,19 @@ PRESETS = {
         ),
         Preset(
             "csnn",
-            "conv5x5(16)-pool2-conv5x5(32)-pool2-dense(10) [untuned]",
+            "conv5x5(16)-pool2-conv5x5(32)-pool2-dense(10)",
             _CSNN,
             (1, 28, 28),
-            {"lr": 12.8},
+            _CSNN_RULE,
+            homeostasis=_CSNN_HOMEOSTASIS,
         ),
         Preset(
             "csnn-binary",
-            "the CSNN with binary forward weights [untuned]",
+            "the CSNN with binary forward weights",
             _CSNN,
             (1, 28, 28),
-            {"lr": 12.8},
+            _CSNN_RULE,
+            homeostasis=_CSNN_HOMEOSTASIS,
             binary=True,
         ),
     ]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint, reference
-from .learning import STiDiBP
+from .learning import Homeostasis, STiDiBP
 from .network import Network, encode
 from .progress import ProgressBar
 
@@ -87,6 +87,8 @@ class Trainer:
     Shuffling is seeded per epoch (``seed``, ``epoch``), and a checkpoint is written
     after every epoch, so a run resumed from one gives the same weights as an
     uninterrupted run. The learning rate of epoch ``e`` is ``lr * lr_decay**e``.
+    Training runs in chunks of about 1,024 images (whole batches); after each, the
+    optional ``homeostasis`` guard nudges silent or overactive hidden units.
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class Trainer:
         out_dir=None,
         progress: bool | None = None,
         config: dict | None = None,
+        homeostasis: Homeostasis | None = None,
     ):
         if epochs < 1 or batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
@@ -112,6 +115,7 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress = progress
         self.config = config or {}
+        self.homeostasis = homeostasis
         self.epoch = 0
         self.history: list[dict] = []
 
@@ -128,7 +132,7 @@ class Trainer:
             e = self.epoch
             self.rule.lr = [lr * self.lr_decay**e for lr in self.base_lr]
             order = np.random.default_rng([self.seed, e]).permutation(len(images))
-            correct = seen = 0
+            correct = seen = nudged = 0
             loss = 0.0
             start = time.perf_counter()
             with ProgressBar(
@@ -142,7 +146,10 @@ class Trainer:
                 chunk = self.batch_size * max(1, 1024 // self.batch_size)
                 for lo in range(0, len(images), chunk):
                     idx = order[lo : lo + chunk]
-                    stats = self.rule.steps(self._encode(images[idx]), labels[idx], self.batch_size)
+                    times = self._encode(images[idx])
+                    stats = self.rule.steps(times, labels[idx], self.batch_size)
+                    if self.homeostasis is not None:
+                        nudged += self.homeostasis(self.net, times)
                     correct += int((stats["predictions"] == labels[idx]).sum())
                     sizes = np.diff(np.r_[0 : len(idx) : self.batch_size, len(idx)])
                     loss += float((stats["loss"] * sizes).sum())
@@ -157,6 +164,7 @@ class Trainer:
                 "train_loss": loss / seen,
                 "seconds": seconds,
                 "images_per_s": seen / seconds,
+                "homeostasis_nudges": nudged,
             }
             if val_times is not None:
                 record["val"] = evaluate(self.net, val_times, np.asarray(val[1], dtype=np.int64))
@@ -192,6 +200,7 @@ class Trainer:
                 "conv_reduce": rule.conv_reduce,
             },
             "config": self.config,
+            "homeostasis": None if self.homeostasis is None else self.homeostasis.config(),
         }
 
     def save(self, path) -> Path:
@@ -221,6 +230,9 @@ class Trainer:
             out_dir=out_dir if out_dir is not None else Path(path).parent,
             progress=progress,
             config=state.get("config"),
+            homeostasis=None
+            if state.get("homeostasis") is None
+            else Homeostasis(**state["homeostasis"]),
         )
         trainer.epoch, trainer.history = state["epoch"], state["history"]
         return trainer
