@@ -208,8 +208,19 @@ def main(argv=None) -> int:
     p.add_argument("--backend", default="rust", choices=BACKENDS)
     p.add_argument("--data", default=None)
     p.set_defaults(func=cmd_plot)
+    p = sub.add_parser(
+        "bench",
+        help="benchmark the engines side by side (see docs/benchmarks.md)",
+        add_help=False,
+    )
+    p.set_defaults(func=None)
     p = sub.add_parser("info", help="version, engine threads and presets")
     p.set_defaults(func=cmd_info)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # its own options: stidi-rs bench --help
+        from . import bench
+
+        return bench.main(argv[1:])
     args = parser.parse_args(argv)
     for name in ("epochs", "batch_size", "train_size", "val_size", "test_size"):
         value = getattr(args, name, None)

@@ -4,8 +4,8 @@ Each configuration runs in its own subprocess; its peak memory is the peak RSS
 (Linux VmHWM, reset after the data is loaded) above the RSS at that point. Images/s are
 measured on real MNIST images from $STIDI_RS_DATA (or the dataset cache).
 
-    python benchmarks/bench.py            # full table (a few minutes)
-    python benchmarks/bench.py --quick    # fewer images, for a smoke test
+    stidi-rs bench            # full table (about 12 minutes on 2 cores)
+    stidi-rs bench --quick    # fewer images, for a smoke test
 """
 
 from __future__ import annotations
@@ -69,7 +69,19 @@ def run_one(cfg: dict) -> dict:
     weights = sum(
         (layer.packed if layer.binary else layer.weight).nbytes for layer in net.spiking_layers
     )
+    extra = {}
+    if cfg["binary"] and cfg["backend"] == "rust":
+        # Like for like: the same ±1 weights as floats in a real-valued network.
+        twin = presets.get(cfg["model"]).build(seed=0, backend="rust")
+        for a, b in zip(twin.spiking_layers, net.spiking_layers):
+            a.weight = np.where(b.weight >= 0, 1.0, -1.0)
+        assert np.array_equal(twin.predict(x[:256]), net.predict(x[:256]))
+        for key, model in (("infer_bits", net), ("infer_floats", twin)):
+            start = time.perf_counter()
+            model.predict(x, batch_size=256)
+            extra[key] = n / (time.perf_counter() - start)
     return {
+        **extra,
         **cfg,
         "infer": infer,
         "train": train,
@@ -82,7 +94,7 @@ def run_one(cfg: dict) -> dict:
 def measure(cfg: dict) -> dict:
     """Run one configuration in a fresh subprocess (its own peak memory)."""
     proc = subprocess.run(
-        [sys.executable, __file__, "--one", json.dumps(cfg)],
+        [sys.executable, "-m", "stidi_rs.bench", "--one", json.dumps(cfg)],
         capture_output=True,
         text=True,
         check=False,
@@ -118,12 +130,12 @@ def configurations(quick: bool) -> list[dict]:
     return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="stidi-rs bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer images (smoke test)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per Rust configuration")
     parser.add_argument("--one", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(run_one(json.loads(args.one))))
         return 0
@@ -132,8 +144,9 @@ def main() -> int:
         # Rust runs take seconds: repeat them and keep the median of each rate.
         runs = [measure(cfg) for _ in range(1 if cfg["backend"] == "numpy" else args.repeat)]
         row = dict(runs[0])
-        for key in ("infer", "train", "train1"):
-            row[key] = float(np.median([r[key] for r in runs]))
+        for key in ("infer", "train", "train1", "infer_bits", "infer_floats"):
+            if key in row:
+                row[key] = float(np.median([r[key] for r in runs]))
         row["peak_mib"] = max(r["peak_mib"] for r in runs)
         rows.append(row)
         print(f"  measured {cfg}", file=sys.stderr)
@@ -173,9 +186,21 @@ def main() -> int:
             f"{r['train'] / ref['train']:,.1f} | {vs_one} | {r['train1']:,.0f} | "
             f"{epoch:,.0f} | {r['peak_mib']:.0f} | {r['weight_bytes']:,} B |"
         )
+    print(
+        "\nBinary kernels (bit-packed signs) against float kernels given the same ±1 "
+        "weights, inference img/s:\n"
+    )
+    print("| model | threads | bits | floats | bits / floats |")
+    print("|---|---:|---:|---:|---:|")
+    for r in rows:
+        if "infer_signs_as_floats" in r:
+            print(
+                f"| {r['model']} | {r['threads']} | {r['infer']:,.0f} | "
+                f"{r['infer_signs_as_floats']:,.0f} | "
+                f"{r['infer'] / r['infer_signs_as_floats']:.2f} |"
+            )
     return 0
 
 
 if __name__ == "__main__":
-    np.seterr(all="ignore")
     sys.exit(main())
