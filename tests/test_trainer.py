@@ -244,3 +244,10 @@ def test_cli_plot_renders_a_run(tmp_path):
     for name in ("training_curves", "confusion", "spike_time_maps", "output_raster"):
         assert (out / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["plot", str(tmp_path / "nothing")]) == 2
+
+
+def test_cli_bench_has_its_own_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--help"])
+    assert exit_info.value.code == 0
+    assert "--quick" in capsys.readouterr().out
