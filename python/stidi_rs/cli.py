@@ -68,9 +68,9 @@ def cmd_train(args) -> int:
         trainer = Trainer(
             net,
             STiDiBP(net, **rule_args),
-            epochs=args.epochs or 1,
+            epochs=args.epochs or preset.epochs,
             batch_size=args.batch_size,
-            lr_decay=args.lr_decay,
+            lr_decay=preset.lr_decay if args.lr_decay is None else args.lr_decay,
             seed=args.seed,
             out_dir=out,
             progress=False if args.no_progress else None,
@@ -163,10 +163,12 @@ def main(argv=None) -> int:
     p = sub.add_parser("train", help="train a preset, evaluating on the test set at the end")
     p.add_argument("--preset", default="dense", choices=sorted(presets.PRESETS))
     p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
-    p.add_argument("--epochs", type=int, default=None, help="total epochs (default 1)")
+    p.add_argument("--epochs", type=int, default=None, help="total epochs (default: preset's)")
     p.add_argument("--batch-size", type=int, default=1, help="1 = per-sample updates")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: preset's)")
-    p.add_argument("--lr-decay", type=float, default=1.0, help="lr multiplier per epoch")
+    p.add_argument(
+        "--lr-decay", type=float, default=None, help="lr multiplier per epoch (default: preset's)"
+    )
     p.add_argument("--train-size", type=int, default=0, help="use the first N training images")
     p.add_argument(
         "--val-size",

@@ -25,6 +25,8 @@ class Preset:
     input_shape: tuple
     rule: dict = field(default_factory=dict)
     homeostasis: dict | None = None  # Homeostasis(**homeostasis) in the trainer
+    epochs: int = 1  # defaults of `stidi-rs train`
+    lr_decay: float = 1.0
     tau_rise: float = 40.0
     tau_fall: float = float("inf")
     binary: bool = False
@@ -55,7 +57,7 @@ _CSNN = (
 
 # Conv updates averaged over positions: summed, they silence the conv layers within
 # a few thousand images even at lr 0.5 (docs/results.md).
-_CSNN_RULE = {"lr": [12.8, 50.0, 50.0], "conv_reduce": "mean"}
+_CSNN_RULE = {"lr": [12.8, 50.0, 12.8], "conv_reduce": "mean"}
 # Even then conv2 falls silent over an epoch; the homeostasis guard keeps it alive.
 _CSNN_HOMEOSTASIS = {"low": 0.1, "high": 0.6, "delta": 0.01, "probe": 100}
 
@@ -78,6 +80,8 @@ PRESETS = {
             (1, 28, 28),
             _CSNN_RULE,
             homeostasis=_CSNN_HOMEOSTASIS,
+            epochs=5,
+            lr_decay=0.5,
         ),
         Preset(
             "csnn-binary",
@@ -87,6 +91,8 @@ PRESETS = {
             _CSNN_RULE,
             homeostasis=_CSNN_HOMEOSTASIS,
             binary=True,
+            epochs=5,
+            lr_decay=0.5,
         ),
     ]
 }
