@@ -250,3 +250,43 @@ def test_train_steps_equals_steps_one_by_one(case, batch_size, decay, reduce):
     assert np.array_equal(out["cases"], np.concatenate([s["cases"] for s in one_by_one]))
     assert np.array_equal(out["loss"], [s["loss"] for s in one_by_one])
     assert np.array_equal(out["fired"], [s["fired"] for s in one_by_one])
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_batch_one_is_independent_of_thread_count(binary):
+    """With fewer samples than threads, one sample's large layers are split over the
+    threads (output rows of a Conv2d, blocks of Dense outputs, input channels of the
+    displacements): per-sample ``steps`` and batch-1 ``forward`` stay bit-identical."""
+    layers = [
+        sr.Conv2d(1, 16, 5, 7.0, binary=binary),
+        sr.MaxPool2d(2),
+        sr.Conv2d(16, 32, 3, 20.0, binary=binary),
+        sr.MaxPool2d(2),
+        sr.Dense(32 * 4 * 4, 300, 20.0, binary=binary),
+        sr.Dense(300, 10, 8.0),
+    ]
+    net = sr.Network(layers, (1, 24, 24), seed=5, backend="rust")
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0, net.tmax, size=(6, 1, 24, 24))
+    x[rng.random(x.shape) < 0.4] = net.tmax
+    labels = rng.integers(0, 10, size=len(x))
+    start = snapshot(net)
+    results = []
+    for threads in (1, 2, 3):
+        sr.set_num_threads(threads)
+        for layer, w in zip(net.spiking_layers, start):
+            layer.weight = w
+        outs = [net.forward(x[i : i + 1]) for i in range(2)]
+        stats = sr.STiDiBP(net, lr=0.5).steps(x, labels, batch_size=1)
+        results.append((outs, stats, snapshot(net)))
+    sr.set_num_threads(2)
+    outs1, stats1, w1 = results[0]
+    fired = np.asarray(stats1["fired"])
+    assert (fired[:, :5] > 0).any(axis=0).all(), "the test network should fire"
+    assert any(not np.array_equal(a, b) for a, b in zip(w1, start))
+    for outs, stats, w in results[1:]:
+        for a, b in zip(outs, outs1):
+            assert all(np.array_equal(u, v) for u, v in zip(a, b))
+        for key in ("loss", "predictions", "cases", "fired"):
+            assert np.array_equal(stats[key], stats1[key])
+        assert all(np.array_equal(a, b) for a, b in zip(w, w1))

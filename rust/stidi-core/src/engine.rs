@@ -6,6 +6,8 @@
 //! position share their inputs, hence their breakpoints, so their state lives
 //! contiguously and is advanced together.
 
+use rayon::prelude::*;
+
 use crate::bits::words_per_row;
 use crate::psp::Psp;
 
@@ -104,14 +106,29 @@ pub(crate) enum RowWeights<'a> {
     },
 }
 
-/// Transposes a real `(out, rows)` weight to `(rows, out)`.
+/// Transposes a real `(out, rows)` weight to `(rows, out)`, in parallel on
+/// the current rayon pool over blocks of rows of the result (one cache line of
+/// each row of `weight` per block).
 pub(crate) fn transpose(weight: &[f64], out: usize, rows: usize) -> Vec<f64> {
+    const BLOCK: usize = 8;
     let mut wt = vec![0.0; weight.len()];
-    for (j, row) in weight.chunks_exact(rows.max(1)).enumerate() {
-        for (r, &w) in row.iter().enumerate() {
-            wt[r * out + j] = w;
-        }
+    if out == 0 || rows == 0 {
+        return wt;
     }
+    // Tasks of at least 32k values: small layers are copied by one thread.
+    let min_blocks = (1 << 15) / (out * BLOCK) + 1;
+    wt.par_chunks_mut(out * BLOCK)
+        .with_min_len(min_blocks)
+        .enumerate()
+        .for_each(|(q, dst)| {
+            let r0 = q * BLOCK;
+            let n = dst.len() / out;
+            for (j, src) in weight.chunks_exact(rows).enumerate() {
+                for (b, &w) in src[r0..r0 + n].iter().enumerate() {
+                    dst[b * out + j] = w;
+                }
+            }
+        });
     wt
 }
 
@@ -136,32 +153,56 @@ impl<'a> RowWeights<'a> {
         }
     }
 
+    /// Number of outputs.
+    pub fn out(&self) -> usize {
+        match self {
+            RowWeights::Real { out, .. } | RowWeights::Bits { out, .. } => *out,
+        }
+    }
+
     /// `dst[j] += scale * w[j, row]` for every output `j`.
     #[inline]
     pub fn axpy(&self, row: usize, scale: f64, dst: &mut [f64]) {
+        self.axpy_block(row, scale, 0..self.out(), dst);
+    }
+
+    /// `dst[j - lo] += scale * w[j, row]` for the outputs `j` of `lo..hi`;
+    /// `lo` must be a multiple of 4. Each output sees the same operation as in
+    /// [`RowWeights::axpy`], so a split over blocks changes no bit.
+    #[inline]
+    pub fn axpy_block(
+        &self,
+        row: usize,
+        scale: f64,
+        block: std::ops::Range<usize>,
+        dst: &mut [f64],
+    ) {
+        let (lo, hi) = (block.start, block.end);
         match self {
             RowWeights::Real { wt, out } => {
-                let w = &wt[row * out..(row + 1) * out];
-                for (d, &w) in dst[..*out].iter_mut().zip(w) {
+                let w = &wt[row * out + lo..row * out + hi];
+                for (d, &w) in dst[..hi - lo].iter_mut().zip(w) {
                     *d += scale * w;
                 }
             }
-            RowWeights::Bits { packed, wpr, out } => {
+            RowWeights::Bits { packed, wpr, .. } => {
+                debug_assert_eq!(lo % 4, 0);
                 let words = &packed[row * wpr..(row + 1) * wpr];
                 let bits = scale.to_bits();
-                let dst = &mut dst[..*out];
+                let dst = &mut dst[..hi - lo];
                 let mut quads = dst.chunks_exact_mut(4);
-                for (n, quad) in (&mut quads).enumerate() {
+                for (q, quad) in (&mut quads).enumerate() {
                     // Four outputs per nibble: their sign masks come from a table.
+                    let n = lo / 4 + q;
                     let nib = (words[n / 16] >> (4 * (n % 16))) & 15;
                     let m = &SIGN4[nib as usize];
                     for (d, &m) in quad.iter_mut().zip(m) {
                         *d += f64::from_bits(bits ^ m);
                     }
                 }
-                let done = *out - quads.into_remainder().len();
-                for j in done..*out {
-                    dst[j] += signed(bits, words[j / 64], j % 64);
+                let done = hi - lo - quads.into_remainder().len();
+                for (d, j) in dst[done..].iter_mut().zip(lo + done..hi) {
+                    *d += signed(bits, words[j / 64], j % 64);
                 }
             }
         }
@@ -267,7 +308,14 @@ impl Sweep {
     }
 }
 
+/// Smallest number of neurons of a layer worth splitting over threads.
+pub(crate) const SPLIT_MIN_NEURONS: usize = 256;
+
 /// Spike times of a Dense layer: one position, every event touches every neuron.
+///
+/// With `parts > 1` (and enough outputs) the outputs are split into blocks
+/// swept in parallel on the current rayon pool; every block sweeps the same
+/// events for its own neurons, so the result does not depend on `parts`.
 pub(crate) fn dense_times(
     events: &[Event],
     w: &RowWeights,
@@ -275,14 +323,39 @@ pub(crate) fn dense_times(
     out: usize,
     theta: f64,
     tmax: f64,
+    parts: usize,
 ) -> Vec<f64> {
-    let mut st = Sweep::new(1, out, theta, tmax);
+    // Blocks of a multiple of 8 outputs (whole nibbles of packed signs).
+    let parts = parts.min(out / 64).max(1);
+    if parts == 1 || out < SPLIT_MIN_NEURONS {
+        return dense_block(events, w, steps, 0..out, theta, tmax);
+    }
+    let size = out.div_ceil(parts).next_multiple_of(8);
+    let blocks: Vec<Vec<f64>> = (0..out.div_ceil(size))
+        .into_par_iter()
+        .map(|k| {
+            let block = k * size..((k + 1) * size).min(out);
+            dense_block(events, w, steps, block, theta, tmax)
+        })
+        .collect();
+    blocks.concat()
+}
+
+fn dense_block(
+    events: &[Event],
+    w: &RowWeights,
+    steps: &[f64; 3],
+    block: std::ops::Range<usize>,
+    theta: f64,
+    tmax: f64,
+) -> Vec<f64> {
+    let mut st = Sweep::new(1, block.len(), theta, tmax);
     for ev in events {
         st.advance(0, ev.t);
         if st.remaining == 0 {
             return st.times;
         }
-        w.axpy(ev.src, steps[ev.kind], &mut st.slope);
+        w.axpy_block(ev.src, steps[ev.kind], block.clone(), &mut st.slope);
     }
     st.advance(0, tmax);
     st.times
@@ -311,6 +384,11 @@ impl ConvGeom {
 
 /// Spike times of a Conv2d layer in `(cout, ho, wo)` order. An input event only
 /// touches the output positions whose receptive field holds it.
+///
+/// With `parts > 1` (and a layer large enough) the output rows are dealt
+/// round-robin to `parts` parts swept in parallel on the current rayon pool.
+/// A position's neurons see the same events in the same order whichever part
+/// holds it, so the result does not depend on `parts`.
 pub(crate) fn conv_times(
     events: &[Event],
     g: &ConvGeom,
@@ -318,14 +396,71 @@ pub(crate) fn conv_times(
     steps: &[f64; 3],
     theta: f64,
     tmax: f64,
+    parts: usize,
+) -> Vec<f64> {
+    let positions = g.positions();
+    let parts = parts.min(g.ho).max(1);
+    let mut out = vec![tmax; positions * g.cout];
+    if parts == 1 || positions * g.cout < SPLIT_MIN_NEURONS {
+        let times = conv_rows(events, g, w, steps, theta, tmax, 0, 1);
+        scatter_rows(&times, g, 0, 1, &mut out);
+        return out;
+    }
+    let all: Vec<Vec<f64>> = (0..parts)
+        .into_par_iter()
+        .map(|part| conv_rows(events, g, w, steps, theta, tmax, part, parts))
+        .collect();
+    for (part, times) in all.iter().enumerate() {
+        scatter_rows(times, g, part, parts, &mut out);
+    }
+    out
+}
+
+/// Writes the position-major times of the rows `part, part + parts, ..` into
+/// `out`, `(cout, ho, wo)` order.
+fn scatter_rows(times: &[f64], g: &ConvGeom, part: usize, parts: usize, out: &mut [f64]) {
+    let positions = g.positions();
+    for (m, row) in times.chunks_exact(g.cout * g.wo).enumerate() {
+        let p0 = (part + m * parts) * g.wo;
+        for (ox, ts) in row.chunks_exact(g.cout).enumerate() {
+            for (o, &t) in ts.iter().enumerate() {
+                out[o * positions + p0 + ox] = t;
+            }
+        }
+    }
+}
+
+/// The sweep of the output rows `part, part + parts, ..` of a Conv2d layer;
+/// position-major times of those rows.
+#[allow(clippy::too_many_arguments)]
+fn conv_rows(
+    events: &[Event],
+    g: &ConvGeom,
+    w: &RowWeights,
+    steps: &[f64; 3],
+    theta: f64,
+    tmax: f64,
+    part: usize,
+    parts: usize,
 ) -> Vec<f64> {
     let k = g.k;
-    let mut st = Sweep::new(g.positions(), g.cout, theta, tmax);
+    let rows = (g.ho - part).div_ceil(parts);
+    let mut st = Sweep::new(rows * g.wo, g.cout, theta, tmax);
     for ev in events {
         let (c, y, x) = (ev.src / (g.h * g.w), (ev.src / g.w) % g.h, ev.src % g.w);
-        for oy in y.saturating_sub(k - 1)..=y.min(g.ho - 1) {
+        // First output row of this part at or after y - (k - 1).
+        let lo = y.saturating_sub(k - 1);
+        let (first, m0) = if parts == 1 {
+            (lo, lo)
+        } else {
+            let first = lo + (part + parts - lo % parts) % parts;
+            (first, (first - part) / parts)
+        };
+        // `m` is the part's local row of output row `oy`.
+        for (m, oy) in (m0..).zip((first..=y.min(g.ho - 1)).step_by(parts)) {
+            let row0 = m * g.wo;
             for ox in x.saturating_sub(k - 1)..=x.min(g.wo - 1) {
-                let p = oy * g.wo + ox;
+                let p = row0 + ox;
                 if st.alive[p] == 0 {
                     continue;
                 }
@@ -345,19 +480,12 @@ pub(crate) fn conv_times(
             break;
         }
     }
-    let positions = g.positions();
-    for p in 0..positions {
+    for p in 0..rows * g.wo {
         if st.alive[p] > 0 {
             st.advance(p, tmax);
         }
     }
-    let mut out = vec![tmax; st.times.len()];
-    for (p, ts) in st.times.chunks_exact(g.cout).enumerate() {
-        for (o, &t) in ts.iter().enumerate() {
-            out[o * positions + p] = t;
-        }
-    }
-    out
+    st.times
 }
 
 /// `V_j(tmax) = Σ_i w̃_ji ε(tmax − t_i)` by the direct formula, summed in input order.

@@ -11,7 +11,9 @@
 
 use crate::bits::sign;
 use crate::decide::decide_with_tmax;
-use crate::engine::{Active, ConvGeom, Event, PoolGeom, RowWeights};
+use rayon::prelude::*;
+
+use crate::engine::{Active, ConvGeom, Event, PoolGeom, RowWeights, SPLIT_MIN_NEURONS};
 use crate::network::{Layer, Network};
 use crate::psp::Psp;
 use crate::spec::Hyper;
@@ -38,6 +40,7 @@ pub(crate) struct SampleRec {
     pub fired: Vec<f64>,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn sample_pass(
     net: &Network,
     prep: &[Option<RowWeights>],
@@ -46,6 +49,7 @@ pub(crate) fn sample_pass(
     label: usize,
     hyper: &Hyper,
     scratch: &mut Scratch,
+    parts: usize,
 ) -> SampleRec {
     let mut active = Vec::with_capacity(net.layers.len());
     let times = net.forward_sample(
@@ -54,6 +58,7 @@ pub(crate) fn sample_pass(
         &mut scratch.events,
         &mut scratch.act,
         Some(&mut active),
+        parts,
     );
     let v_end = net.v_end(prep, x, &times);
     let y = &times[times.len() - 1];
@@ -62,7 +67,7 @@ pub(crate) fn sample_pass(
         .iter()
         .map(|t| t.iter().filter(|&&t| t < net.tmax).count() as f64 / t.len() as f64)
         .collect();
-    let (loss, g) = backward_sample(net, weights, x, &times, label, hyper);
+    let (loss, g) = backward_sample(net, weights, x, &times, label, hyper, parts);
     SampleRec {
         times,
         g,
@@ -168,6 +173,7 @@ fn backward_sample(
     times: &[Vec<f64>],
     label: usize,
     hyper: &Hyper,
+    parts: usize,
 ) -> (f64, Vec<Vec<f64>>) {
     let tmax = net.tmax;
     let kern = Kern::new(&net.psp);
@@ -208,7 +214,20 @@ fn backward_sample(
             let w = weights[l];
             match &net.layers[l] {
                 Layer::Conv { g: geom, .. } => {
-                    disp_conv(&kern, geom, xin, y, &g, w, binary, &mut dsum)
+                    let plane = geom.h * geom.w;
+                    // Split over input channels: each input's sum keeps its order.
+                    let per = geom.cin.div_ceil(parts.min(geom.cin).max(1));
+                    if per < geom.cin && geom.positions() * geom.cout >= SPLIT_MIN_NEURONS {
+                        dsum.par_chunks_mut(per * plane)
+                            .enumerate()
+                            .for_each(|(part, d)| {
+                                let c0 = part * per;
+                                let cs = c0..c0 + d.len() / plane;
+                                disp_conv(&kern, geom, xin, y, &g, w, binary, cs, d);
+                            });
+                    } else {
+                        disp_conv(&kern, geom, xin, y, &g, w, binary, 0..geom.cin, &mut dsum);
+                    }
                 }
                 _ => disp_dense(&kern, xin, y, &g, w, binary, &mut dsum),
             }
@@ -276,7 +295,8 @@ fn disp_dense(
     }
 }
 
-/// The same for a Conv2d: every output neuron over its receptive field.
+/// The same for a Conv2d: every output neuron over its receptive field,
+/// restricted to the input channels `chans`; `dsum` holds those channels.
 #[allow(clippy::too_many_arguments)]
 fn disp_conv(
     kern: &Kern,
@@ -286,8 +306,10 @@ fn disp_conv(
     g: &[f64],
     w: &[f64],
     binary: bool,
+    chans: std::ops::Range<usize>,
     dsum: &mut [f64],
 ) {
+    let off = chans.start * geom.h * geom.w;
     let (k, rows, positions) = (geom.k, geom.rows(), geom.positions());
     for (j, (&gj, &tj)) in g.iter().zip(y).enumerate() {
         if gj == 0.0 {
@@ -296,11 +318,11 @@ fn disp_conv(
         let (o, p) = (j / positions, j % positions);
         let (oy, ox) = (p / geom.wo, p % geom.wo);
         let wrow = &w[o * rows..(o + 1) * rows];
-        for c in 0..geom.cin {
+        for c in chans.clone() {
             for ky in 0..k {
                 let base = c * geom.h * geom.w + (oy + ky) * geom.w + ox;
                 let r0 = (c * k + ky) * k;
-                for ((d, &ti), &wr) in dsum[base..base + k]
+                for ((d, &ti), &wr) in dsum[base - off..base - off + k]
                     .iter_mut()
                     .zip(&x[base..base + k])
                     .zip(&wrow[r0..r0 + k])

@@ -93,6 +93,17 @@ pub struct Network {
     pub(crate) spiking: Vec<usize>,
 }
 
+/// Parts each sample's large layers are split into: the pool's threads when
+/// there are fewer samples than threads, else 1. Results do not depend on it.
+fn split_parts(batch: usize) -> usize {
+    let threads = rayon::current_num_threads();
+    if batch < threads {
+        threads
+    } else {
+        1
+    }
+}
+
 fn check_threshold(l: usize, theta: f64) -> Result<()> {
     if theta.is_finite() && theta > 0.0 {
         Ok(())
@@ -337,13 +348,15 @@ impl Network {
         input: &[f64],
         batch: usize,
     ) -> ForwardOut {
-        let wt = self.transpose_all(params);
-        let prep = self.row_weights(params, &wt);
         let samples: Vec<(Vec<Vec<f64>>, Vec<f64>)> = pool.install(|| {
+            let wt = self.transpose_all(params);
+            let prep = self.row_weights(params, &wt);
+            let parts = split_parts(batch);
             input
                 .par_chunks_exact(self.in_size)
                 .map_init(learn::Scratch::default, |s, x| {
-                    let times = self.forward_sample(&prep, x, &mut s.events, &mut s.act, None);
+                    let times =
+                        self.forward_sample(&prep, x, &mut s.events, &mut s.act, None, parts);
                     let v_end = self.v_end(&prep, x, &times);
                     (times, v_end)
                 })
@@ -363,7 +376,7 @@ impl Network {
     }
 
     /// Transposed `(rows, out)` weights of the real spiking layers (empty for
-    /// the others): the layout the sweep reads.
+    /// the others): the layout the sweep reads. Runs on the current rayon pool.
     pub(crate) fn transpose_all(&self, params: &[LayerParams]) -> Vec<Vec<f64>> {
         self.layers
             .iter()
@@ -409,6 +422,7 @@ impl Network {
         events: &mut Vec<Event>,
         act: &mut Vec<Active>,
         mut keep: Option<&mut Vec<Vec<Active>>>,
+        parts: usize,
     ) -> Vec<Vec<f64>> {
         let steps = self.psp.slope_steps();
         let mut out: Vec<Vec<f64>> = Vec::with_capacity(self.layers.len());
@@ -419,14 +433,14 @@ impl Network {
                 (Layer::Pool { g }, _) => pool_times(inp, g),
                 (Layer::Conv { g, theta, .. }, Some(w)) => {
                     build_events(inp, &self.psp, self.tmax, act, events);
-                    conv_times(events, g, w, &steps, *theta, self.tmax)
+                    conv_times(events, g, w, &steps, *theta, self.tmax, parts)
                 }
                 (Layer::Dense { n_out, theta, .. }, Some(w)) => {
                     build_events(inp, &self.psp, self.tmax, act, events);
                     if keep.is_some() {
                         kept.clone_from(act);
                     }
-                    dense_times(events, w, &steps, *n_out, *theta, self.tmax)
+                    dense_times(events, w, &steps, *n_out, *theta, self.tmax, parts)
                 }
                 _ => unreachable!("row_weights() gives weights to every spiking layer"),
             };
@@ -479,12 +493,18 @@ impl Network {
         batch: usize,
         hyper: &Hyper,
     ) -> Result<StepStats> {
-        let mut wt = {
+        {
             let views: Vec<LayerParams> = params.iter().map(LayerParamsMut::as_params).collect();
             self.check_train(&views, input, labels, batch, hyper)?;
-            self.transpose_all(&views)
-        };
-        Ok(self.step(pool, params, &mut wt, input, labels, hyper, false))
+        }
+        Ok(pool.install(|| {
+            let mut wt = {
+                let views: Vec<LayerParams> =
+                    params.iter().map(LayerParamsMut::as_params).collect();
+                self.transpose_all(&views)
+            };
+            self.step(params, &mut wt, input, labels, hyper, false)
+        }))
     }
 
     /// Consecutive [`Network::train_step`]s over a chunk of data: step `s` trains
@@ -506,34 +526,40 @@ impl Network {
         if batch_size == 0 {
             return invalid!("train_steps needs batch_size >= 1");
         }
-        let mut wt = {
+        {
             let views: Vec<LayerParams> = params.iter().map(LayerParamsMut::as_params).collect();
             self.check_train(&views, input, labels, n, hyper)?;
-            self.transpose_all(&views)
-        };
-        let n_in = self.in_size;
-        let mut out = Vec::with_capacity(n.div_ceil(batch_size));
-        for lo in (0..n).step_by(batch_size) {
-            let hi = (lo + batch_size).min(n);
-            out.push(self.step(
-                &pool,
-                params,
-                &mut wt,
-                &input[lo * n_in..hi * n_in],
-                &labels[lo..hi],
-                hyper,
-                hi < n,
-            ));
         }
-        Ok(out)
+        let n_in = self.in_size;
+        // One entry into the pool for all the steps: the steps' parallel
+        // sections then start from a worker thread.
+        Ok(pool.install(|| {
+            let mut wt = {
+                let views: Vec<LayerParams> =
+                    params.iter().map(LayerParamsMut::as_params).collect();
+                self.transpose_all(&views)
+            };
+            let mut out = Vec::with_capacity(n.div_ceil(batch_size));
+            for lo in (0..n).step_by(batch_size) {
+                let hi = (lo + batch_size).min(n);
+                out.push(self.step(
+                    params,
+                    &mut wt,
+                    &input[lo * n_in..hi * n_in],
+                    &labels[lo..hi],
+                    hyper,
+                    hi < n,
+                ));
+            }
+            out
+        }))
     }
 
-    /// One checked step. `wt` holds the transposed real weights and, if `sync`,
-    /// is brought up to date with the new weights.
-    #[allow(clippy::too_many_arguments)]
+    /// One checked step, run on the current rayon pool. `wt` holds the
+    /// transposed real weights and, if `sync`, is brought up to date with the
+    /// new weights.
     fn step(
         &self,
-        pool: &ThreadPool,
         params: &mut [LayerParamsMut],
         wt: &mut [Vec<f64>],
         input: &[f64],
@@ -547,15 +573,14 @@ impl Network {
             let prep = self.row_weights(&views, wt);
             let weights: Vec<&[f64]> = views.iter().map(|p| p.weight).collect();
             let n_in = self.in_size;
-            pool.install(|| {
-                (0..batch)
-                    .into_par_iter()
-                    .map_init(learn::Scratch::default, |s, b| {
-                        let x = &input[b * n_in..(b + 1) * n_in];
-                        learn::sample_pass(self, &prep, &weights, x, labels[b], hyper, s)
-                    })
-                    .collect()
-            })
+            let parts = split_parts(batch);
+            (0..batch)
+                .into_par_iter()
+                .map_init(learn::Scratch::default, |s, b| {
+                    let x = &input[b * n_in..(b + 1) * n_in];
+                    learn::sample_pass(self, &prep, &weights, x, labels[b], hyper, s, parts)
+                })
+                .collect()
         };
         // Statistics, in sample order.
         let mut stats = StepStats {
@@ -594,31 +619,29 @@ impl Network {
             // layer's weights from inputs that never spiked stay as they are.
             let sparse = decay == 0.0 && matches!(self.layers[l], Layer::Dense { .. });
             let p = &mut params[l];
-            pool.install(|| {
-                p.weight.par_chunks_mut(rows).enumerate().for_each_init(
-                    || (vec![0.0; rows], Vec::new()),
-                    |(acc, touched), (o, w)| {
-                        learn::accumulate_row(self, l, o, &recs, input, acc, touched);
-                        // Visiting only the touched weights pays when they are few
-                        // (small batches); the choice depends only on the data.
-                        if sparse && touched.iter().sum::<usize>() * 4 < rows {
-                            for (rec, &k) in recs.iter().zip(touched.iter()) {
-                                for a in &rec.active[l][..k] {
-                                    let i = a.src as usize;
-                                    w[i] += acc[i] * factor - decay * w[i];
-                                    // Each weight is updated once; acc is left zeroed.
-                                    acc[i] = 0.0;
-                                }
-                            }
-                        } else {
-                            for (w, a) in w.iter_mut().zip(acc.iter_mut()) {
-                                *w += *a * factor - decay * *w;
-                                *a = 0.0;
+            p.weight.par_chunks_mut(rows).enumerate().for_each_init(
+                || (vec![0.0; rows], Vec::new()),
+                |(acc, touched), (o, w)| {
+                    learn::accumulate_row(self, l, o, &recs, input, acc, touched);
+                    // Visiting only the touched weights pays when they are few
+                    // (small batches); the choice depends only on the data.
+                    if sparse && touched.iter().sum::<usize>() * 4 < rows {
+                        for (rec, &k) in recs.iter().zip(touched.iter()) {
+                            for a in &rec.active[l][..k] {
+                                let i = a.src as usize;
+                                w[i] += acc[i] * factor - decay * w[i];
+                                // Each weight is updated once; acc is left zeroed.
+                                acc[i] = 0.0;
                             }
                         }
-                    },
-                );
-            });
+                    } else {
+                        for (w, a) in w.iter_mut().zip(acc.iter_mut()) {
+                            *w += *a * factor - decay * *w;
+                            *a = 0.0;
+                        }
+                    }
+                },
+            );
             let binary = self.layers[l].is_binary();
             if !binary && !sync {
                 continue;
@@ -632,26 +655,25 @@ impl Network {
                 }
             }
             let w: &[f64] = p.weight;
-            pool.install(|| {
-                if binary {
-                    let wpr = crate::bits::words_per_row(out);
-                    p.packed
-                        .par_chunks_mut(wpr)
-                        .enumerate()
-                        .filter(|(r, _)| changed[*r])
-                        .for_each(|(r, words)| crate::bits::pack_row(w, out, rows, r, words));
-                } else {
-                    wt[l]
-                        .par_chunks_mut(out)
-                        .enumerate()
-                        .filter(|(r, _)| changed[*r])
-                        .for_each(|(r, dst)| {
-                            for (j, d) in dst.iter_mut().enumerate() {
-                                *d = w[j * rows + r];
-                            }
-                        });
-                }
-            });
+            if binary {
+                let wpr = crate::bits::words_per_row(out);
+                p.packed
+                    .par_chunks_mut(wpr)
+                    .enumerate()
+                    .filter(|(r, _)| changed[*r])
+                    .for_each(|(r, words)| crate::bits::pack_row(w, out, rows, r, words));
+            } else {
+                // Row by row: only the changed rows are read (strided).
+                wt[l]
+                    .par_chunks_mut(out)
+                    .enumerate()
+                    .filter(|(r, _)| changed[*r])
+                    .for_each(|(r, dst)| {
+                        for (j, d) in dst.iter_mut().enumerate() {
+                            *d = w[j * rows + r];
+                        }
+                    });
+            }
         }
         stats
     }

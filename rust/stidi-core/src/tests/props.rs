@@ -449,3 +449,138 @@ proptest! {
         prop_assert_eq!(case.params, before);
     }
 }
+
+/// A network whose layers are large enough to be split inside one sample
+/// (`engine::SPLIT_MIN_NEURONS`): conv → pool → conv → dense → dense.
+fn split_case(seed: u64, binary: [bool; 3], psp: Psp, samples: usize) -> Case {
+    let mut rng = Rng(seed);
+    let specs = vec![
+        LayerSpec::Conv2d {
+            in_channels: 2,
+            out_channels: 12,
+            kernel_size: 3,
+            threshold: rng.uniform(0.5, 2.0),
+            binary: binary[0],
+        },
+        LayerSpec::MaxPool2d { kernel_size: 2 },
+        LayerSpec::Conv2d {
+            in_channels: 12,
+            out_channels: 16,
+            kernel_size: 2,
+            threshold: rng.uniform(0.5, 3.0),
+            binary: binary[1],
+        },
+        LayerSpec::Dense {
+            in_features: 16 * 4 * 4,
+            out_features: 260,
+            threshold: rng.uniform(1.0, 6.0),
+            binary: binary[2],
+        },
+        LayerSpec::Dense {
+            in_features: 260,
+            out_features: 3,
+            threshold: rng.uniform(1.0, 6.0),
+            binary: false,
+        },
+    ];
+    let in_shape = vec![2, 12, 12];
+    let net = Network::new(specs.clone(), &in_shape, psp, T).unwrap();
+    let weights = (0..specs.len())
+        .map(|l| {
+            (0..net.weight_len(l))
+                .map(|_| rng.uniform(-0.4, 1.0))
+                .collect()
+        })
+        .collect();
+    let params = Params::new(&net, weights);
+    let mut shapes = vec![in_shape.clone()];
+    shapes.extend(net.output_shapes().iter().cloned());
+    let naive = specs
+        .iter()
+        .zip(&shapes)
+        .map(|(spec, shape)| naive::Layer {
+            spec: spec.clone(),
+            in_shape: shape.clone(),
+        })
+        .collect();
+    let inputs = (0..samples)
+        .map(|_| (0..2 * 12 * 12).map(|_| rng.time()).collect())
+        .collect();
+    let labels = (0..samples).map(|_| rng.next() as usize % 3).collect();
+    Case {
+        net,
+        params,
+        naive,
+        inputs,
+        labels,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(8))]
+
+    /// Per-sample steps (batch 1, fewer samples than threads) split each
+    /// sample's layers over the pool; the result is bit-identical for any
+    /// number of threads and agrees with the naive implementation.
+    #[test]
+    fn split_samples_are_independent_of_thread_count(
+        seed in any::<u64>(), binary in any::<[bool; 3]>(), psp in psp_strategy(),
+        hyper in hyper_strategy(),
+    ) {
+        let samples = 3;
+        let case = split_case(seed, binary, psp, samples);
+        let mut hyper = hyper;
+        hyper.lr.push(hyper.lr[0]);
+        hyper.beta.push(hyper.beta[0]);
+        let n_in = case.net.input_shape().iter().product::<usize>();
+        let x = case.flat_inputs();
+        let run = |threads: usize| {
+            let pool = build_pool(threads).unwrap();
+            let mut p = case.params.clone();
+            let mut stats = Vec::new();
+            let mut times = Vec::new();
+            for b in 0..samples {
+                let xb = &x[b * n_in..(b + 1) * n_in];
+                let fwd = case.net.forward_in(&pool, &p.views(), xb, 1);
+                times.push((fwd.times, fwd.v_end));
+                let st = case.net
+                    .train_step_in(&pool, &mut p.views_mut(), xb, &case.labels[b..=b], 1, &hyper)
+                    .unwrap();
+                stats.push((st.predictions, st.cases, st.loss.to_bits(), st.fired));
+            }
+            (p, stats, times)
+        };
+        let (p1, s1, t1) = run(1);
+        for threads in [2, 3] {
+            let (p2, s2, t2) = run(threads);
+            prop_assert_eq!(bits_of(&p1), bits_of(&p2));
+            prop_assert_eq!(&p1.p, &p2.p);
+            prop_assert_eq!(&s1, &s2);
+            for ((a, va), (b, vb)) in t1.iter().zip(&t2) {
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                prop_assert_eq!(bits(va), bits(vb));
+                for (a, b) in a.iter().zip(b) {
+                    prop_assert_eq!(bits(a), bits(b));
+                }
+            }
+        }
+        // The same steps in one train_steps call with batch_size 1.
+        let mut p3 = case.params.clone();
+        case.net
+            .train_steps(&mut p3.views_mut(), &x, &case.labels, 1, &hyper)
+            .unwrap();
+        prop_assert_eq!(bits_of(&p1), bits_of(&p3));
+        // And against the naive implementation, step by step.
+        let mut want = case.params.w.clone();
+        for b in 0..samples {
+            naive::train_step(
+                &case.naive, &mut want, &case.inputs[b..=b], &case.labels[b..=b], &hyper, &psp, T,
+            );
+        }
+        for (l, (got, want)) in p1.w.iter().zip(&want).enumerate() {
+            for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                prop_assert!(close(*g, *w, 1e-7), "layer {l} weight {i}: {g} vs {w}");
+            }
+        }
+    }
+}
