@@ -45,13 +45,13 @@ def run_one(cfg: dict) -> dict:
     images, labels = datasets.load("mnist", "train")
     n = cfg["images"]
     preset = presets.get(cfg["model"] + ("-binary" if cfg["binary"] else ""))
-    net, lr = preset.build(seed=0, backend=cfg["backend"]), preset.rule["lr"]
+    net = preset.build(seed=0, backend=cfg["backend"])
     x = sr.encode(images[:n].reshape(n, *net.input_shape))
     y = labels[:n]
     if cfg["backend"] == "rust":
         sr.set_num_threads(cfg["threads"])
     base = _reset_peak()
-    rule = sr.STiDiBP(net, lr=lr)
+    rule = sr.STiDiBP(net, **preset.rule)
     bs = cfg["batch"]
     net.predict(x[:bs])  # warm-up: thread pool, caches
     start = time.perf_counter()
