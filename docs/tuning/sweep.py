@@ -1,0 +1,59 @@
+"""One-factor-at-a-time sweep of the CSNN's knobs, as recorded in docs/results.md.
+
+Each line of the grid file is keyword arguments of `run` below. Training uses the
+first N MNIST training images (per-sample updates, seeded order per epoch);
+validation is training images 55,000-56,999, never the test set.
+
+    STIDI_RS_DATA=../shared/datasets RAYON_NUM_THREADS=1 \\
+        python docs/tuning/sweep.py docs/tuning/csnn-grid.txt 55000
+"""
+
+import sys
+import time
+
+import numpy as np
+
+import stidi_rs as sr
+from stidi_rs import datasets
+
+
+def run(x, y, val, th=(4, 30, 40), lr=(12.8, 50, 50), ch=(16, 32), reduce="mean", gamma=3.0,
+        epochs=1, homeo=(0.1, 0.6, 0.01), decay=1.0, tau=40.0, binary=False):
+    c1, c2 = ch
+    net = sr.Network(
+        [sr.Conv2d(1, c1, 5, th[0], binary=binary), sr.MaxPool2d(2),
+         sr.Conv2d(c1, c2, 5, th[1], binary=binary), sr.MaxPool2d(2),
+         sr.Dense(c2 * 16, 10, th[2], binary=binary)],
+        (1, 28, 28), psp=sr.PSP(tau),
+    )
+    rule = sr.STiDiBP(net, lr=list(lr), conv_reduce=reduce, gamma=gamma)
+    guard = sr.Homeostasis(*homeo) if homeo else None
+    start, scores = time.time(), []
+    for epoch in range(epochs):
+        rule.lr = [v * decay**epoch for v in lr]
+        order = np.random.default_rng([0, epoch]).permutation(len(x))
+        for lo in range(0, len(x), 1024):
+            idx = order[lo : lo + 1024]
+            rule.steps(x[idx], y[idx], 1)
+            if guard:
+                guard(net, x[idx])
+        fired = [round(float((o < 256).mean()), 2) for o in net.forward(val[0][:500])]
+        scores.append(round(float((net.predict(val[0]) == val[1]).mean()), 4))
+        print(f"   epoch {epoch + 1}: validation {scores[-1]:.4f}, fired {fired}, "
+              f"{time.time() - start:.0f} s", flush=True)
+    return scores
+
+
+def main():
+    images, labels = datasets.load("mnist", "train")
+    n = int(sys.argv[2])
+    x, y = sr.encode(images[:n, None]), labels[:n]
+    val = (sr.encode(images[55000:57000, None]), labels[55000:57000])
+    for line in open(sys.argv[1]):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            print(line, "=>", run(x, y, val, **eval(f"dict({line})")), flush=True)
+
+
+if __name__ == "__main__":
+    main()
