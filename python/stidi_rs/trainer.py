@@ -11,7 +11,7 @@ import numpy as np
 
 from . import checkpoint, reference
 from .learning import Homeostasis, STiDiBP
-from .network import Network, encode
+from .network import Network, _check_labels, _check_times, encode
 from .progress import ProgressBar
 
 __all__ = ["Trainer", "evaluate", "synaptic_fanout"]
@@ -48,6 +48,8 @@ def evaluate(net: Network, times: np.ndarray, labels: np.ndarray, batch_size: in
     ``confusion``: rows are true classes, columns predictions.
     """
     n_classes = net.n_classes
+    times = _check_times(times, net.input_shape, net.tmax)
+    labels = _check_labels(labels, len(times), n_classes)
     fanout = synaptic_fanout(net)
     spikes = np.zeros(len(net.layers))
     ever = [np.zeros(math.prod(s), dtype=bool) for s in net.output_shapes]
