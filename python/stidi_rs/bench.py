@@ -193,11 +193,10 @@ def main(argv=None) -> int:
     print("| model | threads | bits | floats | bits / floats |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:
-        if "infer_signs_as_floats" in r:
+        if "infer_bits" in r:
             print(
-                f"| {r['model']} | {r['threads']} | {r['infer']:,.0f} | "
-                f"{r['infer_signs_as_floats']:,.0f} | "
-                f"{r['infer'] / r['infer_signs_as_floats']:.2f} |"
+                f"| {r['model']} | {r['threads']} | {r['infer_bits']:,.0f} | "
+                f"{r['infer_floats']:,.0f} | {r['infer_bits'] / r['infer_floats']:.2f} |"
             )
     return 0
 
