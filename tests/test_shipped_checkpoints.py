@@ -1,0 +1,33 @@
+"""The checkpoints shipped in checkpoints/ reproduce the test accuracies in docs/results.md."""
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from stidi_rs.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = {  # checkpoint -> (preset, dataset) as written in the results table
+    "csnn-mnist.npz": ("csnn", "MNIST"),
+    "csnn-binary-mnist.npz": ("csnn-binary", "MNIST"),
+    "csnn-fashion-mnist.npz": ("csnn", "Fashion-MNIST"),
+}
+
+
+def documented_accuracy(preset: str, dataset: str) -> float:
+    """The bold test figure of the preset's row in docs/results.md, as a fraction."""
+    for line in (ROOT / "docs" / "results.md").read_text().splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) > 5 and cells[1] == f"`{preset}`" and cells[2] == dataset:
+            return float(re.search(r"\*\*([\d.]+) %\*\*", line).group(1)) / 100
+    raise AssertionError(f"docs/results.md has no row for {preset} on {dataset}")
+
+
+@pytest.mark.skipif(not os.environ.get("STIDI_RS_DATA"), reason="STIDI_RS_DATA is not set")
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_checkpoint_reproduces_its_documented_accuracy(name, capsys):
+    assert main(["eval", str(ROOT / "checkpoints" / name), "--json"]) == 0
+    accuracy = json.loads(capsys.readouterr().out)["accuracy"]
+    assert round(accuracy, 4) == pytest.approx(documented_accuracy(*SHIPPED[name]), abs=1e-9)
