@@ -70,9 +70,6 @@ class STiDiBP:
             raise ValueError(f"conv_reduce must be 'sum' or 'mean', got {conv_reduce!r}")
         self.conv_reduce = conv_reduce
 
-    def _hyper(self) -> tuple:
-        return (self.lr, self.gamma, self.beta, self.normalize, self.weight_decay, self.conv_reduce)
-
     def steps(self, times, labels, batch_size: int = 1) -> dict:
         """Consecutive steps over ``batch_size`` slices of ``times`` (the last may be
         smaller), exactly as calling :meth:`step` on each slice in order, but in one
@@ -82,37 +79,10 @@ class STiDiBP:
         step that sample was in), ``accuracy`` over all samples, and per step
         ``loss`` ``(steps,)`` and ``fired`` ``(steps, layers)``.
         """
-        net = self.network
-        t = _check_times(times, net.input_shape, net.tmax)
-        y = _check_labels(labels, len(t), net.n_classes)
         batch_size = int(batch_size)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if len(t) == 0:
-            raise ValueError("steps needs a non-empty batch")
-        if net.backend == "rust":
-            weights, packed = net._params()
-            out = net._engine.train_steps(
-                weights, packed, t.reshape(len(t), -1), y, batch_size, *self._hyper()
-            )
-            pred, cases = np.asarray(out["predictions"]), np.asarray(out["cases"])
-            loss, fired = np.asarray(out["loss"]), np.asarray(out["fired"])
-        else:
-            stats = [
-                self.step(t[i : i + batch_size], y[i : i + batch_size])
-                for i in range(0, len(t), batch_size)
-            ]
-            pred = np.concatenate([s["predictions"] for s in stats])
-            cases = np.concatenate([s["cases"] for s in stats])
-            loss = np.array([s["loss"] for s in stats])
-            fired = np.array([s["fired"] for s in stats])
-        return {
-            "loss": loss,
-            "accuracy": float((pred == y).mean()),
-            "predictions": pred,
-            "cases": cases,
-            "fired": fired,
-        }
+        return self._run(times, labels, batch_size)
 
     def step(self, times, labels) -> dict:
         """Apply one update from a batch (the per-sample updates are averaged).
@@ -122,27 +92,48 @@ class STiDiBP:
         ``predictions``, ``cases`` (see ``Network.predict``) and ``fired``
         (per layer, the mean fraction of neurons that spiked).
         """
+        out = self._run(times, labels, None)
+        return {**out, "loss": float(out["loss"][0]), "fired": out["fired"][0].tolist()}
+
+    def _run(self, times, labels, batch_size: int | None) -> dict:
         net = self.network
         t = _check_times(times, net.input_shape, net.tmax)
         y = _check_labels(labels, len(t), net.n_classes)
         if len(t) == 0:
-            raise ValueError("step needs a non-empty batch")
-        hyper = self._hyper()
+            raise ValueError("a learning step needs a non-empty batch")
+        batch_size = batch_size or len(t)
+        hyper = (
+            self.lr,
+            self.gamma,
+            self.beta,
+            self.normalize,
+            self.weight_decay,
+            self.conv_reduce,
+        )
         if net.backend == "rust":
             weights, packed = net._params()
-            stats = net._engine.train_step(weights, packed, t.reshape(len(t), -1), y, *hyper)
-            pred, cases = np.asarray(stats["predictions"]), np.asarray(stats["cases"])
-            loss, fired = float(stats["loss"]), [float(f) for f in stats["fired"]]
-        else:
-            deltas, (times_out, v_end), e_out = reference.updates(
-                net.layers, t, y, net.psp, net.tmax, *hyper
+            out = net._engine.train_steps(
+                weights, packed, t.reshape(len(t), -1), y, batch_size, *hyper
             )
-            for layer, delta in zip(net.layers, deltas):
-                if delta is not None:
-                    layer.weight = layer._weight + delta
-            pred, cases = reference.decide(times_out[-1], v_end, net.tmax)
-            loss = float(0.5 * (e_out**2).sum(axis=1).mean())
-            fired = [float((x < net.tmax).reshape(len(x), -1).mean()) for x in times_out]
+            pred, cases = np.asarray(out["predictions"]), np.asarray(out["cases"])
+            loss, fired = np.asarray(out["loss"]), np.asarray(out["fired"])
+        else:
+            preds, case_list, loss, fired = [], [], [], []
+            for lo in range(0, len(t), batch_size):
+                xb, yb = t[lo : lo + batch_size], y[lo : lo + batch_size]
+                deltas, (outs, v_end), e_out = reference.updates(
+                    net.layers, xb, yb, net.psp, net.tmax, *hyper
+                )
+                for layer, delta in zip(net.layers, deltas):
+                    if delta is not None:
+                        layer.weight = layer._weight + delta
+                p, c = reference.decide(outs[-1], v_end, net.tmax)
+                preds.append(p)
+                case_list.append(c)
+                loss.append(0.5 * (e_out**2).sum(axis=1).mean())
+                fired.append([(o < net.tmax).reshape(len(o), -1).mean() for o in outs])
+            pred, cases = np.concatenate(preds), np.concatenate(case_list)
+            loss, fired = np.array(loss), np.array(fired)
         return {
             "loss": loss,
             "accuracy": float((pred == y).mean()),
