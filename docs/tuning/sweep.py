@@ -5,7 +5,7 @@ first N MNIST training images (per-sample updates, seeded order per epoch);
 validation is training images 55,000-56,999, never the test set.
 
     STIDI_RS_DATA=../shared/datasets RAYON_NUM_THREADS=1 \\
-        python docs/tuning/sweep.py docs/tuning/csnn-grid.txt 55000
+        python docs/tuning/sweep.py docs/tuning/csnn-grid.txt 55000 [dataset]
 """
 
 import sys
@@ -45,7 +45,7 @@ def run(x, y, val, th=(4, 30, 40), lr=(12.8, 50, 50), ch=(16, 32), reduce="mean"
 
 
 def main():
-    images, labels = datasets.load("mnist", "train")
+    images, labels = datasets.load(sys.argv[3] if len(sys.argv) > 3 else "mnist", "train")
     n = int(sys.argv[2])
     x, y = sr.encode(images[:n, None]), labels[:n]
     val = (sr.encode(images[55000:57000, None]), labels[55000:57000])

@@ -47,6 +47,13 @@ class Preset:
 
 
 _DENSE = (("dense", 784, 400, 30.0), ("dense", 400, 10, 60.0))
+_CSNN_WIDE = (
+    ("conv2d", 1, 32, 5, 4.0),
+    ("maxpool2d", 2),
+    ("conv2d", 32, 64, 5, 30.0),
+    ("maxpool2d", 2),
+    ("dense", 1024, 10, 40.0),
+)
 _CSNN = (
     ("conv2d", 1, 16, 5, 4.0),
     ("maxpool2d", 2),
@@ -77,6 +84,16 @@ PRESETS = {
             "csnn",
             "conv5x5(16)-pool2-conv5x5(32)-pool2-dense(10)",
             _CSNN,
+            (1, 28, 28),
+            _CSNN_RULE,
+            homeostasis=_CSNN_HOMEOSTASIS,
+            epochs=5,
+            lr_decay=0.5,
+        ),
+        Preset(
+            "csnn-wide",
+            "the CSNN with 32 and 64 channels (about 3x the cost per image)",
+            _CSNN_WIDE,
             (1, 28, 28),
             _CSNN_RULE,
             homeostasis=_CSNN_HOMEOSTASIS,
