@@ -11,6 +11,7 @@ from stidi_rs.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = {  # checkpoint -> (preset, dataset) as written in the results table
     "csnn-mnist.npz": ("csnn", "MNIST"),
+    "csnn-wide-mnist.npz": ("csnn-wide", "MNIST"),
     "csnn-binary-mnist.npz": ("csnn-binary", "MNIST"),
     "csnn-fashion-mnist.npz": ("csnn", "Fashion-MNIST"),
 }

@@ -54,14 +54,6 @@ _CSNN_WIDE = (
     ("maxpool2d", 2),
     ("dense", 1024, 10, 40.0),
 )
-# Fashion-MNIST lights more pixels: higher conv thresholds (docs/results.md).
-_CSNN_FASHION = (
-    ("conv2d", 1, 16, 5, 6.0),
-    ("maxpool2d", 2),
-    ("conv2d", 16, 32, 5, 40.0),
-    ("maxpool2d", 2),
-    ("dense", 512, 10, 40.0),
-)
 _CSNN = (
     ("conv2d", 1, 16, 5, 4.0),
     ("maxpool2d", 2),
@@ -102,16 +94,6 @@ PRESETS = {
             "csnn-wide",
             "the CSNN with 32 and 64 channels (about 3x the cost per image)",
             _CSNN_WIDE,
-            (1, 28, 28),
-            _CSNN_RULE,
-            homeostasis=_CSNN_HOMEOSTASIS,
-            epochs=5,
-            lr_decay=0.5,
-        ),
-        Preset(
-            "csnn-fashion",
-            "the CSNN with conv thresholds 6 and 40, for Fashion-MNIST",
-            _CSNN_FASHION,
             (1, 28, 28),
             _CSNN_RULE,
             homeostasis=_CSNN_HOMEOSTASIS,
