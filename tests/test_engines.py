@@ -210,7 +210,7 @@ def test_pack_signs_layouts_agree():
 @given(network_case(), st.integers(1, 3), st.booleans(), st.sampled_from(["sum", "mean"]))
 @settings(max_examples=30)
 def test_train_steps_equals_steps_one_by_one(case, batch_size, decay, reduce):
-    """``Engine.train_steps`` over a chunk is bit-identical to ``train_step`` per batch."""
+    """``Engine.train_steps`` over a chunk is bit-identical to one call per batch."""
     net, x, labels = case
     x = np.concatenate([x] * 3)
     labels = np.concatenate([labels] * 3)
@@ -228,10 +228,9 @@ def test_train_steps_equals_steps_one_by_one(case, batch_size, decay, reduce):
     one_by_one = []
     for lo in range(0, len(t), batch_size):
         weights, packed = net._params()
+        yb = y[lo : lo + batch_size]
         one_by_one.append(
-            net._engine.train_step(
-                weights, packed, t[lo : lo + batch_size], y[lo : lo + batch_size], *hyper
-            )
+            net._engine.train_steps(weights, packed, t[lo : lo + batch_size], yb, len(yb), *hyper)
         )
     w_ref = snapshot(net)
     p_ref = [layer.packed.copy() for layer in net.spiking_layers if layer.binary]
@@ -248,8 +247,8 @@ def test_train_steps_equals_steps_one_by_one(case, batch_size, decay, reduce):
         out["predictions"], np.concatenate([s["predictions"] for s in one_by_one])
     )
     assert np.array_equal(out["cases"], np.concatenate([s["cases"] for s in one_by_one]))
-    assert np.array_equal(out["loss"], [s["loss"] for s in one_by_one])
-    assert np.array_equal(out["fired"], [s["fired"] for s in one_by_one])
+    assert np.array_equal(out["loss"], np.concatenate([s["loss"] for s in one_by_one]))
+    assert np.array_equal(out["fired"], np.concatenate([s["fired"] for s in one_by_one]))
 
 
 @pytest.mark.parametrize("binary", [False, True])

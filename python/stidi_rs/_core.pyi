@@ -24,19 +24,6 @@ class Engine:
         packed: list[npt.NDArray[np.uint64] | None],
         times: npt.NDArray[np.float64],
     ) -> tuple[list[npt.NDArray[np.float64]], npt.NDArray[np.float64]]: ...
-    def train_step(
-        self,
-        weights: list[npt.NDArray[np.float64] | None],
-        packed: list[npt.NDArray[np.uint64] | None],
-        times: npt.NDArray[np.float64],
-        labels: npt.NDArray[np.int64],
-        lr: list[float],
-        gamma: float,
-        beta: list[float],
-        normalize: bool,
-        weight_decay: float,
-        conv_reduce: str,
-    ) -> dict[str, Any]: ...
     def train_steps(
         self,
         weights: list[npt.NDArray[np.float64] | None],

@@ -68,6 +68,22 @@ _CSNN_RULE = {"lr": [12.8, 50.0, 12.8], "conv_reduce": "mean"}
 # Even then conv2 falls silent over an epoch; the homeostasis guard keeps it alive.
 _CSNN_HOMEOSTASIS = {"low": 0.1, "high": 0.6, "delta": 0.01, "probe": 100}
 
+
+def _csnn(name: str, description: str, layers: tuple, binary: bool = False) -> Preset:
+    """A CSNN preset: the shared rule, homeostasis and schedule of docs/results.md."""
+    return Preset(
+        name,
+        description,
+        layers,
+        (1, 28, 28),
+        _CSNN_RULE,
+        homeostasis=_CSNN_HOMEOSTASIS,
+        binary=binary,
+        epochs=5,
+        lr_decay=0.5,
+    )
+
+
 PRESETS = {
     p.name: p
     for p in [
@@ -80,37 +96,13 @@ PRESETS = {
             {"lr": 12.8},
             binary=True,
         ),
-        Preset(
-            "csnn",
-            "conv5x5(16)-pool2-conv5x5(32)-pool2-dense(10)",
-            _CSNN,
-            (1, 28, 28),
-            _CSNN_RULE,
-            homeostasis=_CSNN_HOMEOSTASIS,
-            epochs=5,
-            lr_decay=0.5,
-        ),
-        Preset(
+        _csnn("csnn", "conv5x5(16)-pool2-conv5x5(32)-pool2-dense(10)", _CSNN),
+        _csnn(
             "csnn-wide",
             "the CSNN with 32 and 64 channels (about 3x the cost per image)",
             _CSNN_WIDE,
-            (1, 28, 28),
-            _CSNN_RULE,
-            homeostasis=_CSNN_HOMEOSTASIS,
-            epochs=5,
-            lr_decay=0.5,
         ),
-        Preset(
-            "csnn-binary",
-            "the CSNN with binary forward weights",
-            _CSNN,
-            (1, 28, 28),
-            _CSNN_RULE,
-            homeostasis=_CSNN_HOMEOSTASIS,
-            binary=True,
-            epochs=5,
-            lr_decay=0.5,
-        ),
+        _csnn("csnn-binary", "the CSNN with binary forward weights", _CSNN, binary=True),
     ]
 }
 

@@ -100,46 +100,9 @@ impl Engine {
         Ok((layers, to_2d(py, out.v_end, batch)?))
     }
 
-    /// One STiDi-BP step over the batch; updates `weights` (and the packed signs of
-    /// binary layers) in place and returns the statistics of the forward pass.
-    #[allow(clippy::too_many_arguments)]
-    fn train_step<'py>(
-        &self,
-        py: Python<'py>,
-        mut weights: Vec<Option<PyReadwriteArrayDyn<'py, f64>>>,
-        mut packed: Vec<Option<PyReadwriteArrayDyn<'py, u64>>>,
-        times: PyReadonlyArray2<'py, f64>,
-        labels: PyReadonlyArray1<'py, i64>,
-        lr: Vec<f64>,
-        gamma: f64,
-        beta: Vec<f64>,
-        normalize: bool,
-        weight_decay: f64,
-        conv_reduce: &str,
-    ) -> PyResult<Bound<'py, PyDict>> {
-        let batch = times.shape()[0];
-        let input = contiguous(times.as_slice().ok(), "times")?;
-        let labels = read_labels(&labels)?;
-        let hyper = make_hyper(lr, gamma, beta, normalize, weight_decay, conv_reduce)?;
-        let mut params = write_params(&mut weights, &mut packed)?;
-        let stats = py
-            .detach(|| {
-                self.net
-                    .train_step(&mut params, input, &labels, batch, &hyper)
-            })
-            .map_err(value_error)?;
-        let out = PyDict::new(py);
-        let predictions: Vec<i64> = stats.predictions.iter().map(|&p| p as i64).collect();
-        out.set_item("predictions", predictions.into_pyarray(py))?;
-        out.set_item("cases", stats.cases.into_pyarray(py))?;
-        out.set_item("loss", stats.loss)?;
-        out.set_item("fired", stats.fired)?;
-        Ok(out)
-    }
-
     /// Consecutive STiDi-BP steps over the rows of `times` in order, `batch_size`
-    /// samples per step (the last step may be smaller); the same as calling
-    /// `train_step` on each batch in turn, in one call. Returns per-step arrays:
+    /// samples per step (the last step may be smaller), updating `weights` (and the
+    /// packed signs of binary layers) in place. One step is `batch_size = n`. Returns per-step arrays:
     /// `predictions` and `cases` of shape `(n,)` (per sample), `loss` of shape
     /// `(steps,)` and `fired` of shape `(steps, layers)`.
     #[allow(clippy::too_many_arguments)]
