@@ -156,6 +156,7 @@ def test_bad_labels_are_named():
         (lambda: sr.STiDiBP(small_csnn(), lr=[1.0, 2.0, 3.0]), "one value per spiking layer"),
         (lambda: sr.STiDiBP(small_csnn(), gamma=0), "gamma must be positive"),
         (lambda: sr.STiDiBP(small_csnn(), conv_reduce="max"), "conv_reduce"),
+        (lambda: sr.STiDiBP(small_csnn(), displacement="full"), "displacement"),
         (lambda: sr.encode(np.array([256])), r"\[0, 255\]"),
         (lambda: sr.encode(np.array([0.5, np.nan])), "NaN"),
     ],

@@ -145,12 +145,24 @@ def test_forward_agrees_with_reference(case):
     )
 
 
-@given(network_case(), st.integers(1, 3), st.booleans(), st.sampled_from(["sum", "mean"]))
-def test_learning_steps_agree_with_reference(case, steps, normalize, reduce):
+@given(
+    network_case(),
+    st.integers(1, 3),
+    st.booleans(),
+    st.sampled_from(["sum", "mean"]),
+    st.sampled_from(["exact", "causal"]),
+)
+def test_learning_steps_agree_with_reference(case, steps, normalize, reduce, disp):
     net, x, labels = case
     start = snapshot(net)
     kwargs = dict(
-        lr=2.0, gamma=3.0, beta=0.7, normalize=normalize, weight_decay=1e-3, conv_reduce=reduce
+        lr=2.0,
+        gamma=3.0,
+        beta=0.7,
+        normalize=normalize,
+        weight_decay=1e-3,
+        conv_reduce=reduce,
+        displacement=disp,
     )
     net.backend = "rust"
     rust_stats = [sr.STiDiBP(net, **kwargs).step(x, labels) for _ in range(steps)]
@@ -207,9 +219,15 @@ def test_pack_signs_layouts_agree():
         assert np.array_equal(sr.unpack_signs(packed, w.shape), np.where(w >= 0, 1.0, -1.0))
 
 
-@given(network_case(), st.integers(1, 3), st.booleans(), st.sampled_from(["sum", "mean"]))
+@given(
+    network_case(),
+    st.integers(1, 3),
+    st.booleans(),
+    st.sampled_from(["sum", "mean"]),
+    st.sampled_from(["exact", "causal"]),
+)
 @settings(max_examples=30)
-def test_train_steps_equals_steps_one_by_one(case, batch_size, decay, reduce):
+def test_train_steps_equals_steps_one_by_one(case, batch_size, decay, reduce, disp):
     """``Engine.train_steps`` over a chunk is bit-identical to one call per batch."""
     net, x, labels = case
     x = np.concatenate([x] * 3)
@@ -223,6 +241,7 @@ def test_train_steps_equals_steps_one_by_one(case, batch_size, decay, reduce):
         True,
         1e-3 if decay else 0.0,
         reduce,
+        disp,
     )
     start = snapshot(net)
     one_by_one = []

@@ -96,6 +96,11 @@ def test_update_and_displacement_signs_and_values():
     d = R.displacement(t_in, t_out, e, np.array([[1.0, 1.0]]), 2.0, psp, beta=1.0)
     # Input 0 is on its plateau (eps' = 0); input 1 rises (eps' = 0.1): asked to fire earlier.
     assert d[0].tolist() == pytest.approx([0.0, -0.5 * 10 * 1.0 * 0.1])
+    # "causal": every earlier input gets 1/tau_rise, the plateau one included; a later
+    # input (t_i = 25 > t_j) still gets nothing.
+    t_late = np.array([[0.0, 15.0, 25.0]])
+    d = R.displacement(t_late, t_out, e, np.ones((1, 3)), 2.0, psp, 1.0, mode="causal")
+    assert d[0].tolist() == pytest.approx([-0.5 * 10 * 0.1, -0.5 * 10 * 0.1, 0.0])
 
 
 def test_fold_is_adjoint_of_unfold():

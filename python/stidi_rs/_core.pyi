@@ -37,6 +37,7 @@ class Engine:
         normalize: bool,
         weight_decay: float,
         conv_reduce: str,
+        displacement: str,
     ) -> dict[str, Any]:
         """Consecutive ``train_step`` calls over ``batch_size``-row slices of ``times``
         (the last may be smaller), in one call. Returns ``predictions`` and ``cases``

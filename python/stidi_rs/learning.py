@@ -41,6 +41,9 @@ class STiDiBP:
     normalize : divide every layer's errors by their L2 norm (per sample).
     weight_decay : L2 decay ``λ`` (the step subtracts ``lr * λ * w``).
     conv_reduce : ``"sum"`` or ``"mean"`` of a shared conv weight's updates over positions.
+    displacement : PSP slope in the displacement of the layer below: ``"exact"``
+        (``ε'``, zero once a PSP has peaked when ``τ2 = ∞``) or ``"causal"`` (``1/τ1``
+        for every earlier input, as S4NN's backward pass).
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class STiDiBP:
         normalize: bool = True,
         weight_decay: float = 0.0,
         conv_reduce: str = "sum",
+        displacement: str = "exact",
     ):
         if not isinstance(network, Network):
             raise ValueError(f"STiDiBP needs a stidi_rs.Network, got {type(network).__name__}")
@@ -69,6 +73,9 @@ class STiDiBP:
         if conv_reduce not in ("sum", "mean"):
             raise ValueError(f"conv_reduce must be 'sum' or 'mean', got {conv_reduce!r}")
         self.conv_reduce = conv_reduce
+        if displacement not in ("exact", "causal"):
+            raise ValueError(f"displacement must be 'exact' or 'causal', got {displacement!r}")
+        self.displacement = displacement
 
     def steps(self, times, labels, batch_size: int = 1) -> dict:
         """Consecutive steps over ``batch_size`` slices of ``times`` (the last may be
@@ -109,6 +116,7 @@ class STiDiBP:
             self.normalize,
             self.weight_decay,
             self.conv_reduce,
+            self.displacement,
         )
         if net.backend == "rust":
             weights, packed = net._params()

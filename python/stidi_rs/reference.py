@@ -225,10 +225,17 @@ def layer_update(t_in, t_out, e, threshold, psp, tmax):
     return -np.einsum("rm,rmn->mn", factor, k) / tmax
 
 
-def displacement(t_in, t_out, e, w_fwd, threshold, psp, beta):
-    """``d_i = beta sum_j e_j (t_j/theta) w_ji eps'(t_j - t_i)`` for rows: ``(R, n)``."""
+def displacement(t_in, t_out, e, w_fwd, threshold, psp, beta, mode="exact"):
+    """``d_i = beta sum_j e_j (t_j/theta) w_ji eps'(t_j - t_i)`` for rows: ``(R, n)``.
+
+    ``mode="causal"`` puts ``1/tau_rise`` in place of ``eps'`` for every earlier input.
+    """
     factor = e * t_out / threshold
-    k = deps(t_out[:, :, None] - t_in[:, None, :], psp.tau_rise, psp.tau_fall)
+    s = t_out[:, :, None] - t_in[:, None, :]
+    if mode == "causal":
+        k = np.where(s > 0, 1.0 / psp.tau_rise, 0.0)
+    else:
+        k = deps(s, psp.tau_rise, psp.tau_fall)
     return beta * np.einsum("rm,mn,rmn->rn", factor, w_fwd, k)
 
 
@@ -262,7 +269,18 @@ def forward(layers, t_in: np.ndarray, psp, tmax: float):
 
 
 def updates(
-    layers, t_in, labels, psp, tmax, lr, gamma, beta, normalize, weight_decay, conv_reduce="sum"
+    layers,
+    t_in,
+    labels,
+    psp,
+    tmax,
+    lr,
+    gamma,
+    beta,
+    normalize,
+    weight_decay,
+    conv_reduce="sum",
+    displacement_mode="exact",
 ):
     """One STiDi-BP step: the weight change of every layer (``None`` for pooling).
 
@@ -302,7 +320,9 @@ def updates(
         if s == 0:
             break
         w_fwd = _forward_weight(layer).reshape(len(w), -1)
-        d = displacement(rows_in, rows_out, rows_e, w_fwd, layer.threshold, psp, beta[s])
+        d = displacement(
+            rows_in, rows_out, rows_e, w_fwd, layer.threshold, psp, beta[s], displacement_mode
+        )
         if layer.kind == "conv2d":
             ho, wo = y.shape[2:]
             d = fold(d.reshape(batch, ho, wo, -1), x.shape[1], k)

@@ -200,6 +200,7 @@ class Trainer:
                 "normalize": rule.normalize,
                 "weight_decay": rule.weight_decay,
                 "conv_reduce": rule.conv_reduce,
+                "displacement": rule.displacement,
             },
             "config": self.config,
             "homeostasis": None if self.homeostasis is None else self.homeostasis.config(),

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use crate::engine::{Active, ConvGeom, Event, PoolGeom, RowWeights, SPLIT_MIN_NEURONS};
 use crate::network::{Layer, Network};
 use crate::psp::Psp;
-use crate::spec::Hyper;
+use crate::spec::{Displacement, Hyper};
 
 /// Reusable per-thread buffers of phase 1.
 #[derive(Default)]
@@ -119,6 +119,7 @@ pub(crate) struct Kern {
     inv2: f64,
     end: f64,
     inf: bool,
+    causal: bool,
 }
 
 impl Kern {
@@ -129,6 +130,15 @@ impl Kern {
             inv2: 1.0 / psp.tau_fall,
             end: psp.tau_rise + psp.tau_fall,
             inf: psp.tau_fall.is_infinite(),
+            causal: false,
+        }
+    }
+
+    /// The kernel whose `deps` is the displacement slope of `mode`.
+    pub fn for_displacement(psp: &Psp, mode: Displacement) -> Kern {
+        Kern {
+            causal: mode == Displacement::Causal,
+            ..Kern::new(psp)
         }
     }
 
@@ -144,9 +154,12 @@ impl Kern {
     }
 
     /// ε'(s), the left segment's value at a breakpoint; 0 where the reference
-    /// has −0.0 (adding ±0 changes no sum).
+    /// has −0.0 (adding ±0 changes no sum). With `causal`, `1/τ1` for any `s > 0`.
     #[inline(always)]
     pub fn deps(&self, s: f64) -> f64 {
+        if self.causal {
+            return if s > 0.0 { self.inv1 } else { 0.0 };
+        }
         let rise = if s > 0.0 && s <= self.tau1 {
             self.inv1
         } else {
@@ -176,7 +189,7 @@ fn backward_sample(
     parts: usize,
 ) -> (f64, Vec<Vec<f64>>) {
     let tmax = net.tmax;
-    let kern = Kern::new(&net.psp);
+    let kern = Kern::for_displacement(&net.psp, hyper.displacement);
     let y_out = &times[times.len() - 1];
     let target = output_targets(y_out, label, hyper.gamma, tmax);
     let mut err: Vec<f64> = target

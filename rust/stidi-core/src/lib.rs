@@ -22,5 +22,5 @@ pub use decide::{decide, decide_with_tmax};
 pub use error::{Error, Result};
 pub use network::{ForwardOut, Network, StepStats};
 pub use psp::Psp;
-pub use spec::{ConvReduce, Hyper, LayerParams, LayerParamsMut, LayerSpec};
+pub use spec::{ConvReduce, Displacement, Hyper, LayerParams, LayerParamsMut, LayerSpec};
 pub use threads::{num_threads, set_num_threads};

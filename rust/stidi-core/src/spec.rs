@@ -27,6 +27,15 @@ pub enum ConvReduce {
     Mean,
 }
 
+/// The PSP slope used in the spike time displacement (contract §5).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Displacement {
+    /// `ε'(t_j − t_i)`: the exact slope, zero on a plateau or after the PSP ends.
+    Exact,
+    /// `1/τ1` for every earlier input (`t_i < t_j`), as S4NN's backward pass.
+    Causal,
+}
+
 /// Hyper-parameters of one STiDi-BP step (contract §5).
 #[derive(Clone, Debug)]
 pub struct Hyper {
@@ -39,6 +48,7 @@ pub struct Hyper {
     pub normalize: bool,
     pub weight_decay: f64,
     pub conv_reduce: ConvReduce,
+    pub displacement: Displacement,
 }
 
 /// Read-only parameters of one layer.

@@ -9,7 +9,9 @@ use numpy::{
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use stidi_core::{ConvReduce, Hyper, LayerParams, LayerParamsMut, LayerSpec, Network, Psp};
+use stidi_core::{
+    ConvReduce, Displacement, Hyper, LayerParams, LayerParamsMut, LayerSpec, Network, Psp,
+};
 
 fn value_error(err: stidi_core::Error) -> PyErr {
     PyValueError::new_err(err.to_string())
@@ -120,10 +122,19 @@ impl Engine {
         normalize: bool,
         weight_decay: f64,
         conv_reduce: &str,
+        displacement: &str,
     ) -> PyResult<Bound<'py, PyDict>> {
         let input = contiguous(times.as_slice().ok(), "times")?;
         let labels = read_labels(&labels)?;
-        let hyper = make_hyper(lr, gamma, beta, normalize, weight_decay, conv_reduce)?;
+        let hyper = make_hyper(
+            lr,
+            gamma,
+            beta,
+            normalize,
+            weight_decay,
+            conv_reduce,
+            displacement,
+        )?;
         let mut params = write_params(&mut weights, &mut packed)?;
         let steps = py
             .detach(|| {
@@ -167,6 +178,7 @@ fn make_hyper(
     normalize: bool,
     weight_decay: f64,
     conv_reduce: &str,
+    displacement: &str,
 ) -> PyResult<Hyper> {
     let conv_reduce = match conv_reduce {
         "sum" => ConvReduce::Sum,
@@ -177,6 +189,15 @@ fn make_hyper(
             )))
         }
     };
+    let displacement = match displacement {
+        "exact" => Displacement::Exact,
+        "causal" => Displacement::Causal,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "displacement must be 'exact' or 'causal', got {other:?}"
+            )))
+        }
+    };
     Ok(Hyper {
         lr,
         gamma,
@@ -184,6 +205,7 @@ fn make_hyper(
         normalize,
         weight_decay,
         conv_reduce,
+        displacement,
     })
 }
 

@@ -1,7 +1,7 @@
 //! The contract written out directly: potentials from the sum formula, spike
 //! times by scanning breakpoints, updates by explicit loops over pairs.
 
-use crate::{ConvReduce, Hyper, LayerSpec, Psp};
+use crate::{ConvReduce, Displacement, Hyper, LayerSpec, Psp};
 
 pub(crate) fn potential(ts: &[f64], ws: &[f64], t: f64, psp: &Psp) -> f64 {
     ts.iter().zip(ws).map(|(&ti, &w)| w * psp.eps(t - ti)).sum()
@@ -287,7 +287,10 @@ pub(crate) fn train_step(
                             * e[j]
                             * (tj / theta)
                             * fwd_weight(weights[l][wi], binary)
-                            * psp.deps(tj - ti);
+                            * match hyper.displacement {
+                                Displacement::Exact => psp.deps(tj - ti),
+                                Displacement::Causal => 1.0 / psp.tau_rise,
+                            };
                     }
                 }
             }

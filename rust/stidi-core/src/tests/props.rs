@@ -3,7 +3,7 @@ use proptest::prelude::*;
 use super::naive;
 use super::{close, Params};
 use crate::threads::build_pool;
-use crate::{bits, ConvReduce, Hyper, LayerParams, LayerSpec, Network, Psp};
+use crate::{bits, ConvReduce, Displacement, Hyper, LayerParams, LayerSpec, Network, Psp};
 
 const T: f64 = 32.0;
 const INF: f64 = f64::INFINITY;
@@ -191,15 +191,17 @@ fn hyper_strategy() -> impl Strategy<Value = Hyper> {
         any::<bool>(),
         prop_oneof![Just(0.0), 0.0..0.1f64],
         prop_oneof![Just(ConvReduce::Sum), Just(ConvReduce::Mean)],
+        prop_oneof![Just(Displacement::Exact), Just(Displacement::Causal)],
     )
         .prop_map(
-            |(lr, gamma, beta, normalize, weight_decay, conv_reduce)| Hyper {
+            |(lr, gamma, beta, normalize, weight_decay, conv_reduce, displacement)| Hyper {
                 lr,
                 gamma,
                 beta,
                 normalize,
                 weight_decay,
                 conv_reduce,
+                displacement,
             },
         )
 }

@@ -1,8 +1,8 @@
 use super::{close, Params};
 use crate::learn::{normalize, output_targets};
 use crate::{
-    bits, decide, decide_with_tmax, num_threads, set_num_threads, ConvReduce, Error, Hyper,
-    LayerParams, LayerSpec, Network, Psp,
+    bits, decide, decide_with_tmax, num_threads, set_num_threads, ConvReduce, Displacement, Error,
+    Hyper, LayerParams, LayerSpec, Network, Psp,
 };
 
 const INF: f64 = f64::INFINITY;
@@ -268,6 +268,7 @@ fn hyper(lr: f64) -> Hyper {
         normalize: true,
         weight_decay: 0.0,
         conv_reduce: ConvReduce::Sum,
+        displacement: Displacement::Exact,
     }
 }
 
@@ -341,6 +342,7 @@ fn binary_layers_check_their_bits() {
         normalize: true,
         weight_decay: 0.0,
         conv_reduce: ConvReduce::Sum,
+        displacement: Displacement::Exact,
     };
     params.p[0][0] ^= 1;
     let m = message(net.train_step(&mut params.views_mut(), &x, &[0], 1, &h));
@@ -366,6 +368,7 @@ fn train_step_updates_and_repacks() {
         normalize: false,
         weight_decay: 0.0,
         conv_reduce: ConvReduce::Sum,
+        displacement: Displacement::Exact,
     };
     let stats = net
         .train_step(&mut params.views_mut(), &[0.0, 0.0], &[1], 1, &h)
