@@ -50,6 +50,8 @@ def cmd_train(args) -> int:
         preset = presets.get(args.preset)
         net = preset.build(seed=args.seed, backend=args.backend)
         rule_args = {**preset.rule, **({"lr": args.lr} if args.lr is not None else {})}
+        if args.displacement is not None:
+            rule_args["displacement"] = args.displacement
         cfg = {
             "preset": args.preset,
             "dataset": args.dataset,
@@ -166,6 +168,12 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="total epochs (default: preset's)")
     p.add_argument("--batch-size", type=int, default=1, help="1 = per-sample updates")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: preset's)")
+    p.add_argument(
+        "--displacement",
+        choices=["exact", "causal"],
+        default=None,
+        help="PSP slope of the spike time displacement (default: preset's)",
+    )
     p.add_argument(
         "--lr-decay", type=float, default=None, help="lr multiplier per epoch (default: preset's)"
     )
