@@ -12,7 +12,6 @@ import sys
 import time
 
 import numpy as np
-
 import stidi_rs as sr
 from stidi_rs import datasets
 
@@ -20,21 +19,22 @@ from stidi_rs import datasets
 def run(x, y, val, th=(4, 30, 40), lr=(12.8, 50, 50), ch=(16, 32), reduce="mean", gamma=3.0,
         epochs=1, homeo=(0.1, 0.6, 0.01), decay=1.0, tau=40.0, binary=False, disp="exact",
         beta=1.0, normalize=True, hidden=None, tau_fall=float("inf"), dense=None):
-    c1, c2 = ch
-    # `hidden`: (units, threshold) of a Dense layer before the output; th[-1] is the output's.
-    top = [sr.Dense(c2 * 16, hidden[0], hidden[1], binary=binary),
-           sr.Dense(hidden[0], 10, th[-1], binary=binary)] if hidden else [
-        sr.Dense(c2 * 16, 10, th[-1], binary=binary)]
-    net = sr.Network(
-        [sr.Conv2d(1, c1, 5, th[0], binary=binary), sr.MaxPool2d(2),
-         sr.Conv2d(c1, c2, 5, th[1], binary=binary), sr.MaxPool2d(2), *top],
-        (1, 28, 28), psp=sr.PSP(tau, tau_fall),
-    )
     if dense:  # (units, threshold): the Dense 784-units-10 net instead of the CSNN
         net = sr.Network([sr.Dense(784, dense[0], dense[1], binary=binary),
                           sr.Dense(dense[0], 10, th[-1], binary=binary)],
                          (784,), psp=sr.PSP(tau, tau_fall))
         x, val = x.reshape(len(x), 784), (val[0].reshape(len(val[0]), 784), val[1])
+    else:
+        c1, c2 = ch
+        # `hidden`: (units, threshold) of a Dense layer before the output (th[-1]'s).
+        top = [sr.Dense(c2 * 16, hidden[0], hidden[1], binary=binary),
+               sr.Dense(hidden[0], 10, th[-1], binary=binary)] if hidden else [
+            sr.Dense(c2 * 16, 10, th[-1], binary=binary)]
+        net = sr.Network(
+            [sr.Conv2d(1, c1, 5, th[0], binary=binary), sr.MaxPool2d(2),
+             sr.Conv2d(c1, c2, 5, th[1], binary=binary), sr.MaxPool2d(2), *top],
+            (1, 28, 28), psp=sr.PSP(tau, tau_fall),
+        )
     rule = sr.STiDiBP(net, lr=list(lr), conv_reduce=reduce, gamma=gamma, displacement=disp,
                       beta=beta, normalize=normalize)
     guard = sr.Homeostasis(*homeo) if homeo else None

@@ -118,6 +118,8 @@ def training_curves(metrics_path_or_records, path=None):
         tx = test["after_epoch"] if test["after_epoch"] is not None else (x[-1] if x else 0)
         ax_acc.plot([tx], [acc], "*", color="C3", ms=14, label=label, gid="test", zorder=3)
     ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="accuracy")
+    # Steps of 1, 2 or 5 (times a power of ten) so that the labels' decimals are exact.
+    ax_acc.yaxis.set_major_locator(MaxNLocator(steps=[1, 2, 5, 10]))
     ax_acc.yaxis.set_major_formatter(PercentFormatter(decimals=0 if _span(ax_acc) > 5 else 1))
     ax_acc.legend(loc="best", fontsize="small")
 

@@ -1,10 +1,10 @@
 """Named model configurations: architecture, thresholds and learning rule.
 
-Status (see docs/results.md): ``dense`` learns MNIST out of the box. The CSNN
-presets are the intended paper-scale architecture, with thresholds chosen so that
-every layer fires at initialisation, conv updates averaged over positions and a
-homeostasis guard that keeps the conv layers from falling silent; they are only
-coarsely tuned so far.
+Status (see docs/results.md): ``dense`` reaches about 96 % on MNIST in six
+epochs. The CSNN presets are the intended paper-scale architecture, with
+thresholds chosen so that every layer fires at initialisation, conv updates
+averaged over positions and a homeostasis guard that keeps the conv layers from
+falling silent; they are coarsely tuned and stay below the paper's accuracy.
 """
 
 from __future__ import annotations
@@ -90,7 +90,6 @@ def _csnn(
     layers: tuple,
     binary: bool = False,
     rule: dict = _CSNN_RULE,
-    **schedule,
 ) -> Preset:
     """A CSNN preset: the shared rule, homeostasis and schedule of docs/results.md."""
     return Preset(
@@ -101,7 +100,10 @@ def _csnn(
         rule,
         homeostasis=_CSNN_HOMEOSTASIS,
         binary=binary,
-        **{"epochs": 5, "lr_decay": 0.5, **schedule},
+        # 10 epochs at lr x0.75 each: csnn-wide 95.61 % test, against 94.66 % after 5
+        # epochs at x0.5 (docs/results.md).
+        epochs=10,
+        lr_decay=0.75,
     )
 
 
@@ -122,8 +124,10 @@ PRESETS = {
             "Dense 784-400-10, binary forward weights",
             _DENSE,
             (784,),
-            {"lr": 12.8},
+            _DENSE_RULE,
             binary=True,
+            epochs=6,
+            lr_decay=0.8,
         ),
         _csnn("csnn", "conv5x5(16)-pool2-conv5x5(32)-pool2-dense(10)", _CSNN),
         _csnn(
@@ -134,11 +138,9 @@ PRESETS = {
         _csnn("csnn-binary", "the CSNN with binary forward weights", _CSNN, binary=True),
         _csnn(
             "csnn-hidden",
-            "the CSNN with a Dense(400) hidden layer before the output",
+            "the CSNN with a Dense(400) hidden layer (below csnn so far)",
             _CSNN_HIDDEN,
             rule=_CSNN_HIDDEN_RULE,
-            epochs=8,
-            lr_decay=0.75,
         ),
     ]
 }
