@@ -1,0 +1,61 @@
+"""Linear probe: softmax regression (NumPy SGD) on pooled conv2 spike times or pixels.
+
+Trains on the first 20,000 training images, scores training images 55,000-56,999.
+Each argument is `pixels`, a checkpoint path, or `init:PRESET` (an untrained net).
+
+    STIDI_RS_DATA=../shared/datasets RAYON_NUM_THREADS=1 \\
+        python docs/tuning/probe.py mnist pixels checkpoints/csnn-wide-mnist.npz init:csnn-wide
+"""
+
+import sys
+import time
+
+import numpy as np
+import stidi_rs as sr
+from stidi_rs import checkpoint, datasets, presets
+
+
+def pooled_times(net, x):
+    """(tmax - t) / tmax of the second pooling layer (0 for no spike)."""
+    out = [net.forward(x[lo : lo + 2000])[3].reshape(len(x[lo : lo + 2000]), -1)
+           for lo in range(0, len(x), 2000)]
+    return (net.tmax - np.concatenate(out)) / net.tmax
+
+
+def softmax_regression(xtr, ytr, xva, yva, epochs=30, lr=0.05, decay=1e-4):
+    rng = np.random.default_rng(0)
+    mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
+    xtr, xva = (xtr - mu) / sd, (xva - mu) / sd
+    w, b = np.zeros((xtr.shape[1], 10)), np.zeros(10)
+    for _ in range(epochs):
+        order = rng.permutation(len(xtr))
+        for lo in range(0, len(xtr), 100):
+            i = order[lo : lo + 100]
+            z = xtr[i] @ w + b
+            p = np.exp(z - z.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            p[np.arange(len(i)), ytr[i]] -= 1
+            w -= lr / len(i) * xtr[i].T @ p + decay * w
+            b -= lr * p.mean(0)
+    return ((xtr @ w + b).argmax(1) == ytr).mean(), ((xva @ w + b).argmax(1) == yva).mean()
+
+
+def main():
+    images, labels = datasets.load(sys.argv[1], "train")
+    tr, va = slice(0, 20000), slice(55000, 57000)
+    x = sr.encode(images[:, None])
+    for name in sys.argv[2:]:
+        start = time.time()
+        if name == "pixels":
+            ftr, fva = images[tr].reshape(-1, 784) / 255, images[va].reshape(-1, 784) / 255
+        else:
+            net = (presets.get(name[5:]).build(seed=0) if name.startswith("init:")
+                   else checkpoint.load(name)[0])
+            ftr, fva = pooled_times(net, x[tr]), pooled_times(net, x[va])
+        train, val = softmax_regression(ftr, labels[tr], fva, labels[va])
+        print(f"{name}: train {train:.4f}, held-out {val:.4f} ({time.time() - start:.0f} s)",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
