@@ -30,6 +30,11 @@ settings.register_profile("stidi", max_examples=60, deadline=None)
 settings.load_profile("stidi")
 
 
+# The rule's discrete knobs, drawn by every learning test.
+CONV_REDUCE = st.sampled_from(["sum", "mean"])
+DISPLACEMENT = st.sampled_from(["exact", "causal"])
+
+
 @st.composite
 def network_case(draw):
     """A random small network, a batch of input times and labels."""
@@ -145,13 +150,7 @@ def test_forward_agrees_with_reference(case):
     )
 
 
-@given(
-    network_case(),
-    st.integers(1, 3),
-    st.booleans(),
-    st.sampled_from(["sum", "mean"]),
-    st.sampled_from(["exact", "causal"]),
-)
+@given(network_case(), st.integers(1, 3), st.booleans(), CONV_REDUCE, DISPLACEMENT)
 def test_learning_steps_agree_with_reference(case, steps, normalize, reduce, disp):
     net, x, labels = case
     start = snapshot(net)
@@ -219,13 +218,7 @@ def test_pack_signs_layouts_agree():
         assert np.array_equal(sr.unpack_signs(packed, w.shape), np.where(w >= 0, 1.0, -1.0))
 
 
-@given(
-    network_case(),
-    st.integers(1, 3),
-    st.booleans(),
-    st.sampled_from(["sum", "mean"]),
-    st.sampled_from(["exact", "causal"]),
-)
+@given(network_case(), st.integers(1, 3), st.booleans(), CONV_REDUCE, DISPLACEMENT)
 @settings(max_examples=30)
 def test_train_steps_equals_steps_one_by_one(case, batch_size, decay, reduce, disp):
     """``Engine.train_steps`` over a chunk is bit-identical to one call per batch."""
