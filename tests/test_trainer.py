@@ -194,6 +194,19 @@ def test_cli_rejects_bad_flags_with_one_line_reason():
     assert "missing.npz does not exist" in proc.stderr
 
 
+def test_cli_resume_refuses_flags_it_would_ignore(tmp_path, capsys):
+    ckpt = str(tmp_path / "last.npz")
+    assert main(["train", "--resume", ckpt, "--lr", "3", "--displacement", "causal"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--lr, --displacement would be ignored" in err
+    assert main(["train", "--resume", ckpt, "--seed", "0", "--no-homeostasis"]) == 2
+    assert "--seed, --no-homeostasis would be ignored" in capsys.readouterr().err
+    # --epochs is how a resumed run is extended: it passes the guard (and meets the
+    # missing file)
+    assert main(["train", "--resume", ckpt, "--epochs", "4"]) == 2
+    assert "last.npz" in capsys.readouterr().err
+
+
 @needs_data
 def test_cli_trains_evaluates_and_resumes_on_mnist(tmp_path, capsys):
     out = tmp_path / "run"

@@ -37,7 +37,39 @@ def _summary(name: str, m: dict) -> str:
     )
 
 
+# Flags that define a new run. With --resume the checkpoint holds them, so giving one
+# would be silently ignored: refuse instead. None means "not given".
+_RUN_FLAGS = {
+    "preset": "dense",
+    "dataset": "mnist",
+    "batch_size": 1,
+    "lr": None,
+    "displacement": None,
+    "lr_decay": None,
+    "train_size": 0,
+    "val_size": 0,
+    "seed": 0,
+    "out": None,
+    "no_homeostasis": None,
+}
+
+
+def _given(value) -> bool:
+    # identity, not ==: a given --seed 0 or --val-size 0 counts (0 == False)
+    return value is not None and value is not False
+
+
 def cmd_train(args) -> int:
+    given = [n for n in _RUN_FLAGS if _given(getattr(args, n))]
+    if args.resume and given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ValueError(
+            f"--resume continues the checkpoint's run with its own settings; {flags} "
+            "would be ignored: drop them, or start a new run with --out"
+        )
+    for name, default in _RUN_FLAGS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     if args.resume:
         trainer = Trainer.resume(
             args.resume,
@@ -163,10 +195,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="stidi-rs", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a preset, evaluating on the test set at the end")
-    p.add_argument("--preset", default="dense", choices=sorted(presets.PRESETS))
-    p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    p.add_argument("--preset", default=None, choices=sorted(presets.PRESETS), help="default dense")
+    p.add_argument(
+        "--dataset", default=None, choices=["mnist", "fashion-mnist"], help="default mnist"
+    )
     p.add_argument("--epochs", type=int, default=None, help="total epochs (default: preset's)")
-    p.add_argument("--batch-size", type=int, default=1, help="1 = per-sample updates")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="1 = per-sample updates (default)"
+    )
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: preset's)")
     p.add_argument(
         "--displacement",
@@ -177,15 +213,15 @@ def main(argv=None) -> int:
     p.add_argument(
         "--lr-decay", type=float, default=None, help="lr multiplier per epoch (default: preset's)"
     )
-    p.add_argument("--train-size", type=int, default=0, help="use the first N training images")
+    p.add_argument("--train-size", type=int, default=None, help="use the first N training images")
     p.add_argument(
         "--val-size",
         type=int,
-        default=0,
+        default=None,
         help="carve a seeded validation split of N images from the training set",
     )
     p.add_argument("--test-size", type=int, default=0, help="use the first N test images")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--backend", default="rust", choices=BACKENDS)
     p.add_argument("--out", default=None, help="run directory (default runs/PRESET-DATASET)")
     p.add_argument(
