@@ -194,6 +194,16 @@ def test_cli_rejects_bad_flags_with_one_line_reason():
     assert "missing.npz does not exist" in proc.stderr
 
 
+def test_cli_lr_per_layer_must_match_the_preset(tmp_path, capsys):
+    args = ["train", "--preset", "dense", "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main([*args, "--lr", "1,2,3"]) == 2
+    assert "lr needs one value per spiking layer (2), got 3" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--lr", "1,fast"])
+    assert exit_info.value.code == 2
+    assert "not a number or a comma-separated list: '1,fast'" in capsys.readouterr().err
+
+
 def test_cli_resume_refuses_flags_it_would_ignore(tmp_path, capsys):
     ckpt = str(tmp_path / "last.npz")
     assert main(["train", "--resume", ckpt, "--lr", "3", "--displacement", "causal"]) == 2

@@ -15,6 +15,16 @@ from .network import BACKENDS, encode
 from .trainer import Trainer, evaluate
 
 
+def _learning_rates(text: str) -> float | list[float]:
+    """``--lr 12.8`` for every layer, or ``--lr 12.8,3.2`` one per spiking layer."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        msg = f"not a number or a comma-separated list: {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    return values[0] if len(values) == 1 else values
+
+
 def _split(x, y, val_size: int, seed: int):
     """Carve a seeded validation split off the training set (never the test set)."""
     if val_size <= 0:
@@ -203,7 +213,12 @@ def main(argv=None) -> int:
     p.add_argument(
         "--batch-size", type=int, default=None, help="1 = per-sample updates (default)"
     )
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: preset's)")
+    p.add_argument(
+        "--lr",
+        type=_learning_rates,
+        default=None,
+        help="learning rate, or one per spiking layer as A,B,... (default: preset's)",
+    )
     p.add_argument(
         "--displacement",
         choices=["exact", "causal"],
