@@ -1,7 +1,10 @@
-"""Linear probe: softmax regression (NumPy SGD) on pooled conv2 spike times or pixels.
+"""Linear probe: softmax regression (NumPy SGD) on the spike times the output layer reads.
+
+For a CSNN those are the pooled conv2 times, for a Dense net the hidden layer's.
 
 Trains on the first 20,000 training images, scores training images 55,000-56,999.
-Each argument is `pixels`, a checkpoint path, or `init:PRESET` (an untrained net).
+Each argument is `pixels`, `pixels>N` (1 where the intensity exceeds N, else 0), a
+checkpoint path, or `init:PRESET` (an untrained net).
 
     STIDI_RS_DATA=../shared/datasets RAYON_NUM_THREADS=1 \\
         python docs/tuning/probe.py mnist pixels checkpoints/csnn-wide-mnist.npz init:csnn-wide
@@ -15,9 +18,10 @@ import stidi_rs as sr
 from stidi_rs import checkpoint, datasets, presets
 
 
-def pooled_times(net, x):
-    """(tmax - t) / tmax of the second pooling layer (0 for no spike)."""
-    out = [net.forward(x[lo : lo + 2000])[3].reshape(len(x[lo : lo + 2000]), -1)
+def readout_inputs(net, x):
+    """(tmax - t) / tmax of the layer below the output (0 for no spike)."""
+    x = x.reshape(len(x), *net.input_shape)
+    out = [net.forward(x[lo : lo + 2000])[-2].reshape(len(x[lo : lo + 2000]), -1)
            for lo in range(0, len(x), 2000)]
     return (net.tmax - np.concatenate(out)) / net.tmax
 
@@ -48,10 +52,13 @@ def main():
         start = time.time()
         if name == "pixels":
             ftr, fva = images[tr].reshape(-1, 784) / 255, images[va].reshape(-1, 784) / 255
+        elif name.startswith("pixels>"):  # binarised: what a layer that decides early sees
+            cut = int(name[7:])
+            ftr, fva = ((images[s].reshape(-1, 784) > cut).astype(float) for s in (tr, va))
         else:
             net = (presets.get(name[5:]).build(seed=0) if name.startswith("init:")
                    else checkpoint.load(name)[0])
-            ftr, fva = pooled_times(net, x[tr]), pooled_times(net, x[va])
+            ftr, fva = readout_inputs(net, x[tr]), readout_inputs(net, x[va])
         train, val = softmax_regression(ftr, labels[tr], fva, labels[va])
         print(f"{name}: train {train:.4f}, held-out {val:.4f} ({time.time() - start:.0f} s)",
               flush=True)

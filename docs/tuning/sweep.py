@@ -18,12 +18,20 @@ from stidi_rs import datasets
 
 def run(x, y, val, th=(4, 30, 40), lr=(12.8, 50, 50), ch=(16, 32), reduce="mean", gamma=3.0,
         epochs=1, homeo=(0.1, 0.6, 0.01), decay=1.0, tau=40.0, binary=False, disp="exact",
-        beta=1.0, normalize=True, hidden=None, tau_fall=float("inf"), dense=None):
+        beta=1.0, normalize=True, hidden=None, tau_fall=float("inf"), dense=None, wd=0.0,
+        enc=1.0, batch=1, onoff=False):
+    if enc != 1.0:  # pixel intensity ** enc before the spec's encoding: dim pixels fire earlier
+        def recode(t):
+            return 256.0 * (1.0 - (1.0 - t / 256.0) ** enc)
+        x, val = recode(x), (recode(val[0]), val[1])
     if dense:  # (units, threshold): the Dense 784-units-10 net instead of the CSNN
-        net = sr.Network([sr.Dense(784, dense[0], dense[1], binary=binary),
-                          sr.Dense(dense[0], 10, th[-1], binary=binary)],
-                         (784,), psp=sr.PSP(tau, tau_fall))
         x, val = x.reshape(len(x), 784), (val[0].reshape(len(val[0]), 784), val[1])
+        if onoff:  # a second, inverted copy of each pixel: dark pixels fire early there
+            x, val = np.hstack([x, 256.0 - x]), (np.hstack([val[0], 256.0 - val[0]]), val[1])
+        n_in = x.shape[1]
+        net = sr.Network([sr.Dense(n_in, dense[0], dense[1], binary=binary),
+                          sr.Dense(dense[0], 10, th[-1], binary=binary)],
+                         (n_in,), psp=sr.PSP(tau, tau_fall))
     else:
         c1, c2 = ch
         # `hidden`: (units, threshold) of a Dense layer before the output (th[-1]'s).
@@ -36,7 +44,7 @@ def run(x, y, val, th=(4, 30, 40), lr=(12.8, 50, 50), ch=(16, 32), reduce="mean"
             (1, 28, 28), psp=sr.PSP(tau, tau_fall),
         )
     rule = sr.STiDiBP(net, lr=list(lr), conv_reduce=reduce, gamma=gamma, displacement=disp,
-                      beta=beta, normalize=normalize)
+                      beta=beta, normalize=normalize, weight_decay=wd)
     guard = sr.Homeostasis(*homeo) if homeo else None
     start, scores = time.time(), []
     for epoch in range(epochs):
@@ -44,12 +52,14 @@ def run(x, y, val, th=(4, 30, 40), lr=(12.8, 50, 50), ch=(16, 32), reduce="mean"
         order = np.random.default_rng([0, epoch]).permutation(len(x))
         for lo in range(0, len(x), 1024):
             idx = order[lo : lo + 1024]
-            rule.steps(x[idx], y[idx], 1)
+            rule.steps(x[idx], y[idx], batch)
             if guard:
                 guard(net, x[idx])
         fired = [round(float((o < 256).mean()), 2) for o in net.forward(val[0][:500])]
         scores.append(round(float((net.predict(val[0]) == val[1]).mean()), 4))
-        print(f"   epoch {epoch + 1}: validation {scores[-1]:.4f}, fired {fired}, "
+        fit = float((net.predict(x[:2000]) == y[:2000]).mean())  # underfitting shows here
+        print(f"   epoch {epoch + 1}: validation {scores[-1]:.4f}, train[:2000] {fit:.4f}, "
+              f"fired {fired}, "
               f"{time.time() - start:.0f} s", flush=True)
     return scores
 
