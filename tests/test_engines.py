@@ -242,14 +242,14 @@ def test_train_steps_equals_steps_one_by_one(case, batch_size, decay, reduce, di
         weights, packed = net._params()
         yb = y[lo : lo + batch_size]
         one_by_one.append(
-            net._engine.train_steps(weights, packed, t[lo : lo + batch_size], yb, len(yb), *hyper)
+            net._engine.train_steps(weights, packed, t[lo : lo + batch_size], yb, len(yb), hyper)
         )
     w_ref = snapshot(net)
     p_ref = [layer.packed.copy() for layer in net.spiking_layers if layer.binary]
     for layer, w in zip(net.spiking_layers, start):
         layer.weight = w
     weights, packed = net._params()
-    out = net._engine.train_steps(weights, packed, t, y, batch_size, *hyper)
+    out = net._engine.train_steps(weights, packed, t, y, batch_size, hyper)
     assert all(np.array_equal(a, b) for a, b in zip(snapshot(net), w_ref))
     assert all(
         np.array_equal(layer.packed, p)

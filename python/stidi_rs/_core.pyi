@@ -31,16 +31,12 @@ class Engine:
         times: npt.NDArray[np.float64],
         labels: npt.NDArray[np.int64],
         batch_size: int,
-        lr: list[float],
-        gamma: float,
-        beta: list[float],
-        normalize: bool,
-        weight_decay: float,
-        conv_reduce: str,
-        displacement: str,
+        rule: tuple[list[float], float, list[float], bool, float, str, str],
     ) -> dict[str, Any]:
         """Consecutive ``train_step`` calls over ``batch_size``-row slices of ``times``
-        (the last may be smaller), in one call. Returns ``predictions`` and ``cases``
+        (the last may be smaller), in one call. ``rule`` is ``(lr, gamma, beta,
+        normalize, weight_decay, conv_reduce, displacement)``, the order
+        ``reference.updates`` takes them in. Returns ``predictions`` and ``cases``
         of shape ``(n,)``, ``loss`` of shape ``(steps,)``, ``fired`` of shape
         ``(steps, layers)``."""
         ...

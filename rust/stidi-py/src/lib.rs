@@ -107,7 +107,7 @@ impl Engine {
     /// packed signs of binary layers) in place. One step is `batch_size = n`. Returns per-step arrays:
     /// `predictions` and `cases` of shape `(n,)` (per sample), `loss` of shape
     /// `(steps,)` and `fired` of shape `(steps, layers)`.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // py, the arrays, the batch size and the rule
     fn train_steps<'py>(
         &self,
         py: Python<'py>,
@@ -116,25 +116,11 @@ impl Engine {
         times: PyReadonlyArray2<'py, f64>,
         labels: PyReadonlyArray1<'py, i64>,
         batch_size: usize,
-        lr: Vec<f64>,
-        gamma: f64,
-        beta: Vec<f64>,
-        normalize: bool,
-        weight_decay: f64,
-        conv_reduce: &str,
-        displacement: &str,
+        rule: RuleArgs,
     ) -> PyResult<Bound<'py, PyDict>> {
         let input = contiguous(times.as_slice().ok(), "times")?;
         let labels = read_labels(&labels)?;
-        let hyper = make_hyper(
-            lr,
-            gamma,
-            beta,
-            normalize,
-            weight_decay,
-            conv_reduce,
-            displacement,
-        )?;
+        let hyper = rule.into_hyper()?;
         let mut params = write_params(&mut weights, &mut packed)?;
         let steps = py
             .detach(|| {
@@ -171,42 +157,42 @@ fn read_labels(labels: &PyReadonlyArray1<'_, i64>) -> PyResult<Vec<usize>> {
         .collect()
 }
 
-fn make_hyper(
-    lr: Vec<f64>,
-    gamma: f64,
-    beta: Vec<f64>,
-    normalize: bool,
-    weight_decay: f64,
-    conv_reduce: &str,
-    displacement: &str,
-) -> PyResult<Hyper> {
-    let conv_reduce = match conv_reduce {
-        "sum" => ConvReduce::Sum,
-        "mean" => ConvReduce::Mean,
-        other => {
-            return Err(PyValueError::new_err(format!(
-                "conv_reduce must be 'sum' or 'mean', got {other:?}"
-            )))
-        }
-    };
-    let displacement = match displacement {
-        "exact" => Displacement::Exact,
-        "causal" => Displacement::Causal,
-        other => {
-            return Err(PyValueError::new_err(format!(
-                "displacement must be 'exact' or 'causal', got {other:?}"
-            )))
-        }
-    };
-    Ok(Hyper {
-        lr,
-        gamma,
-        beta,
-        normalize,
-        weight_decay,
-        conv_reduce,
-        displacement,
-    })
+/// The rule's settings as one tuple, in the order `reference.updates` takes them:
+/// `(lr, gamma, beta, normalize, weight_decay, conv_reduce, displacement)`.
+#[derive(FromPyObject)]
+struct RuleArgs(Vec<f64>, f64, Vec<f64>, bool, f64, String, String);
+
+impl RuleArgs {
+    fn into_hyper(self) -> PyResult<Hyper> {
+        let RuleArgs(lr, gamma, beta, normalize, weight_decay, conv_reduce, displacement) = self;
+        let conv_reduce = match conv_reduce.as_str() {
+            "sum" => ConvReduce::Sum,
+            "mean" => ConvReduce::Mean,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "conv_reduce must be 'sum' or 'mean', got {other:?}"
+                )))
+            }
+        };
+        let displacement = match displacement.as_str() {
+            "exact" => Displacement::Exact,
+            "causal" => Displacement::Causal,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "displacement must be 'exact' or 'causal', got {other:?}"
+                )))
+            }
+        };
+        Ok(Hyper {
+            lr,
+            gamma,
+            beta,
+            normalize,
+            weight_decay,
+            conv_reduce,
+            displacement,
+        })
+    }
 }
 
 fn write_params<'a>(
