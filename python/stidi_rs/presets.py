@@ -125,10 +125,15 @@ PRESETS = {
             lr_decay=0.8,
         ),
         _csnn("csnn", "conv5x5(16)-pool2-conv5x5(32)-pool2-dense(10)", _CSNN),
+        # The wide net keeps learning for longer: 20 epochs at x0.85 gave 96.94 %
+        # validation and 96.72 % test, against 96.28 and 95.61 % for 10 at x0.75; the
+        # same schedule did not help `csnn` beyond seed noise (docs/results.md).
         _csnn(
             "csnn-wide",
             "the CSNN with 32 and 64 channels (about 3x the cost per image)",
             _CSNN_WIDE,
+            epochs=20,
+            lr_decay=0.85,
         ),
         # Binary weights do not take the slower decay: validation fell from 89.08 % at
         # epoch 2 to 80.90 % at epoch 5 at x0.75 (docs/results.md).
