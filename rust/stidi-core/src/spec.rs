@@ -36,6 +36,32 @@ pub enum Displacement {
     Causal,
 }
 
+// The names the Python API uses for these options; parsing lives here so that every
+// front end reports a bad name the same way.
+impl std::str::FromStr for ConvReduce {
+    type Err = crate::Error;
+    fn from_str(name: &str) -> crate::Result<Self> {
+        match name {
+            "sum" => Ok(ConvReduce::Sum),
+            "mean" => Ok(ConvReduce::Mean),
+            other => crate::error::invalid!("conv_reduce must be 'sum' or 'mean', got {other:?}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Displacement {
+    type Err = crate::Error;
+    fn from_str(name: &str) -> crate::Result<Self> {
+        match name {
+            "exact" => Ok(Displacement::Exact),
+            "causal" => Ok(Displacement::Causal),
+            other => {
+                crate::error::invalid!("displacement must be 'exact' or 'causal', got {other:?}")
+            }
+        }
+    }
+}
+
 /// Hyper-parameters of one STiDi-BP step (contract §5).
 #[derive(Clone, Debug)]
 pub struct Hyper {

@@ -9,9 +9,7 @@ use numpy::{
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use stidi_core::{
-    ConvReduce, Displacement, Hyper, LayerParams, LayerParamsMut, LayerSpec, Network, Psp,
-};
+use stidi_core::{Hyper, LayerParams, LayerParamsMut, LayerSpec, Network, Psp};
 
 fn value_error(err: stidi_core::Error) -> PyErr {
     PyValueError::new_err(err.to_string())
@@ -165,32 +163,14 @@ struct RuleArgs(Vec<f64>, f64, Vec<f64>, bool, f64, String, String);
 impl RuleArgs {
     fn into_hyper(self) -> PyResult<Hyper> {
         let RuleArgs(lr, gamma, beta, normalize, weight_decay, conv_reduce, displacement) = self;
-        let conv_reduce = match conv_reduce.as_str() {
-            "sum" => ConvReduce::Sum,
-            "mean" => ConvReduce::Mean,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "conv_reduce must be 'sum' or 'mean', got {other:?}"
-                )))
-            }
-        };
-        let displacement = match displacement.as_str() {
-            "exact" => Displacement::Exact,
-            "causal" => Displacement::Causal,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "displacement must be 'exact' or 'causal', got {other:?}"
-                )))
-            }
-        };
         Ok(Hyper {
             lr,
             gamma,
             beta,
             normalize,
             weight_decay,
-            conv_reduce,
-            displacement,
+            conv_reduce: conv_reduce.parse().map_err(value_error)?,
+            displacement: displacement.parse().map_err(value_error)?,
         })
     }
 }

@@ -403,3 +403,18 @@ fn thread_pool_is_configurable() {
     set_num_threads(0).unwrap();
     assert!(num_threads() >= 1);
 }
+
+#[test]
+fn rule_options_parse_from_their_python_names() {
+    assert_eq!("sum".parse::<ConvReduce>(), Ok(ConvReduce::Sum));
+    assert_eq!("mean".parse::<ConvReduce>(), Ok(ConvReduce::Mean));
+    assert_eq!("exact".parse::<Displacement>(), Ok(Displacement::Exact));
+    assert_eq!("causal".parse::<Displacement>(), Ok(Displacement::Causal));
+    let err = "avg".parse::<ConvReduce>().unwrap_err().to_string();
+    assert_eq!(err, "conv_reduce must be 'sum' or 'mean', got \"avg\"");
+    let err = "Exact".parse::<Displacement>().unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "displacement must be 'exact' or 'causal', got \"Exact\""
+    );
+}
