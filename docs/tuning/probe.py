@@ -4,7 +4,9 @@ For a CSNN those are the pooled conv2 times, for a Dense net the hidden layer's.
 
 Trains on the first 20,000 training images, scores training images 55,000-56,999.
 Each argument is `pixels`, `pixels>N` (1 where the intensity exceeds N, else 0), a
-checkpoint path, or `init:PRESET` (an untrained net).
+checkpoint path, or `init:PRESET` (an untrained net). A checkpoint path ending in
+`@decision` keeps only the spikes that come before the network's own decision on
+each image, and also prints that network's spiking read-out on the held-out images.
 
     STIDI_RS_DATA=../shared/datasets RAYON_NUM_THREADS=1 \\
         python docs/tuning/probe.py mnist pixels checkpoints/csnn-wide-mnist.npz init:csnn-wide
@@ -18,12 +20,17 @@ import stidi_rs as sr
 from stidi_rs import checkpoint, datasets, presets
 
 
-def readout_inputs(net, x):
+def readout_inputs(net, x, before_decision=False):
     """(tmax - t) / tmax of the layer below the output (0 for no spike)."""
     x = x.reshape(len(x), *net.input_shape)
-    out = [net.forward(x[lo : lo + 2000])[-2].reshape(len(x[lo : lo + 2000]), -1)
-           for lo in range(0, len(x), 2000)]
-    return (net.tmax - np.concatenate(out)) / net.tmax
+    feats = []
+    for lo in range(0, len(x), 2000):
+        *_, below, out = net.forward(x[lo : lo + 2000])
+        below = below.reshape(len(below), -1)
+        if before_decision:  # what the output layer had seen when it decided
+            below = np.where(below < out.min(1, keepdims=True), below, net.tmax)
+        feats.append(below)
+    return (net.tmax - np.concatenate(feats)) / net.tmax
 
 
 def softmax_regression(xtr, ytr, xva, yva, epochs=30, lr=0.05, decay=1e-4):
@@ -56,9 +63,13 @@ def main():
             cut = int(name[7:])
             ftr, fva = ((images[s].reshape(-1, 784) > cut).astype(float) for s in (tr, va))
         else:
-            net = (presets.get(name[5:]).build(seed=0) if name.startswith("init:")
-                   else checkpoint.load(name)[0])
-            ftr, fva = readout_inputs(net, x[tr]), readout_inputs(net, x[va])
+            path, cut = name.removesuffix("@decision"), name.endswith("@decision")
+            net = (presets.get(path[5:]).build(seed=0) if path.startswith("init:")
+                   else checkpoint.load(path)[0])
+            ftr, fva = readout_inputs(net, x[tr], cut), readout_inputs(net, x[va], cut)
+            if cut:  # the network's decision rule (ties and silence included)
+                own = (net.predict(x[va].reshape(-1, *net.input_shape)) == labels[va]).mean()
+                print(f"{path}: its own spiking read-out {own:.4f}")
         train, val = softmax_regression(ftr, labels[tr], fva, labels[va])
         print(f"{name}: train {train:.4f}, held-out {val:.4f} ({time.time() - start:.0f} s)",
               flush=True)

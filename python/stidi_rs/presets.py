@@ -77,8 +77,8 @@ _CSNN_HOMEOSTASIS = {"low": 0.1, "high": 0.6, "delta": 0.01, "probe": 100}
 _CSNN_HIDDEN_RULE = {**_CSNN_RULE, "lr": [12.8, 50.0, 12.8, 12.8], "displacement": "causal"}
 
 
-# 10 epochs at lr x0.75 each: csnn 95.32 % and csnn-wide 95.61 % test, against 93.98 and
-# 94.66 % after 5 epochs at x0.5 (docs/results.md).
+# 10 epochs at lr x0.75 each: csnn 95.32 % test against 93.98 % after 5 epochs at x0.5
+# (csnn-wide 95.61 against 94.66 %, before its own longer schedule below).
 def _csnn(
     name: str,
     description: str,
