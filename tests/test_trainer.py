@@ -97,6 +97,74 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
 
 
+def test_readout_epochs_freeze_the_layers_below_the_output():
+    x, y = fake_images(60)
+
+    def run(epochs, readout_epochs):
+        net = tiny()
+        guard = sr.Homeostasis(low=0.2, high=0.5, delta=0.05, probe=10)
+        history = Trainer(
+            net,
+            sr.STiDiBP(net, lr=3.0),
+            epochs=epochs,
+            readout_epochs=readout_epochs,
+            batch_size=2,
+            progress=False,
+            homeostasis=guard,
+        ).fit(x, y)
+        return net, history
+
+    one, _ = run(1, 0)
+    net, history = run(3, 2)
+    assert [h["readout_only"] for h in history] == [False, True, True]
+    assert history[0]["homeostasis_nudges"] > 0  # so pausing it below is observable
+    assert [h["homeostasis_nudges"] for h in history[1:]] == [0, 0]
+    assert [h["lr"] for h in history[1:]] == [[0.0, 3.0], [0.0, 3.0]]
+    assert np.array_equal(net.spiking_layers[0].weight, one.spiking_layers[0].weight)
+    assert not np.array_equal(net.spiking_layers[-1].weight, one.spiking_layers[-1].weight)
+    with pytest.raises(ValueError, match=r"readout_epochs must be in \[0, epochs=3\], got 4"):
+        Trainer(net, sr.STiDiBP(net), epochs=3, readout_epochs=4)
+
+
+def test_a_readout_epoch_ends_on_the_mean_of_its_output_weights():
+    x, y = fake_images(2100)  # three chunks of 1,024 images
+    net = tiny()
+    history = Trainer(
+        net, sr.STiDiBP(net, lr=3.0), epochs=1, readout_epochs=1, seed=4, progress=False
+    ).fit(x, y)
+    manual = tiny()
+    rule = sr.STiDiBP(manual, lr=[0.0, 3.0])
+    order = np.random.default_rng([4, 0]).permutation(len(x))
+    snapshots = []
+    for lo in range(0, len(x), 1024):
+        idx = order[lo : lo + 1024]
+        rule.steps(sr.encode(x[idx][:, None]), y[idx], 1)
+        snapshots.append(manual.spiking_layers[-1].weight.copy())
+    assert len(snapshots) == 3 and not np.array_equal(snapshots[0], snapshots[-1])
+    assert np.allclose(net.spiking_layers[-1].weight, np.mean(snapshots, axis=0), atol=1e-12)
+    assert np.array_equal(net.spiking_layers[0].weight, manual.spiking_layers[0].weight)
+    assert history[0]["lr"] == [0.0, 3.0]
+
+
+def test_resume_can_add_readout_epochs_to_a_finished_run(tmp_path):
+    x, y = fake_images(60)
+    full = tiny()
+    Trainer(
+        full, sr.STiDiBP(full, lr=3.0), epochs=3, readout_epochs=1, lr_decay=0.7, progress=False
+    ).fit(x, y)
+    net = tiny()
+    Trainer(
+        net, sr.STiDiBP(net, lr=3.0), epochs=2, lr_decay=0.7, out_dir=tmp_path, progress=False
+    ).fit(x, y)
+    resumed = Trainer.resume(tmp_path / "last.npz", epochs=3, readout_epochs=1, progress=False)
+    assert resumed.readout_epochs == 1
+    resumed.fit(x, y)
+    for a, b in zip(full.spiking_layers, resumed.net.spiking_layers):
+        assert np.array_equal(a.weight, b.weight)
+    again = Trainer.resume(tmp_path / "last.npz", progress=False)  # kept in the checkpoint
+    assert again.readout_epochs == 1 and again.history[-1]["readout_only"]
+
+
 def test_homeostasis_nudges_silent_and_overactive_hidden_units_only():
     net = tiny()
     conv, dense = net.layers[0], net.layers[2]
@@ -213,7 +281,7 @@ def test_cli_resume_refuses_flags_it_would_ignore(tmp_path, capsys):
     assert "--seed, --no-homeostasis would be ignored" in capsys.readouterr().err
     # --epochs is how a resumed run is extended: it passes the guard (and meets the
     # missing file)
-    assert main(["train", "--resume", ckpt, "--epochs", "4"]) == 2
+    assert main(["train", "--resume", ckpt, "--epochs", "4", "--readout-epochs", "1"]) == 2
     assert "last.npz" in capsys.readouterr().err
 
 

@@ -19,11 +19,15 @@ from stidi_rs import datasets
 def run(x, y, val, th=(4, 30, 40), lr=(12.8, 50, 50), ch=(16, 32), reduce="mean", gamma=3.0,
         epochs=1, homeo=(0.1, 0.6, 0.01), decay=1.0, tau=40.0, binary=False, disp="exact",
         beta=1.0, normalize=True, hidden=None, tau_fall=float("inf"), dense=None, wd=0.0,
-        enc=1.0, batch=1, onoff=False):
+        enc=1.0, batch=1, onoff=False, window=256.0):
     if enc != 1.0:  # pixel intensity ** enc before the spec's encoding: dim pixels fire earlier
         def recode(t):
             return 256.0 * (1.0 - (1.0 - t / 256.0) ** enc)
         x, val = recode(x), (recode(val[0]), val[1])
+    if window != 256.0:  # squeeze the input spikes into [0, window); pixel 0 stays silent
+        def squeeze(t):
+            return np.where(t < 256.0, t * (window / 256.0), 256.0)
+        x, val = squeeze(x), (squeeze(val[0]), val[1])
     if dense:  # (units, threshold): the Dense 784-units-10 net instead of the CSNN
         x, val = x.reshape(len(x), 784), (val[0].reshape(len(val[0]), 784), val[1])
         if onoff:  # a second, inverted copy of each pixel: dark pixels fire early there

@@ -86,6 +86,7 @@ def cmd_train(args) -> int:
             backend=args.backend,
             epochs=args.epochs,
             progress=False if args.no_progress else None,
+            readout_epochs=args.readout_epochs,
         )
         cfg = trainer.config
     else:
@@ -119,6 +120,9 @@ def cmd_train(args) -> int:
             out_dir=out,
             progress=False if args.no_progress else None,
             config=cfg,
+            readout_epochs=preset.readout_epochs
+            if args.readout_epochs is None
+            else args.readout_epochs,
             homeostasis=None
             if args.no_homeostasis or preset.homeostasis is None
             else Homeostasis(**preset.homeostasis),
@@ -142,6 +146,8 @@ def cmd_train(args) -> int:
         )
         if "val" in record:
             line += f"  validation {100 * record['val']['accuracy']:.2f}%"
+        if record.get("readout_only"):
+            line += "  (read-out only)"
         print(line)
     xt, yt = datasets.load(cfg["dataset"], "test", root=args.data)
     if args.test_size:
@@ -210,9 +216,7 @@ def main(argv=None) -> int:
         "--dataset", default=None, choices=["mnist", "fashion-mnist"], help="default mnist"
     )
     p.add_argument("--epochs", type=int, default=None, help="total epochs (default: preset's)")
-    p.add_argument(
-        "--batch-size", type=int, default=None, help="1 = per-sample updates (default)"
-    )
+    p.add_argument("--batch-size", type=int, default=None, help="1 = per-sample updates (default)")
     p.add_argument(
         "--lr",
         type=_learning_rates,
@@ -224,6 +228,12 @@ def main(argv=None) -> int:
         choices=["exact", "causal"],
         default=None,
         help="PSP slope of the spike time displacement (default: preset's)",
+    )
+    p.add_argument(
+        "--readout-epochs",
+        type=int,
+        default=None,
+        help="the last N of the epochs train only the output layer (default: preset's)",
     )
     p.add_argument(
         "--lr-decay", type=float, default=None, help="lr multiplier per epoch (default: preset's)"
@@ -283,7 +293,7 @@ def main(argv=None) -> int:
 
         return bench.main(argv[1:])
     args = parser.parse_args(argv)
-    for name in ("epochs", "batch_size", "train_size", "val_size", "test_size"):
+    for name in ("epochs", "batch_size", "train_size", "val_size", "test_size", "readout_epochs"):
         value = getattr(args, name, None)
         if value is not None and value < (1 if name in ("epochs", "batch_size") else 0):
             parser.error(

@@ -27,6 +27,7 @@ class Preset:
     homeostasis: dict | None = None  # Homeostasis(**homeostasis) in the trainer
     epochs: int = 1  # defaults of `stidi-rs train`
     lr_decay: float = 1.0
+    readout_epochs: int = 0  # the last epochs train only the output layer
     tau_rise: float = 40.0
     tau_fall: float = float("inf")
     binary: bool = False

@@ -91,6 +91,13 @@ class Trainer:
     uninterrupted run. The learning rate of epoch ``e`` is ``lr * lr_decay**e``.
     Training runs in chunks of about 1,024 images (whole batches); after each, the
     optional ``homeostasis`` guard nudges silent or overactive hidden units.
+
+    The last ``readout_epochs`` of the ``epochs`` train only the output layer: the
+    layers below keep their weights (learning rate 0) and homeostasis pauses, so the
+    read-out settles on fixed features instead of chasing moving ones. At the end of
+    each such epoch the output weights become their mean over the epoch (taken after
+    every chunk), which removes the jitter per-sample steps leave behind
+    (docs/results.md, "Read-out epochs").
     """
 
     def __init__(
@@ -106,9 +113,14 @@ class Trainer:
         progress: bool | None = None,
         config: dict | None = None,
         homeostasis: Homeostasis | None = None,
+        readout_epochs: int = 0,
     ):
         if epochs < 1 or batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
+        if not 0 <= readout_epochs <= epochs:
+            raise ValueError(
+                f"readout_epochs must be in [0, epochs={epochs}], got {readout_epochs}"
+            )
         if not 0 < lr_decay <= 1:
             raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay}")
         self.net, self.rule = network, rule
@@ -118,6 +130,7 @@ class Trainer:
         self.progress = progress
         self.config = config or {}
         self.homeostasis = homeostasis
+        self.readout_epochs = readout_epochs
         self.epoch = 0
         self.history: list[dict] = []
 
@@ -132,14 +145,18 @@ class Trainer:
         val_times = None if val is None else self._encode(np.asarray(val[0]))
         while self.epoch < self.epochs:
             e = self.epoch
+            readout_only = e >= self.epochs - self.readout_epochs
             self.rule.lr = [lr * self.lr_decay**e for lr in self.base_lr]
+            if readout_only:
+                self.rule.lr = [0.0] * (len(self.rule.lr) - 1) + self.rule.lr[-1:]
             order = np.random.default_rng([self.seed, e]).permutation(len(images))
             correct = seen = nudged = 0
+            readout, weight_sum = self.net.spiking_layers[-1], 0.0
             loss = 0.0
             start = time.perf_counter()
             with ProgressBar(
                 len(images),
-                desc=f"epoch {e + 1}/{self.epochs}",
+                desc=f"epoch {e + 1}/{self.epochs}" + (" (read-out)" if readout_only else ""),
                 unit="img",
                 disable=self.progress is False,
                 force=bool(self.progress),
@@ -150,14 +167,19 @@ class Trainer:
                     idx = order[lo : lo + chunk]
                     times = self._encode(images[idx])
                     stats = self.rule.steps(times, labels[idx], self.batch_size)
-                    if self.homeostasis is not None:
+                    if self.homeostasis is not None and not readout_only:
                         nudged += self.homeostasis(self.net, times)
                     correct += int((stats["predictions"] == labels[idx]).sum())
                     sizes = np.diff(np.r_[0 : len(idx) : self.batch_size, len(idx)])
                     loss += float((stats["loss"] * sizes).sum())
                     seen += len(idx)
+                    if readout_only:
+                        weight_sum = weight_sum + readout.weight
                     bar.update(len(idx))
                     bar.set_postfix(acc=f"{100 * correct / seen:.1f}%")
+            if readout_only:
+                chunks = -(-len(images) // chunk)
+                readout.weight = weight_sum / chunks
             seconds = time.perf_counter() - start
             record = {
                 "epoch": e + 1,
@@ -167,6 +189,7 @@ class Trainer:
                 "seconds": seconds,
                 "images_per_s": seen / seconds,
                 "homeostasis_nudges": nudged,
+                "readout_only": readout_only,
             }
             if val_times is not None:
                 record["val"] = evaluate(self.net, val_times, np.asarray(val[1], dtype=np.int64))
@@ -191,6 +214,7 @@ class Trainer:
             "epochs": self.epochs,
             "batch_size": self.batch_size,
             "lr_decay": self.lr_decay,
+            "readout_epochs": self.readout_epochs,
             "seed": self.seed,
             "history": self.history,
             "rule": {
@@ -217,8 +241,13 @@ class Trainer:
         epochs: int | None = None,
         out_dir=None,
         progress: bool | None = None,
+        readout_epochs: int | None = None,
     ) -> Trainer:
-        """Continue a run from a checkpoint written by :meth:`save`."""
+        """Continue a run from a checkpoint written by :meth:`save`.
+
+        ``epochs`` and ``readout_epochs`` may extend or change the schedule of the
+        epochs still to run; the epochs already run stay as they were.
+        """
         net, config = checkpoint.load(path, backend=backend)
         state = config.get("trainer")
         if state is None:
@@ -236,6 +265,9 @@ class Trainer:
             homeostasis=None
             if state.get("homeostasis") is None
             else Homeostasis(**state["homeostasis"]),
+            readout_epochs=state.get("readout_epochs", 0)
+            if readout_epochs is None
+            else readout_epochs,
         )
         trainer.epoch, trainer.history = state["epoch"], state["history"]
         return trainer
