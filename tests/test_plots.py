@@ -103,6 +103,21 @@ def test_training_curves_from_metrics_file_of_a_resumed_run(tmp_path):
     np.testing.assert_allclose(line(fig, "train").get_ydata(), [60, 90, 90])
 
 
+def test_training_curves_shade_the_readout_epochs(tmp_path):
+    recs = records(4)
+    for r in recs[2:4]:
+        r["readout_only"] = True
+    fig = plots.training_curves(recs, path=tmp_path / "c.png")
+    check_png(tmp_path / "c.png", fig)
+    spans = [p for ax in fig.axes for p in ax.patches if p.get_gid() == "readout"]
+    assert len(spans) == 2  # accuracy and loss panels
+    x0, x1 = spans[0].get_x(), spans[0].get_x() + spans[0].get_width()
+    assert (x0, x1) == (pytest.approx(2.5), pytest.approx(4.5))
+    assert "read-out only epochs" in [t.get_text() for t in fig.axes[0].get_legend().texts]
+    plain = plots.training_curves(records(3))
+    assert not [p for ax in plain.axes for p in ax.patches if p.get_gid() == "readout"]
+
+
 def test_training_curves_without_val_or_test(tmp_path):
     recs = [{k: v for k, v in r.items() if k != "val"} for r in records(2)[:-1]]
     fig = plots.training_curves(recs, path=tmp_path / "c.png")

@@ -303,7 +303,7 @@ def test_cli_trains_evaluates_and_resumes_on_mnist(tmp_path, capsys):
     assert main(args) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     accuracy = records[-1]["test"]["accuracy"]
-    assert accuracy > 0.5, f"test accuracy {accuracy} after one epoch on 2,000 images"
+    assert accuracy > 0.5, f"test accuracy {accuracy} after the preset's epochs on 2,000 images"
     assert main(args) == 2  # refuses to overwrite a run
     capsys.readouterr()
     assert main(["eval", str(out / "last.npz"), "--test-size", "1000", "--json"]) == 0

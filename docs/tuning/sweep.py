@@ -19,7 +19,7 @@ from stidi_rs import datasets
 def run(x, y, val, th=(4, 30, 40), lr=(12.8, 50, 50), ch=(16, 32), reduce="mean", gamma=3.0,
         epochs=1, homeo=(0.1, 0.6, 0.01), decay=1.0, tau=40.0, binary=False, disp="exact",
         beta=1.0, normalize=True, hidden=None, tau_fall=float("inf"), dense=None, wd=0.0,
-        enc=1.0, batch=1, onoff=False, window=256.0):
+        enc=1.0, batch=1, onoff=False, window=256.0, readout=0):
     if enc != 1.0:  # pixel intensity ** enc before the spec's encoding: dim pixels fire earlier
         def recode(t):
             return 256.0 * (1.0 - (1.0 - t / 256.0) ** enc)
@@ -64,6 +64,19 @@ def run(x, y, val, th=(4, 30, 40), lr=(12.8, 50, 50), ch=(16, 32), reduce="mean"
         fit = float((net.predict(x[:2000]) == y[:2000]).mean())  # underfitting shows here
         print(f"   epoch {epoch + 1}: validation {scores[-1]:.4f}, train[:2000] {fit:.4f}, "
               f"fired {fired}, "
+              f"{time.time() - start:.0f} s", flush=True)
+    out = net.spiking_layers[-1]
+    for epoch in range(epochs, epochs + readout):  # as `stidi-rs train --readout-epochs`
+        rule.lr = [0.0] * (len(lr) - 1) + [lr[-1] * decay**epoch]
+        order = np.random.default_rng([0, epoch]).permutation(len(x))
+        total, n = 0.0, 0
+        for lo in range(0, len(x), 1024):
+            idx = order[lo : lo + 1024]
+            rule.steps(x[idx], y[idx], batch)
+            total, n = total + out.weight, n + 1
+        out.weight = total / n
+        scores.append(round(float((net.predict(val[0]) == val[1]).mean()), 4))
+        print(f"   read-out epoch {epoch + 1}: validation {scores[-1]:.4f}, "
               f"{time.time() - start:.0f} s", flush=True)
     return scores
 

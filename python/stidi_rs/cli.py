@@ -181,13 +181,17 @@ def cmd_plot(args) -> int:
         raise FileNotFoundError(f"{run} is not a run directory (needs metrics.jsonl and last.npz)")
     out = Path(args.out) if args.out else run / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    plots.training_curves(metrics, out / "training_curves.png")
+    net, config = checkpoint.load(ckpt, backend=args.backend)
+    # The checkpoint's history has every epoch, also those run before a --resume
+    # (metrics.jsonl then holds only the later ones, and the test record).
+    logged = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    records = [*config.get("trainer", {}).get("history", []), *logged]
+    plots.training_curves(records, out / "training_curves.png")
     written = ["training_curves"]
-    _, test = plots.read_metrics(metrics)
+    _, test = plots.read_metrics(records)
     if test is not None:
         plots.confusion_matrix(test["confusion"], path=out / "confusion.png")
         written.append("confusion")
-    net, config = checkpoint.load(ckpt, backend=args.backend)
     dataset = config.get("trainer", {}).get("config", {}).get("dataset", "mnist")
     x, y = datasets.load(dataset, "test", root=args.data)
     times = encode(x[: args.samples].reshape(-1, *net.input_shape), tmax=net.tmax)

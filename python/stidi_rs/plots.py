@@ -117,6 +117,12 @@ def training_curves(metrics_path_or_records, path=None):
         ax_acc.axhline(acc, color="C3", ls="--", lw=1, zorder=1)
         tx = test["after_epoch"] if test["after_epoch"] is not None else (x[-1] if x else 0)
         ax_acc.plot([tx], [acc], "*", color="C3", ms=14, label=label, gid="test", zorder=3)
+    readout = [r["epoch"] for r in epochs if r.get("readout_only")]
+    if readout:  # epochs that trained only the output layer (--readout-epochs)
+        for ax in (ax_acc, ax_loss):
+            span = (min(readout) - 0.5, max(readout) + 0.5)
+            ax.axvspan(*span, color="0.9", zorder=0, gid="readout")
+        ax_acc.plot([], [], "s", color="0.9", ms=10, label="read-out only epochs")
     ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="accuracy")
     # Steps of 1, 2 or 5 (times a power of ten) so that the labels' decimals are exact.
     ax_acc.yaxis.set_major_locator(MaxNLocator(steps=[1, 2, 5, 10]))

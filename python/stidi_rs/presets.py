@@ -1,7 +1,7 @@
 """Named model configurations: architecture, thresholds and learning rule.
 
-Status (see docs/results.md): ``dense`` reaches about 96 % on MNIST in six
-epochs. The CSNN presets are the intended paper-scale architecture, with
+Status (see docs/results.md): ``dense`` reaches about 96.5 % on MNIST in seven
+epochs (the last trains only the read-out). The CSNN presets are the intended paper-scale architecture, with
 thresholds chosen so that every layer fires at initialisation, conv updates
 averaged over positions and a homeostasis guard that keeps the conv layers from
 falling silent; they are coarsely tuned and stay below the paper's accuracy.
@@ -51,6 +51,9 @@ _DENSE = (("dense", 784, 400, 30.0), ("dense", 400, 10, 60.0))
 # S4NN's backward (every earlier input hears the error) and a decaying lr: 96.65 %
 # validation after 6 epochs, against 94.80 % with the exact slope (docs/results.md).
 _DENSE_RULE = {"lr": 12.8, "displacement": "causal"}
+# A 7th epoch that trains only the read-out (averaged): validation 96.22 -> 96.90 %
+# on MNIST, 80.86 -> 84.10 % on Fashion-MNIST, 92.72 -> 94.96 % binary (docs/results.md).
+_DENSE_SCHEDULE = {"epochs": 7, "lr_decay": 0.8, "readout_epochs": 1}
 _CSNN_WIDE = (
     ("conv2d", 1, 32, 5, 4.0),
     ("maxpool2d", 2),
@@ -79,15 +82,17 @@ _CSNN_HIDDEN_RULE = {**_CSNN_RULE, "lr": [12.8, 50.0, 12.8, 12.8], "displacement
 
 
 # 10 epochs at lr x0.75 each: csnn 95.32 % test against 93.98 % after 5 epochs at x0.5
-# (csnn-wide 95.61 against 94.66 %, before its own longer schedule below).
+# (csnn-wide 95.61 against 94.66 %, before its own longer schedule below); then one
+# read-out epoch, counted in `epochs` (docs/results.md).
 def _csnn(
     name: str,
     description: str,
     layers: tuple,
     binary: bool = False,
     rule: dict = _CSNN_RULE,
-    epochs: int = 10,
+    epochs: int = 11,
     lr_decay: float = 0.75,
+    readout_epochs: int = 1,
 ) -> Preset:
     """A CSNN preset: the shared rule, homeostasis and schedule of docs/results.md."""
     return Preset(
@@ -100,6 +105,7 @@ def _csnn(
         binary=binary,
         epochs=epochs,
         lr_decay=lr_decay,
+        readout_epochs=readout_epochs,
     )
 
 
@@ -112,8 +118,7 @@ PRESETS = {
             _DENSE,
             (784,),
             _DENSE_RULE,
-            epochs=6,
-            lr_decay=0.8,
+            **_DENSE_SCHEDULE,
         ),
         Preset(
             "dense-binary",
@@ -122,18 +127,18 @@ PRESETS = {
             (784,),
             _DENSE_RULE,
             binary=True,
-            epochs=6,
-            lr_decay=0.8,
+            **_DENSE_SCHEDULE,
         ),
         _csnn("csnn", "conv5x5(16)-pool2-conv5x5(32)-pool2-dense(10)", _CSNN),
         # The wide net keeps learning for longer: 20 epochs at x0.85 gave 96.94 %
         # validation and 96.72 % test, against 96.28 and 95.61 % for 10 at x0.75; the
-        # same schedule did not help `csnn` beyond seed noise (docs/results.md).
+        # same schedule did not help `csnn` beyond seed noise (docs/results.md). The
+        # 21st epoch is the read-out epoch.
         _csnn(
             "csnn-wide",
             "the CSNN with 32 and 64 channels (about 3x the cost per image)",
             _CSNN_WIDE,
-            epochs=20,
+            epochs=21,
             lr_decay=0.85,
         ),
         # Binary weights do not take the slower decay: validation fell from 89.08 % at
@@ -143,7 +148,7 @@ PRESETS = {
             "the CSNN with binary forward weights",
             _CSNN,
             binary=True,
-            epochs=5,
+            epochs=6,
             lr_decay=0.5,
         ),
         _csnn(
