@@ -165,6 +165,24 @@ def test_resume_can_add_readout_epochs_to_a_finished_run(tmp_path):
     assert again.readout_epochs == 1 and again.history[-1]["readout_only"]
 
 
+def test_plot_records_of_a_resumed_run_start_at_epoch_one(tmp_path):
+    from stidi_rs.cli import _run_records
+    from stidi_rs.plots import read_metrics
+
+    x, y = fake_images(60)
+    net = tiny()
+    Trainer(net, sr.STiDiBP(net, lr=3.0), epochs=2, out_dir=tmp_path, progress=False).fit(x, y)
+    (tmp_path / "metrics.jsonl").unlink()  # as if the run had been resumed into a new file
+    resumed = Trainer.resume(tmp_path / "last.npz", epochs=3, progress=False)
+    resumed.fit(x, y)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"test": {"accuracy": 0.5}, "test_size": 60}) + "\n")
+    _, config = checkpoint.load(tmp_path / "last.npz")
+    epochs, test = read_metrics(_run_records(tmp_path / "metrics.jsonl", config))
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    assert test["accuracy"] == 0.5 and test["after_epoch"] == 3
+
+
 def test_homeostasis_nudges_silent_and_overactive_hidden_units_only():
     net = tiny()
     conv, dense = net.layers[0], net.layers[2]

@@ -19,7 +19,7 @@ from stidi_rs import datasets
 def run(x, y, val, th=(4, 30, 40), lr=(12.8, 50, 50), ch=(16, 32), reduce="mean", gamma=3.0,
         epochs=1, homeo=(0.1, 0.6, 0.01), decay=1.0, tau=40.0, binary=False, disp="exact",
         beta=1.0, normalize=True, hidden=None, tau_fall=float("inf"), dense=None, wd=0.0,
-        enc=1.0, batch=1, onoff=False, window=256.0, readout=0):
+        enc=1.0, batch=1, onoff=False, window=256.0, readout=0, swa=False):
     if enc != 1.0:  # pixel intensity ** enc before the spec's encoding: dim pixels fire earlier
         def recode(t):
             return 256.0 * (1.0 - (1.0 - t / 256.0) ** enc)
@@ -54,11 +54,16 @@ def run(x, y, val, th=(4, 30, 40), lr=(12.8, 50, 50), ch=(16, 32), reduce="mean"
     for epoch in range(epochs):
         rule.lr = [v * decay**epoch for v in lr]
         order = np.random.default_rng([0, epoch]).permutation(len(x))
+        sums = [0.0] * len(net.spiking_layers)
         for lo in range(0, len(x), 1024):
             idx = order[lo : lo + 1024]
             rule.steps(x[idx], y[idx], batch)
             if guard:
                 guard(net, x[idx])
+            sums = [s + layer.weight for s, layer in zip(sums, net.spiking_layers)]
+        if swa and epoch == epochs - 1:  # every layer ends on its mean over the last epoch
+            for s, layer in zip(sums, net.spiking_layers):
+                layer.weight = s / -(-len(x) // 1024)
         fired = [round(float((o < 256).mean()), 2) for o in net.forward(val[0][:500])]
         scores.append(round(float((net.predict(val[0]) == val[1]).mean()), 4))
         fit = float((net.predict(x[:2000]) == y[:2000]).mean())  # underfitting shows here

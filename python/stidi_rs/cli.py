@@ -172,6 +172,13 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _run_records(metrics: Path, config: dict) -> list[dict]:
+    """Every epoch of a run: the checkpoint's history has also the epochs run before
+    a --resume (its metrics.jsonl then starts later), metrics.jsonl the test record."""
+    logged = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return [*config.get("trainer", {}).get("history", []), *logged]
+
+
 def cmd_plot(args) -> int:
     from . import plots
 
@@ -182,10 +189,7 @@ def cmd_plot(args) -> int:
     out = Path(args.out) if args.out else run / "plots"
     out.mkdir(parents=True, exist_ok=True)
     net, config = checkpoint.load(ckpt, backend=args.backend)
-    # The checkpoint's history has every epoch, also those run before a --resume
-    # (metrics.jsonl then holds only the later ones, and the test record).
-    logged = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    records = [*config.get("trainer", {}).get("history", []), *logged]
+    records = _run_records(metrics, config)
     plots.training_curves(records, out / "training_curves.png")
     written = ["training_curves"]
     _, test = plots.read_metrics(records)

@@ -1,10 +1,11 @@
 """Named model configurations: architecture, thresholds and learning rule.
 
 Status (see docs/results.md): ``dense`` reaches about 96.5 % on MNIST in seven
-epochs (the last trains only the read-out). The CSNN presets are the intended paper-scale architecture, with
-thresholds chosen so that every layer fires at initialisation, conv updates
-averaged over positions and a homeostasis guard that keeps the conv layers from
-falling silent; they are coarsely tuned and stay below the paper's accuracy.
+epochs (the last trains only the read-out). The CSNN presets are the intended
+paper-scale architecture, with thresholds chosen so that every layer fires at
+initialisation, conv updates averaged over positions and a homeostasis guard that
+keeps the conv layers from falling silent; they are coarsely tuned and stay below
+the paper's accuracy.
 """
 
 from __future__ import annotations
