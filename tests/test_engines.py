@@ -150,12 +150,17 @@ def test_forward_agrees_with_reference(case):
     )
 
 
-@given(network_case(), st.integers(1, 3), st.booleans(), CONV_REDUCE, DISPLACEMENT)
-def test_learning_steps_agree_with_reference(case, steps, normalize, reduce, disp):
+@given(
+    network_case(), st.integers(1, 3), st.booleans(), CONV_REDUCE, DISPLACEMENT, st.integers(0, 3)
+)
+def test_learning_steps_agree_with_reference(case, steps, normalize, reduce, disp, frozen):
     net, x, labels = case
     start = snapshot(net)
+    # The first `frozen` spiking layers get lr 0, as in read-out epochs: the engine
+    # then skips their displacements and updates, the reference does not.
+    n = len(net.spiking_layers)
     kwargs = dict(
-        lr=2.0,
+        lr=[0.0 if i < min(frozen, n - 1) else 2.0 for i in range(n)],
         gamma=3.0,
         beta=0.7,
         normalize=normalize,

@@ -221,43 +221,43 @@ fn backward_sample(
             .zip(y)
             .map(|(&e, &tj)| if e == 0.0 { 0.0 } else { e * tj / theta })
             .collect();
-        // The first spiking layer has nothing below it to displace.
-        if si > 0 {
-            let mut dsum = vec![0.0; xin.len()];
-            let w = weights[l];
-            match &net.layers[l] {
-                Layer::Conv { g: geom, .. } => {
-                    let plane = geom.h * geom.w;
-                    // Split over input channels: each input's sum keeps its order.
-                    let per = geom.cin.div_ceil(parts.min(geom.cin).max(1));
-                    if per < geom.cin && geom.positions() * geom.cout >= SPLIT_MIN_NEURONS {
-                        dsum.par_chunks_mut(per * plane)
-                            .enumerate()
-                            .for_each(|(part, d)| {
-                                let c0 = part * per;
-                                let cs = c0..c0 + d.len() / plane;
-                                disp_conv(&kern, geom, xin, y, &g, w, binary, cs, d);
-                            });
-                    } else {
-                        disp_conv(&kern, geom, xin, y, &g, w, binary, 0..geom.cin, &mut dsum);
-                    }
-                }
-                _ => disp_dense(&kern, xin, y, &g, w, binary, &mut dsum),
-            }
-            let beta = hyper.beta[si];
-            err = xin
-                .iter()
-                .zip(&dsum)
-                .map(|(&t, &s)| {
-                    let d = beta * s;
-                    ((t + tmax * d).clamp(0.0, tmax) - t) / tmax
-                })
-                .collect();
-        }
         gs[si] = g;
-        if si == 0 {
+        // Nothing below learns (the first spiking layer, or read-out training with
+        // the layers below frozen): no displacement to compute.
+        if !hyper.lr[..si].iter().any(|&lr| lr != 0.0) {
             break;
         }
+        let g = &gs[si];
+        let mut dsum = vec![0.0; xin.len()];
+        let w = weights[l];
+        match &net.layers[l] {
+            Layer::Conv { g: geom, .. } => {
+                let plane = geom.h * geom.w;
+                // Split over input channels: each input's sum keeps its order.
+                let per = geom.cin.div_ceil(parts.min(geom.cin).max(1));
+                if per < geom.cin && geom.positions() * geom.cout >= SPLIT_MIN_NEURONS {
+                    dsum.par_chunks_mut(per * plane)
+                        .enumerate()
+                        .for_each(|(part, d)| {
+                            let c0 = part * per;
+                            let cs = c0..c0 + d.len() / plane;
+                            disp_conv(&kern, geom, xin, y, g, w, binary, cs, d);
+                        });
+                } else {
+                    disp_conv(&kern, geom, xin, y, g, w, binary, 0..geom.cin, &mut dsum);
+                }
+            }
+            _ => disp_dense(&kern, xin, y, g, w, binary, &mut dsum),
+        }
+        let beta = hyper.beta[si];
+        err = xin
+            .iter()
+            .zip(&dsum)
+            .map(|(&t, &s)| {
+                let d = beta * s;
+                ((t + tmax * d).clamp(0.0, tmax) - t) / tmax
+            })
+            .collect();
     }
     (loss, gs)
 }

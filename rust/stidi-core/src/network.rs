@@ -605,6 +605,9 @@ impl Network {
         let per_sample = 1.0 / (self.tmax * b);
         for (si, &l) in self.spiking.iter().enumerate() {
             let lr = hyper.lr[si];
+            if lr == 0.0 {
+                continue; // frozen (phase 1 may have left its errors out, too)
+            }
             // Δw = −η ê (t_j/θ) ε / T per pair; phase 2 sums ê (t_j/θ) ε.
             let mut factor = -lr * per_sample;
             if let (Layer::Conv { g, .. }, ConvReduce::Mean) = (&self.layers[l], hyper.conv_reduce)
