@@ -49,6 +49,7 @@ class Preset:
 
 
 _DENSE = (("dense", 784, 400, 30.0), ("dense", 400, 10, 60.0))
+_DENSE_WIDE = (("dense", 784, 1000, 30.0), ("dense", 1000, 10, 60.0))
 # S4NN's backward (every earlier input hears the error) and a decaying lr: 96.65 %
 # validation after 6 epochs, against 94.80 % with the exact slope (docs/results.md).
 _DENSE_RULE = {"lr": 12.8, "displacement": "causal"}
@@ -128,6 +129,16 @@ PRESETS = {
             (784,),
             _DENSE_RULE,
             binary=True,
+            **_DENSE_SCHEDULE,
+        ),
+        # 1,000 hidden neurons: 83.80 % against 83.00 % validation on Fashion-MNIST
+        # after 3 epochs and the read-out epoch (docs/results.md).
+        Preset(
+            "dense-wide",
+            "Dense 784-1000-10, per-sample updates",
+            _DENSE_WIDE,
+            (784,),
+            _DENSE_RULE,
             **_DENSE_SCHEDULE,
         ),
         _csnn("csnn", "conv5x5(16)-pool2-conv5x5(32)-pool2-dense(10)", _CSNN),
