@@ -19,6 +19,7 @@ SHIPPED = {  # checkpoint -> (preset, dataset) as written in the results table
     "dense-binary-mnist.npz": ("dense-binary", "MNIST"),
     "dense-fashion-mnist.npz": ("dense", "Fashion-MNIST"),
     "dense-binary-fashion-mnist.npz": ("dense-binary", "Fashion-MNIST"),
+    "dense-wide-fashion-mnist.npz": ("dense-wide", "Fashion-MNIST"),
 }
 
 

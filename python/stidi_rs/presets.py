@@ -131,8 +131,8 @@ PRESETS = {
             binary=True,
             **_DENSE_SCHEDULE,
         ),
-        # 1,000 hidden neurons: 83.80 % against 83.00 % validation on Fashion-MNIST
-        # after 3 epochs and the read-out epoch (docs/results.md).
+        # 1,000 hidden neurons on Fashion-MNIST: 85.54 % validation and 84.26 % test
+        # against 84.10 and 82.97 % for 400 (docs/results.md).
         Preset(
             "dense-wide",
             "Dense 784-1000-10, per-sample updates",
