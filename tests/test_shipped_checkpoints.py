@@ -20,6 +20,8 @@ SHIPPED = {  # checkpoint -> (preset, dataset) as written in the results table
     "dense-fashion-mnist.npz": ("dense", "Fashion-MNIST"),
     "dense-binary-fashion-mnist.npz": ("dense-binary", "Fashion-MNIST"),
     "dense-wide-fashion-mnist.npz": ("dense-wide", "Fashion-MNIST"),
+    "dense-wide-binary-mnist.npz": ("dense-wide-binary", "MNIST"),
+    "dense-wide-binary-fashion-mnist.npz": ("dense-wide-binary", "Fashion-MNIST"),
 }
 
 
