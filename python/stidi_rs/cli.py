@@ -210,8 +210,9 @@ def cmd_info(args) -> int:
     from . import __version__, num_threads
 
     print(f"stidi-rs {__version__}, engine threads: {num_threads()}")
+    width = max(map(len, presets.PRESETS))
     for name, p in presets.PRESETS.items():
-        print(f"  preset {name:14s} {p.description}")
+        print(f"  preset {name:{width}s} {p.description}")
     return 0
 
 

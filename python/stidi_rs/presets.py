@@ -48,8 +48,6 @@ class Preset:
         )
 
 
-_DENSE = (("dense", 784, 400, 30.0), ("dense", 400, 10, 60.0))
-_DENSE_WIDE = (("dense", 784, 1000, 30.0), ("dense", 1000, 10, 60.0))
 # S4NN's backward (every earlier input hears the error) and a decaying lr: 96.65 %
 # validation after 6 epochs, against 94.80 % with the exact slope (docs/results.md).
 _DENSE_RULE = {"lr": 12.8, "displacement": "causal"}
@@ -92,6 +90,21 @@ _CSNN_HOMEOSTASIS = {"low": 0.1, "high": 0.6, "delta": 0.01, "probe": 100}
 _CSNN_HIDDEN_RULE = {**_CSNN_RULE, "lr": [12.8, 50.0, 12.8, 12.8], "displacement": "causal"}
 
 
+def _dense(name: str, hidden: int, binary: bool = False) -> Preset:
+    """A Dense 784-hidden-10 preset (θ 30, 60) with the shared rule and schedule."""
+    kind = "binary forward weights" if binary else "per-sample updates"
+    layers = (("dense", 784, hidden, 30.0), ("dense", hidden, 10, 60.0))
+    return Preset(
+        name,
+        f"Dense 784-{hidden}-10, {kind}",
+        layers,
+        (784,),
+        _DENSE_RULE,
+        binary=binary,
+        **_DENSE_SCHEDULE,
+    )
+
+
 # 10 epochs at lr x0.75 each: csnn 95.32 % test against 93.98 % after 5 epochs at x0.5
 # (csnn-wide 95.61 against 94.66 %, before its own longer schedule below); then one
 # read-out epoch, counted in `epochs` (docs/results.md).
@@ -123,44 +136,14 @@ def _csnn(
 PRESETS = {
     p.name: p
     for p in [
-        Preset(
-            "dense",
-            "Dense 784-400-10, per-sample updates",
-            _DENSE,
-            (784,),
-            _DENSE_RULE,
-            **_DENSE_SCHEDULE,
-        ),
-        Preset(
-            "dense-binary",
-            "Dense 784-400-10, binary forward weights",
-            _DENSE,
-            (784,),
-            _DENSE_RULE,
-            binary=True,
-            **_DENSE_SCHEDULE,
-        ),
+        _dense("dense", 400),
+        _dense("dense-binary", 400, binary=True),
         # 1,000 hidden neurons on Fashion-MNIST: 85.54 % validation and 84.26 % test
         # against 84.10 and 82.97 % for 400 (docs/results.md).
-        Preset(
-            "dense-wide",
-            "Dense 784-1000-10, per-sample updates",
-            _DENSE_WIDE,
-            (784,),
-            _DENSE_RULE,
-            **_DENSE_SCHEDULE,
-        ),
+        _dense("dense-wide", 1000),
         # Binary weights gain most from width: 96.06 / 81.64 % validation on MNIST /
         # Fashion-MNIST against 94.96 / 76.46 % for dense-binary (docs/results.md).
-        Preset(
-            "dense-wide-binary",
-            "Dense 784-1000-10, binary forward weights",
-            _DENSE_WIDE,
-            (784,),
-            _DENSE_RULE,
-            binary=True,
-            **_DENSE_SCHEDULE,
-        ),
+        _dense("dense-wide-binary", 1000, binary=True),
         _csnn("csnn", "conv5x5(16)-pool2-conv5x5(32)-pool2-dense(10)", _CSNN),
         # The wide net keeps learning for longer: 20 epochs at x0.85 gave 96.94 %
         # validation and 96.72 % test, against 96.28 and 95.61 % for 10 at x0.75; the
