@@ -64,6 +64,49 @@ def test_corrupt_checkpoints_are_named(tmp_path):
         checkpoint.load(tmp_path / "missing.npz")
 
 
+def test_export_keeps_only_the_signs_and_evaluates_the_same(tmp_path, capsys):
+    net = mixed()
+    x, y = fake_images()
+    sr.STiDiBP(net, lr=5.0).step(sr.encode(x[:, None]), y)
+    trainer = Trainer(net, sr.STiDiBP(net, lr=5.0), epochs=1, out_dir=tmp_path, progress=False)
+    trainer.save(tmp_path / "last.npz")
+    out = tmp_path / "slim.npz"
+    assert main(["export", str(tmp_path / "last.npz"), str(out)]) == 0
+    assert "cannot be resumed" in capsys.readouterr().out
+    slim, config = checkpoint.load(out)
+    assert config["signs_only"] and config["trainer"]["epochs"] == 1
+    with np.load(out, allow_pickle=False) as data:  # the binary layer's reals are gone
+        assert "layer0.weight" not in data.files and "layer0.packed" in data.files
+        assert "layer2.weight" in data.files  # the real-valued layer keeps its weights
+    assert np.array_equal(slim.layers[0].weight, np.where(net.layers[0].weight >= 0, 1.0, -1.0))
+    assert np.array_equal(slim.layers[2].weight, net.layers[2].weight)
+    t = sr.encode(fake_images(seed=1)[0][:, None])
+    for a, b in zip(net.forward(t), slim.forward(t)):
+        assert np.array_equal(a, b)
+    with pytest.raises(checkpoint.CheckpointError, match="cannot be resumed"):
+        Trainer.resume(out, progress=False)
+    with np.load(out) as data:
+        arrays = {k: data[k] for k in data.files if k != "layer0.packed"}
+    np.savez(tmp_path / "nosigns.npz", **arrays)
+    with pytest.raises(checkpoint.CheckpointError, match="lacks layer0.packed"):
+        checkpoint.load(tmp_path / "nosigns.npz")
+    assert main(["export", str(tmp_path / "last.npz"), str(out)]) == 2
+    assert "exists: pass --force" in capsys.readouterr().err
+    checkpoint.save(tmp_path / "real.npz", tiny(binary=False))
+    assert main(["export", str(tmp_path / "real.npz"), str(tmp_path / "r2.npz")]) == 2
+    assert "has no binary layers" in capsys.readouterr().err
+
+
+def mixed():
+    """A binary conv layer under a real-valued output layer."""
+    layers = [
+        sr.Conv2d(1, 3, 3, 2.0, binary=True),
+        sr.MaxPool2d(2),
+        sr.Dense(3 * 3 * 3, 4, 2.0, binary=False),
+    ]
+    return sr.Network(layers, (1, 8, 8), seed=0)
+
+
 def test_resume_equals_an_uninterrupted_run(tmp_path):
     x, y = fake_images(60)
     full_net = tiny()

@@ -4,6 +4,11 @@ The file holds ``config`` (UTF-8 JSON as a uint8 array) and, per spiking layer
 ``i``, ``layer{i}.weight`` (float64, PyTorch layout) and for binary layers
 ``layer{i}.packed`` (uint64 bit-packed signs, see ``stidi_rs.pack_signs``). It is
 read with ``allow_pickle=False``, so loading a file runs no code.
+
+A *signs-only* checkpoint (``save(..., signs_only=True)``, ``stidi-rs export``)
+keeps only ``layer{i}.packed`` of its binary layers: the forward pass reads
+nothing else, so it evaluates exactly as the full one at 1/64 of the size, but the
+real weights that training updates are gone and it cannot be resumed.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .layers import PSP, Conv2d, Dense, MaxPool2d, pack_signs
+from .layers import PSP, Conv2d, Dense, MaxPool2d, pack_signs, unpack_signs
 from .network import Network, _layer_spec
 
 __all__ = ["save", "load", "CheckpointError", "FORMAT"]
@@ -52,14 +57,23 @@ def network_from_config(config: dict, backend: str = "rust") -> Network:
     )
 
 
-def save(path, net: Network, **extra) -> Path:
-    """Write ``net`` (and any JSON-serialisable ``extra`` state) atomically to ``path``."""
+def save(path, net: Network, signs_only: bool = False, **extra) -> Path:
+    """Write ``net`` (and any JSON-serialisable ``extra`` state) atomically to ``path``.
+
+    ``signs_only`` drops the real weights of binary layers (see the module doc).
+    """
     path = Path(path)
+    binary = [getattr(layer, "binary", False) for layer in net.layers]
+    if signs_only and not any(binary):
+        raise ValueError("signs_only needs a network with binary layers")
     config = {"format": FORMAT, "network": network_config(net), **extra}
+    if signs_only:
+        config["signs_only"] = True
     arrays = {"config": np.frombuffer(json.dumps(config).encode(), dtype=np.uint8)}
     for i, layer in enumerate(net.layers):
         if hasattr(layer, "weight"):
-            arrays[f"layer{i}.weight"] = layer.weight
+            if not (signs_only and layer.binary):
+                arrays[f"layer{i}.weight"] = layer.weight
             if layer.binary:
                 arrays[f"layer{i}.packed"] = layer.packed
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,6 +114,13 @@ def load(path, backend: str = "rust") -> tuple[Network, dict]:
         if not hasattr(layer, "weight"):
             continue
         key = f"layer{i}.weight"
+        if config.get("signs_only") and layer.binary:
+            packed = arrays.get(f"layer{i}.packed")
+            if packed is None or packed.shape != layer.packed.shape or packed.dtype != np.dtype("<u8"):
+                raise CheckpointError(
+                    f"checkpoint {path} lacks layer{i}.packed of shape {layer.packed.shape}"
+                )
+            arrays[key] = unpack_signs(packed, layer.weight.shape)
         if key not in arrays:
             raise CheckpointError(f"checkpoint {path} lacks {key}")
         try:

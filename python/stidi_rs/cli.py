@@ -172,6 +172,23 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise ValueError(f"{out} exists: pass --force to overwrite it")
+    net, config = checkpoint.load(args.checkpoint)
+    if not any(getattr(layer, "binary", False) for layer in net.layers):
+        raise ValueError(f"{args.checkpoint} has no binary layers: there are no signs to keep")
+    extra = {k: v for k, v in config.items() if k not in ("format", "network", "signs_only")}
+    checkpoint.save(out, net, signs_only=True, **extra)
+    before, after = Path(args.checkpoint).stat().st_size, out.stat().st_size
+    print(
+        f"wrote {out}: {after:,} bytes (from {before:,}); it evaluates like "
+        f"{args.checkpoint} but cannot be resumed"
+    )
+    return 0
+
+
 def _run_records(metrics: Path, config: dict) -> list[dict]:
     """Every epoch of a run: the checkpoint's history has also the epochs run before
     a --resume (its metrics.jsonl then starts later), metrics.jsonl the test record."""
@@ -281,6 +298,14 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=None)
     p.add_argument("--json", action="store_true", help="print all metrics as JSON")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser(
+        "export",
+        help="write a checkpoint for inference only: binary layers keep just their signs",
+    )
+    p.add_argument("checkpoint")
+    p.add_argument("out")
+    p.add_argument("--force", action="store_true", help="overwrite OUT")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("plot", help="plot a run: curves, confusion, spike maps, raster")
     p.add_argument("run", help="run directory (holds metrics.jsonl and last.npz)")
     p.add_argument("--out", default=None, help="output folder (default RUN/plots)")

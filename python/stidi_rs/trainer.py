@@ -249,6 +249,12 @@ class Trainer:
         epochs still to run; the epochs already run stay as they were.
         """
         net, config = checkpoint.load(path, backend=backend)
+        if config.get("signs_only"):
+            raise checkpoint.CheckpointError(
+                f"{path} holds only the signs of its binary weights (stidi-rs export): "
+                "it evaluates like the run it came from but cannot be resumed; "
+                "resume from that run's last.npz"
+            )
         state = config.get("trainer")
         if state is None:
             raise checkpoint.CheckpointError(f"{path} holds weights but no trainer state")
