@@ -180,8 +180,9 @@ def cmd_export(args) -> int:
     if not any(getattr(layer, "binary", False) for layer in net.layers):
         raise ValueError(f"{args.checkpoint} has no binary layers: there are no signs to keep")
     extra = {k: v for k, v in config.items() if k not in ("format", "network", "signs_only")}
+    before = Path(args.checkpoint).stat().st_size  # before: OUT may be the same file
     checkpoint.save(out, net, signs_only=True, **extra)
-    before, after = Path(args.checkpoint).stat().st_size, out.stat().st_size
+    after = out.stat().st_size
     print(
         f"wrote {out}: {after:,} bytes (from {before:,}); it evaluates like "
         f"{args.checkpoint} but cannot be resumed"
