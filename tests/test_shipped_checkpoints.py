@@ -22,6 +22,9 @@ SHIPPED = {  # checkpoint -> (preset, dataset) as written in the results table
     "dense-wide-fashion-mnist.npz": ("dense-wide", "Fashion-MNIST"),
     "dense-wide-binary-mnist.npz": ("dense-wide-binary", "MNIST"),
     "dense-wide-binary-fashion-mnist.npz": ("dense-wide-binary", "Fashion-MNIST"),
+    "dense-xwide-binary-mnist.npz": ("dense-xwide-binary", "MNIST"),
+    "dense-xwide-binary-fashion-mnist.npz": ("dense-xwide-binary", "Fashion-MNIST"),
+    "csnn-wide-binary-mnist.npz": ("csnn-wide-binary", "MNIST"),
 }
 
 

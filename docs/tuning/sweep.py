@@ -19,7 +19,7 @@ from stidi_rs import datasets
 def run(x, y, val, th=(4, 30, 40), lr=(12.8, 50, 50), ch=(16, 32), reduce="mean", gamma=3.0,
         epochs=1, homeo=(0.1, 0.6, 0.01), decay=1.0, tau=40.0, binary=False, disp="exact",
         beta=1.0, normalize=True, hidden=None, tau_fall=float("inf"), dense=None, wd=0.0,
-        enc=1.0, batch=1, onoff=False, window=256.0, readout=0, swa=False):
+        enc=1.0, batch=1, onoff=False, window=256.0, readout=0, swa=False, dog=None):
     if enc != 1.0:  # pixel intensity ** enc before the spec's encoding: dim pixels fire earlier
         def recode(t):
             return 256.0 * (1.0 - (1.0 - t / 256.0) ** enc)
@@ -28,6 +28,11 @@ def run(x, y, val, th=(4, 30, 40), lr=(12.8, 50, 50), ch=(16, 32), reduce="mean"
         def squeeze(t):
             return np.where(t < 256.0, t * (window / 256.0), 256.0)
         x, val = squeeze(x), (squeeze(val[0]), val[1])
+    if dog:  # (sigma1, sigma2): ON and OFF centre-surround channels instead of pixels
+        x, val = dog_channels(x, dog), (dog_channels(val[0], dog), val[1])
+    elif onoff and not dense:  # a second, inverted channel: dark pixels fire early there
+        x, val = np.concatenate([x, 256.0 - x], 1), (np.concatenate([val[0], 256.0 - val[0]], 1),
+                                                     val[1])
     if dense:  # (units, threshold): the Dense 784-units-10 net instead of the CSNN
         x, val = x.reshape(len(x), 784), (val[0].reshape(len(val[0]), 784), val[1])
         if onoff:  # a second, inverted copy of each pixel: dark pixels fire early there
@@ -43,9 +48,9 @@ def run(x, y, val, th=(4, 30, 40), lr=(12.8, 50, 50), ch=(16, 32), reduce="mean"
                sr.Dense(hidden[0], 10, th[-1], binary=binary)] if hidden else [
             sr.Dense(c2 * 16, 10, th[-1], binary=binary)]
         net = sr.Network(
-            [sr.Conv2d(1, c1, 5, th[0], binary=binary), sr.MaxPool2d(2),
+            [sr.Conv2d(x.shape[1], c1, 5, th[0], binary=binary), sr.MaxPool2d(2),
              sr.Conv2d(c1, c2, 5, th[1], binary=binary), sr.MaxPool2d(2), *top],
-            (1, 28, 28), psp=sr.PSP(tau, tau_fall),
+            x.shape[1:], psp=sr.PSP(tau, tau_fall),
         )
     rule = sr.STiDiBP(net, lr=list(lr), conv_reduce=reduce, gamma=gamma, displacement=disp,
                       beta=beta, normalize=normalize, weight_decay=wd)
@@ -84,6 +89,25 @@ def run(x, y, val, th=(4, 30, 40), lr=(12.8, 50, 50), ch=(16, 32), reduce="mean"
         print(f"   read-out epoch {epoch + 1}: validation {scores[-1]:.4f}, "
               f"{time.time() - start:.0f} s", flush=True)
     return scores
+
+
+def dog_channels(t, sigmas):
+    """Difference-of-Gaussians ON and OFF maps of the encoded images, each rescaled
+    per image so that its strongest response fires at t = 0 (the DoG encoding of
+    Kheradpisheh et al.'s STDP networks)."""
+    img = 255.0 * (1.0 - t[:, 0] / 256.0)  # back to intensities
+    r = np.arange(-3, 4)
+    def blur(a, s):  # separable 7-tap Gaussian, zero padding
+        k = np.exp(-(r**2) / (2 * s * s))
+        k /= k.sum()
+        p = np.pad(a, ((0, 0), (3, 3), (0, 0)))
+        a = sum(w * p[:, 3 + o : 3 + o + a.shape[1]] for o, w in zip(r, k))
+        p = np.pad(a, ((0, 0), (0, 0), (3, 3)))
+        return sum(w * p[:, :, 3 + o : 3 + o + a.shape[2]] for o, w in zip(r, k))
+    d = blur(img, sigmas[0]) - blur(img, sigmas[1])
+    chans = np.stack([np.maximum(d, 0), np.maximum(-d, 0)], 1)
+    peak = chans.reshape(len(chans), -1).max(1).reshape(-1, 1, 1, 1) + 1e-9
+    return sr.encode(np.round(255.0 * chans / peak).astype(np.uint8))
 
 
 def main():

@@ -116,7 +116,11 @@ def load(path, backend: str = "rust") -> tuple[Network, dict]:
         key = f"layer{i}.weight"
         if config.get("signs_only") and layer.binary:
             packed = arrays.get(f"layer{i}.packed")
-            if packed is None or packed.shape != layer.packed.shape or packed.dtype != np.dtype("<u8"):
+            if (
+                packed is None
+                or packed.shape != layer.packed.shape
+                or packed.dtype != np.dtype("<u8")
+            ):
                 raise CheckpointError(
                     f"checkpoint {path} lacks layer{i}.packed of shape {layer.packed.shape}"
                 )
