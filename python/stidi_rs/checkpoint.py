@@ -63,8 +63,7 @@ def save(path, net: Network, signs_only: bool = False, **extra) -> Path:
     ``signs_only`` drops the real weights of binary layers (see the module doc).
     """
     path = Path(path)
-    binary = [getattr(layer, "binary", False) for layer in net.layers]
-    if signs_only and not any(binary):
+    if signs_only and not any(layer.binary for layer in net.spiking_layers):
         raise ValueError("signs_only needs a network with binary layers")
     config = {"format": FORMAT, "network": network_config(net), **extra}
     if signs_only:

@@ -177,7 +177,7 @@ def cmd_export(args) -> int:
     if out.exists() and not args.force:
         raise ValueError(f"{out} exists: pass --force to overwrite it")
     net, config = checkpoint.load(args.checkpoint)
-    if not any(getattr(layer, "binary", False) for layer in net.layers):
+    if not any(layer.binary for layer in net.spiking_layers):
         raise ValueError(f"{args.checkpoint} has no binary layers: there are no signs to keep")
     extra = {k: v for k, v in config.items() if k not in ("format", "network", "signs_only")}
     before = Path(args.checkpoint).stat().st_size  # before: OUT may be the same file
