@@ -54,31 +54,25 @@ _DENSE_RULE = {"lr": 12.8, "displacement": "causal"}
 # A 7th epoch that trains only the read-out (averaged): validation 96.22 -> 96.90 %
 # on MNIST, 80.86 -> 84.10 % on Fashion-MNIST, 92.72 -> 94.96 % binary (docs/results.md).
 _DENSE_SCHEDULE = {"epochs": 7, "lr_decay": 0.8, "readout_epochs": 1}
-_CSNN_WIDE = (
-    ("conv2d", 1, 32, 5, 4.0),
-    ("maxpool2d", 2),
-    ("conv2d", 32, 64, 5, 30.0),
-    ("maxpool2d", 2),
-    ("dense", 1024, 10, 40.0),
-)
-_CSNN = (
-    ("conv2d", 1, 16, 5, 4.0),
-    ("maxpool2d", 2),
-    ("conv2d", 16, 32, 5, 30.0),
-    ("maxpool2d", 2),
-    ("dense", 512, 10, 40.0),
-)
 
+
+def _conv_layers(c1: int, c2: int, th1: float = 4.0, th2: float = 30.0) -> tuple:
+    """conv5x5(c1) -> pool2 -> conv5x5(c2) -> pool2 -> dense(10), θ 40 at the output."""
+    return (
+        ("conv2d", 1, c1, 5, th1),
+        ("maxpool2d", 2),
+        ("conv2d", c1, c2, 5, th2),
+        ("maxpool2d", 2),
+        ("dense", c2 * 16, 10, 40.0),
+    )
+
+
+_CSNN = _conv_layers(16, 32)
+_CSNN_WIDE = _conv_layers(32, 64)
 _CSNN_HIDDEN = (*_CSNN[:4], ("dense", 512, 400, 30.0), ("dense", 400, 10, 60.0))
 # conv1 fires at t ~ 106 on Fashion-MNIST with the MNIST thresholds, after only the
 # pixels brighter than 150 (docs/results.md); higher thresholds make it wait.
-_CSNN_FASHION = (
-    ("conv2d", 1, 16, 5, 8.0),
-    ("maxpool2d", 2),
-    ("conv2d", 16, 32, 5, 40.0),
-    ("maxpool2d", 2),
-    ("dense", 512, 10, 40.0),
-)
+_CSNN_FASHION = _conv_layers(16, 32, th1=8.0, th2=40.0)
 
 # Conv updates averaged over positions: summed, they silence the conv layers within
 # a few thousand images even at lr 0.5. The rates were chosen on MNIST; on
