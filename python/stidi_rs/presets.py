@@ -77,7 +77,8 @@ _CSNN_FASHION = _conv_layers(16, 32, th1=8.0, th2=40.0)
 # Conv updates averaged over positions: summed, they silence the conv layers within
 # a few thousand images even at lr 0.5. The rates were chosen on MNIST; on
 # Fashion-MNIST halved ones (--lr 6.4,25,6.4) gave 76.30 % validation against 75.30 %
-# (72.88 against 68.42 % binary), while on MNIST they trailed (docs/results.md).
+# (72.88 against 68.42 % binary, one seed; 69.08 ± 2.80 % test over three seeds),
+# while on MNIST they trailed (docs/results.md).
 _CSNN_RULE = {"lr": [12.8, 50.0, 12.8], "conv_reduce": "mean"}
 # Even then conv2 falls silent over an epoch; the homeostasis guard keeps it alive.
 _CSNN_HOMEOSTASIS = {"low": 0.1, "high": 0.6, "delta": 0.01, "probe": 100}
