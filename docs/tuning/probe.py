@@ -6,7 +6,9 @@ Trains on the first 20,000 training images, scores training images 55,000-56,999
 Each argument is `pixels`, `pixels>N` (1 where the intensity exceeds N, else 0), a
 checkpoint path, or `init:PRESET` (an untrained net). A checkpoint path ending in
 `@decision` keeps only the spikes that come before the network's own decision on
-each image, and also prints that network's spiking read-out on the held-out images.
+each image, and also prints that network's spiking read-out on the held-out images;
+one ending in `@layers` probes every layer's spike times in turn (all its spikes),
+to show where a network gains or loses linearly readable information.
 
     STIDI_RS_DATA=../shared/datasets RAYON_NUM_THREADS=1 \\
         python docs/tuning/probe.py mnist pixels checkpoints/csnn-wide-mnist.npz init:csnn-wide
@@ -31,6 +33,14 @@ def readout_inputs(net, x, before_decision=False):
             below = np.where(below < out.min(1, keepdims=True), below, net.tmax)
         feats.append(below)
     return (net.tmax - np.concatenate(feats)) / net.tmax
+
+
+def layer_inputs(net, x):
+    """(tmax - t) / tmax of every layer, flattened (0 for no spike)."""
+    x = x.reshape(len(x), *net.input_shape)
+    chunks = [net.forward(x[lo : lo + 2000]) for lo in range(0, len(x), 2000)]
+    return [(net.tmax - np.concatenate([c[k].reshape(len(c[k]), -1) for c in chunks])) / net.tmax
+            for k in range(len(net.layers))]
 
 
 def softmax_regression(xtr, ytr, xva, yva, epochs=30, lr=0.05, decay=1e-4):
@@ -62,6 +72,16 @@ def main():
         elif name.startswith("pixels>"):  # binarised: what a layer that decides early sees
             cut = int(name[7:])
             ftr, fva = ((images[s].reshape(-1, 784) > cut).astype(float) for s in (tr, va))
+        elif name.endswith("@layers"):
+            path = name.removesuffix("@layers")
+            net = (presets.get(path[5:]).build(seed=0) if path.startswith("init:")
+                   else checkpoint.load(path)[0])
+            for k, (ftr, fva) in enumerate(zip(layer_inputs(net, x[tr]), layer_inputs(net, x[va]))):
+                train, val = softmax_regression(ftr, labels[tr], fva, labels[va])
+                print(f"{path} layer {k} ({type(net.layers[k]).__name__}, {ftr.shape[1]} units): "
+                      f"train {train:.4f}, held-out {val:.4f} ({time.time() - start:.0f} s)",
+                      flush=True)
+            continue
         else:
             path, cut = name.removesuffix("@decision"), name.endswith("@decision")
             net = (presets.get(path[5:]).build(seed=0) if path.startswith("init:")
