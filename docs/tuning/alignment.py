@@ -10,12 +10,14 @@ its own (normalised) target instead of chaining the gradient, and with the
 causal displacement puts 1/tau_rise in place of eps'. This script prints the
 cosine between STiDi-BP's weight change and the negative exact gradient, per
 layer, per image (mean over images with both non-zero) and for the sum over the
-images (what a batch of them would do), next to two variants that swap in one
-exact piece at a time.
+images (what a batch of them would do), next to two variants that swap in the
+exact pieces one after the other; the last differs from the gradient only by the
+per-image normalisation (and the clipping of targets to [0, T]), so its
+per-image cosine of 1 checks the script.
 
-    STIDI_RS_DATA=../shared/datasets \\
-        python docs/tuning/alignment.py checkpoints/dense-fashion-mnist.npz fashion-mnist
-        python docs/tuning/alignment.py init:dense fashion-mnist   # the untrained preset
+    export STIDI_RS_DATA=../shared/datasets
+    python docs/tuning/alignment.py checkpoints/dense-fashion-mnist.npz fashion-mnist
+    python docs/tuning/alignment.py init:dense fashion-mnist  # the untrained preset
 """
 
 import sys
