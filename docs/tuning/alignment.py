@@ -91,7 +91,7 @@ def main():
         per = (a[ok] * b[ok]).sum(1) / (na[ok] * nb[ok])
         sa, sb = a.sum(0), b.sum(0)
         whole = sa @ sb / (np.linalg.norm(sa) * np.linalg.norm(sb))
-        return per.mean(), ok.sum(), whole
+        return per.mean(), per.min(), ok.sum(), whole
 
     print(
         f"{path} on {n} {dataset} training images 55,000+: "
@@ -100,12 +100,18 @@ def main():
     )
     for name, (d_w2, d_w1) in variants.items():
         for layer, d, g in (("output", d_w2, true_w2), ("hidden", d_w1, true_w1)):
-            per, count, whole = cosines(d, g)
+            per, low, count, whole = cosines(d, g)
             print(
-                f"  {name}, {layer}: cosine {per:.3f} per image ({count} images), "
-                f"{whole:.3f} summed over the images",
+                f"  {name}, {layer}: cosine {per:.3f} per image (lowest {low:.3f}, "
+                f"{count} images), {whole:.3f} summed over the images",
                 flush=True,
             )
+    for layer, g in (("output", true_w2), ("hidden", true_w1)):
+        norms = np.linalg.norm(g.reshape(n, -1), axis=1)  # how unevenly images weigh in
+        print(
+            f"  exact gradient, {layer}: the largest image's share of the summed "
+            f"per-image norms {norms.max() / norms.sum():.3f}"
+        )
 
 
 if __name__ == "__main__":

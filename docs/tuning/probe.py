@@ -35,6 +35,13 @@ def readout_inputs(net, x, before_decision=False):
     return (net.tmax - np.concatenate(feats)) / net.tmax
 
 
+def load(path):
+    """A checkpoint, or `init:PRESET` for that preset's untrained net."""
+    if path.startswith("init:"):
+        return presets.get(path[5:]).build(seed=0)
+    return checkpoint.load(path)[0]
+
+
 def layer_inputs(net, x):
     """(tmax - t) / tmax of every layer, flattened (0 for no spike)."""
     x = x.reshape(len(x), *net.input_shape)
@@ -74,8 +81,7 @@ def main():
             ftr, fva = ((images[s].reshape(-1, 784) > cut).astype(float) for s in (tr, va))
         elif name.endswith("@layers"):
             path = name.removesuffix("@layers")
-            net = (presets.get(path[5:]).build(seed=0) if path.startswith("init:")
-                   else checkpoint.load(path)[0])
+            net = load(path)
             for k, (ftr, fva) in enumerate(zip(layer_inputs(net, x[tr]), layer_inputs(net, x[va]))):
                 train, val = softmax_regression(ftr, labels[tr], fva, labels[va])
                 print(f"{path} layer {k} ({type(net.layers[k]).__name__}, {ftr.shape[1]} units): "
@@ -84,8 +90,7 @@ def main():
             continue
         else:
             path, cut = name.removesuffix("@decision"), name.endswith("@decision")
-            net = (presets.get(path[5:]).build(seed=0) if path.startswith("init:")
-                   else checkpoint.load(path)[0])
+            net = load(path)
             ftr, fva = readout_inputs(net, x[tr], cut), readout_inputs(net, x[va], cut)
             if cut:  # the network's decision rule (ties and silence included)
                 own = (net.predict(x[va].reshape(-1, *net.input_shape)) == labels[va]).mean()
