@@ -13,20 +13,21 @@ still learn. Prints validation accuracy (training images 55,000-56,999, as
 sweep.py) after every epoch, and the running training accuracy.
 
     STIDI_RS_DATA=../shared/datasets RAYON_NUM_THREADS=1 \\
-        python docs/tuning/gradient.py fashion-mnist 400 3 [adam lr 1e-3] [batch 16] [ce:S]
+        python docs/tuning/gradient.py fashion-mnist 400 3 [--lr 1e-3] [--batch 16] \\
+            [--ce S] [--th 30,60]
 
-`ce:S` swaps E for the cross-entropy of softmax(-t_k / S) over the output spike
+`--ce S` swaps E for the cross-entropy of softmax(-t_k / S) over the output spike
 times (the loss of Mostafa's and Comsa et al.'s exact-gradient TTFS nets).
 """
 
-import sys
+import argparse
 import time
 
 import numpy as np
 import stidi_rs as sr
 from stidi_rs import datasets, reference
 
-TAU, TMAX, GAMMA, TH1, TH2 = 40.0, 256.0, 3.0, 30.0, 60.0
+TAU, TMAX, GAMMA = 40.0, 256.0, 3.0
 
 
 def eps(s):  # the PL-PSP with tau_fall = inf, and its slope from the left
@@ -47,7 +48,7 @@ def inv_slope(t_in, t_out, w, threshold):
     return np.where(t_out < TMAX, 1.0 / np.maximum(v, 1e-3), TMAX / threshold)
 
 
-def gradients(x, h, o, y, w1, w2, ce=None):
+def gradients(x, h, o, y, w1, w2, ce=None, th=(30.0, 60.0)):
     """dE/dw2, dE/dw1 summed over the batch, and the number of images with an error.
 
     With `ce` (a time scale s), E is instead the cross-entropy of softmax(-t_k / s)."""
@@ -59,15 +60,15 @@ def gradients(x, h, o, y, w1, w2, ce=None):
         dE_do = -p / ce
     else:
         dE_do = -e / TMAX
-    g_o = (dE_do * inv_slope(h, o, w2, TH2)).astype(np.float32)  # dE/dt_k / V_k'
+    g_o = (dE_do * inv_slope(h, o, w2, th[1])).astype(np.float32)  # dE/dt_k / V_k'
     d_w2 = -np.einsum("bk,bkh->kh", g_o, eps(lags(o, h)))
     dE_dh = np.einsum("bk,kh,bkh->bh", g_o, w2, deps(lags(o, h)))
-    g_h = (dE_dh * inv_slope(x, h, w1, TH1)).astype(np.float32)
+    g_h = (dE_dh * inv_slope(x, h, w1, th[0])).astype(np.float32)
     d_w1 = -np.einsum("bh,bhi->hi", g_h, eps(lags(h, x)))
     return d_w1, d_w2, int((np.abs(e).sum(1) > 0).sum())
 
 
-def check(net, x, y, ce):
+def check(net, x, y, ce, th):
     """Central finite differences of the loss against `gradients`, for the largest
     gradient entry of each layer on two images: the script's own self-check."""
     rows = np.arange(len(y))
@@ -82,7 +83,9 @@ def check(net, x, y, ce):
     h, o = net.forward(x)
     target = reference.output_targets(o, y, GAMMA, TMAX)  # held fixed, as in E
     w = [np.asarray(layer.weight, np.float32) for layer in net.layers]
-    grads = gradients(x.astype(np.float32), h.astype(np.float32), o.astype(np.float32), y, *w, ce)
+    grads = gradients(
+        x.astype(np.float32), h.astype(np.float32), o.astype(np.float32), y, *w, ce, th
+    )
     for layer, g in zip(net.layers, grads[:2]):
         w0 = np.asarray(layer.weight).copy()
         at = np.unravel_index(np.abs(g).argmax(), g.shape)
@@ -98,16 +101,30 @@ def check(net, x, y, ce):
 
 
 def main():
-    dataset, hidden, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    lr = float(sys.argv[4]) if len(sys.argv) > 4 else 1e-3
-    batch = int(sys.argv[5]) if len(sys.argv) > 5 else 16
-    ce = float(sys.argv[6][3:]) if len(sys.argv) > 6 and sys.argv[6].startswith("ce:") else None
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dataset")
+    ap.add_argument("hidden", type=int)
+    ap.add_argument("epochs", type=int)
+    ap.add_argument("--lr", type=float, default=1e-3, help="Adam step size")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--ce", type=float, help="cross-entropy of softmax(-t_k / CE) instead of E")
+    ap.add_argument("--th", default="30,60", help="hidden and output thresholds")
+    args = ap.parse_args()
+    dataset, hidden, epochs, lr, batch, ce = (
+        args.dataset,
+        args.hidden,
+        args.epochs,
+        args.lr,
+        args.batch,
+        args.ce,
+    )
+    th = tuple(float(v) for v in args.th.split(","))
     images, labels = datasets.load(dataset, "train")
     x_all = sr.encode(images.reshape(len(images), -1)).astype(np.float32)
     x, y = x_all[:55000], labels[:55000]
     xv, yv = x_all[55000:57000], labels[55000:57000]
     net = sr.Network(
-        [sr.Dense(784, hidden, TH1), sr.Dense(hidden, 10, TH2)],
+        [sr.Dense(784, hidden, th[0]), sr.Dense(hidden, 10, th[1])],
         (784,),
         psp=sr.PSP(TAU, float("inf")),
         seed=0,
@@ -115,7 +132,7 @@ def main():
     params = [np.asarray(layer.weight, np.float64).copy() for layer in net.layers]
     m = [np.zeros_like(p) for p in params]
     v = [np.zeros_like(p) for p in params]
-    check(net, x[:2].astype(np.float64), y[:2], ce)
+    check(net, x[:2].astype(np.float64), y[:2], ce, th)
     step, start = 0, time.time()
     for epoch in range(epochs):
         order = np.random.default_rng([0, epoch]).permutation(len(x))
@@ -125,7 +142,7 @@ def main():
             h, o = (t.astype(np.float32) for t in net.forward(x[idx]))
             right += int((o.argmin(1) == y[idx]).sum())
             w1, w2 = (p.astype(np.float32) for p in params)
-            d_w1, d_w2, n_err = gradients(x[idx], h, o, y[idx], w1, w2, ce)
+            d_w1, d_w2, n_err = gradients(x[idx], h, o, y[idx], w1, w2, ce, th)
             wrong += n_err
             step += 1
             for i, g in enumerate((d_w1 / len(idx), d_w2 / len(idx))):
