@@ -14,7 +14,7 @@ sweep.py) after every epoch, and the running training accuracy.
 
     STIDI_RS_DATA=../shared/datasets RAYON_NUM_THREADS=1 \\
         python docs/tuning/gradient.py fashion-mnist 400 3 [--lr 1e-3] [--batch 16] \\
-            [--ce S] [--th 30,60]
+            [--ce S] [--th 30,60] [--tau 40]
 
 `--ce S` swaps E for the cross-entropy of softmax(-t_k / S) over the output spike
 times (the loss of Mostafa's and Comsa et al.'s exact-gradient TTFS nets).
@@ -27,7 +27,7 @@ import numpy as np
 import stidi_rs as sr
 from stidi_rs import datasets, reference
 
-TAU, TMAX, GAMMA = 40.0, 256.0, 3.0
+TAU, TMAX, GAMMA = 40.0, 256.0, 3.0  # TAU: --tau
 
 
 def eps(s):  # the PL-PSP with tau_fall = inf, and its slope from the left
@@ -109,7 +109,10 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--ce", type=float, help="cross-entropy of softmax(-t_k / CE) instead of E")
     ap.add_argument("--th", default="30,60", help="hidden and output thresholds")
+    ap.add_argument("--tau", type=float, default=TAU, help="the PSP's rise time tau_rise")
     args = ap.parse_args()
+    global TAU
+    TAU = args.tau
     dataset, hidden, epochs, lr, batch, ce = (
         args.dataset,
         args.hidden,
