@@ -101,6 +101,7 @@ def check(net, x, y, ce, th):
 
 
 def main():
+    global TAU
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dataset")
     ap.add_argument("hidden", type=int)
@@ -111,7 +112,6 @@ def main():
     ap.add_argument("--th", default="30,60", help="hidden and output thresholds")
     ap.add_argument("--tau", type=float, default=TAU, help="the PSP's rise time tau_rise")
     args = ap.parse_args()
-    global TAU
     TAU = args.tau
     dataset, hidden, epochs, lr, batch, ce = (
         args.dataset,
