@@ -110,6 +110,7 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--ce", type=float, help="cross-entropy of softmax(-t_k / CE) instead of E")
     ap.add_argument("--th", default="30,60", help="hidden and output thresholds")
+    ap.add_argument("--train-size", type=int, default=55000, help="the first N images")
     ap.add_argument("--tau", type=float, default=TAU, help="the PSP's rise time tau_rise")
     args = ap.parse_args()
     TAU = args.tau
@@ -124,7 +125,7 @@ def main():
     th = tuple(float(v) for v in args.th.split(","))
     images, labels = datasets.load(dataset, "train")
     x_all = sr.encode(images.reshape(len(images), -1)).astype(np.float32)
-    x, y = x_all[:55000], labels[:55000]
+    x, y = x_all[: args.train_size], labels[: args.train_size]
     xv, yv = x_all[55000:57000], labels[55000:57000]
     net = sr.Network(
         [sr.Dense(784, hidden, th[0]), sr.Dense(hidden, 10, th[1])],
@@ -156,10 +157,12 @@ def main():
             for layer, p in zip(net.layers, params):
                 layer.weight = p
         val = float((net.predict(xv) == yv).mean())
+        fit = float((net.predict(x[:2000]) == y[:2000]).mean())  # as sweep.py's
         fired = [round(float((t < TMAX).mean()), 2) for t in net.forward(xv[:500])]
         print(
-            f"epoch {epoch + 1}: validation {val:.4f}, running train first-spike "
-            f"{right / len(x):.4f}, images with an output error {wrong / len(x):.3f}, "
+            f"epoch {epoch + 1}: validation {val:.4f}, train[:2000] {fit:.4f}, running "
+            f"train first-spike {right / len(x):.4f}, "
+            f"images with an output error {wrong / len(x):.3f}, "
             f"fired {fired}, {time.time() - start:.0f} s",
             flush=True,
         )
