@@ -47,12 +47,11 @@ def run(x, y, val, th=(4, 30, 40), lr=(12.8, 50, 50), ch=(16, 32), reduce="mean"
     else:
         c1, c2 = ch
         # `hidden`: (units, threshold) of a Dense layer before the output (th[-1]'s).
-        n_top = c2 * (16 if pool2 else 64)  # pool2=False: the output sees conv2's 8x8 maps
-        # conv2=False: conv1 -> pool1 -> `hidden` -> output, no second conv layer
+        # pool2=False: the output sees conv2's 8x8 maps; conv2=False: conv1 -> pool1 ->
+        # (`hidden` ->) output, no second conv layer
+        n_top = (c2 * (16 if pool2 else 64)) if conv2 else c1 * 144
         middle = [sr.Conv2d(c1, c2, 5, th[1], binary=binary, init=init),
                   *([sr.MaxPool2d(2)] if pool2 else [])] if conv2 else []
-        if not conv2:
-            n_top = c1 * 144
         top = [sr.Dense(n_top, hidden[0], hidden[1], binary=binary, init=init),
                sr.Dense(hidden[0], 10, th[-1], binary=binary)] if hidden else [
             sr.Dense(n_top, 10, th[-1], binary=binary)]
