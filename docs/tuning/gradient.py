@@ -45,6 +45,7 @@ def lags(t_out, t_in):
 def inv_slope(t_in, t_out, w, threshold):
     """1 / V'(t_out) from the left, (B, n), (B, m) -> (B, m); Eq. 9's for silent ones."""
     v = (w[None] * deps(lags(t_out, t_in))).sum(-1)
+    # a crossing at a near-flat V would give an unbounded step; floor the slope
     return np.where(t_out < TMAX, 1.0 / np.maximum(v, 1e-3), TMAX / threshold)
 
 
@@ -114,14 +115,8 @@ def main():
     ap.add_argument("--tau", type=float, default=TAU, help="the PSP's rise time tau_rise")
     args = ap.parse_args()
     TAU = args.tau
-    dataset, hidden, epochs, lr, batch, ce = (
-        args.dataset,
-        args.hidden,
-        args.epochs,
-        args.lr,
-        args.batch,
-        args.ce,
-    )
+    dataset, hidden, epochs = args.dataset, args.hidden, args.epochs
+    lr, batch, ce = args.lr, args.batch, args.ce
     th = tuple(float(v) for v in args.th.split(","))
     images, labels = datasets.load(dataset, "train")
     x_all = sr.encode(images.reshape(len(images), -1)).astype(np.float32)
