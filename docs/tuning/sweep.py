@@ -20,7 +20,7 @@ def run(x, y, val, th=(4, 30, 40), lr=(12.8, 50, 50), ch=(16, 32), reduce="mean"
         epochs=1, homeo=(0.1, 0.6, 0.01), decay=1.0, tau=40.0, binary=False, disp="exact",
         beta=1.0, normalize=True, hidden=None, tau_fall=float("inf"), dense=None, wd=0.0,
         enc=1.0, batch=1, onoff=False, window=256.0, readout=0, swa=False, dog=None,
-        init=None, seed=0, pool2=True, conv2=True):
+        init=None, seed=0, pool2=True, conv2=True, bias=0):
     # init: (low, high) of the uniform initial weights of the layers below the output;
     # None keeps the layers' default
     if enc != 1.0:  # pixel intensity ** enc before the spec's encoding: dim pixels fire earlier
@@ -40,6 +40,9 @@ def run(x, y, val, th=(4, 30, 40), lr=(12.8, 50, 50), ch=(16, 32), reduce="mean"
         x, val = x.reshape(len(x), 784), (val[0].reshape(len(val[0]), 784), val[1])
         if onoff:  # a second, inverted copy of each pixel: dark pixels fire early there
             x, val = np.hstack([x, 256.0 - x]), (np.hstack([val[0], 256.0 - val[0]]), val[1])
+        if bias:  # `bias` extra inputs that fire at t = 0 on every image: a learnable bias ramp
+            x, val = (np.hstack([x, np.zeros((len(x), bias))]),
+                      (np.hstack([val[0], np.zeros((len(val[0]), bias))]), val[1]))
         n_in = x.shape[1]
         net = sr.Network([sr.Dense(n_in, dense[0], dense[1], binary=binary, init=init),
                           sr.Dense(dense[0], 10, th[-1], binary=binary)],
