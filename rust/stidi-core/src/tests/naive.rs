@@ -202,22 +202,24 @@ pub(crate) fn forward(
     out
 }
 
-/// Whether some pooling window's earliest two input spikes (before `tmax`) lie
-/// within `tol` of each other. Which one wins such a window, and so gets the
-/// displacement, then rests on rounding that differs between implementations.
+/// Whether, in the forward pass of `x`, some pooling window's earliest two input
+/// spikes (before `tmax`) lie within 1e-9 of each other. Which one wins such a
+/// window, and so gets the displacement, then rests on rounding that differs
+/// between implementations.
 pub(crate) fn pool_near_tie(
     layers: &[Layer],
-    times: &[Vec<f64>],
+    weights: &[Vec<f64>],
     x: &[f64],
+    psp: &Psp,
     tmax: f64,
-    tol: f64,
 ) -> bool {
+    let times = forward(layers, weights, x, psp, tmax);
     layers.iter().enumerate().any(|(l, layer)| {
         let xin = if l == 0 { x } else { &times[l - 1] };
         windows(layer).iter().any(|win| {
             let mut t: Vec<f64> = win.iter().map(|&i| xin[i]).filter(|&v| v < tmax).collect();
             t.sort_by(f64::total_cmp);
-            t.len() > 1 && t[1] - t[0] <= tol
+            t.len() > 1 && t[1] - t[0] <= 1e-9
         })
     })
 }
