@@ -16,6 +16,7 @@ SHIPPED = {  # checkpoint -> (preset, dataset) as written in the results table
     "csnn-fashion-mnist.npz": ("csnn", "Fashion-MNIST"),
     "csnn-binary-fashion-mnist.npz": ("csnn-binary", "Fashion-MNIST"),
     "dense-mnist.npz": ("dense", "MNIST"),
+    "dense-long-mnist.npz": ("dense-long", "MNIST"),
     "dense-binary-mnist.npz": ("dense-binary", "MNIST"),
     "dense-fashion-mnist.npz": ("dense", "Fashion-MNIST"),
     "dense-binary-fashion-mnist.npz": ("dense-binary", "Fashion-MNIST"),

@@ -1,11 +1,11 @@
 """Named model configurations: architecture, thresholds and learning rule.
 
 Status (see docs/results.md): ``dense`` reaches about 96.5 % on MNIST in seven
-epochs (the last trains only the read-out). The CSNN presets are the intended
-paper-scale architecture, with thresholds chosen so that every layer fires at
-initialisation, conv updates averaged over positions and a homeostasis guard that
-keeps the conv layers from falling silent; they are coarsely tuned and stay below
-the paper's accuracy.
+epochs (the last trains only the read-out), ``dense-long`` about 97 % in 61. The
+CSNN presets are the intended paper-scale architecture, with thresholds chosen so
+that every layer fires at initialisation, conv updates averaged over positions and
+a homeostasis guard that keeps the conv layers from falling silent; they are
+coarsely tuned and stay below the paper's accuracy.
 """
 
 from __future__ import annotations
@@ -54,6 +54,9 @@ _DENSE_RULE = {"lr": 12.8, "displacement": "causal"}
 # A 7th epoch that trains only the read-out (averaged): validation 96.22 -> 96.90 %
 # on MNIST, 80.86 -> 84.10 % on Fashion-MNIST, 92.72 -> 94.96 % binary (docs/results.md).
 _DENSE_SCHEDULE = {"epochs": 7, "lr_decay": 0.8, "readout_epochs": 1}
+# Trained longer the dense net keeps fitting: on MNIST 60 epochs at x0.97 and the
+# read-out epoch gave 97.38 % validation against 96.90 % (docs/results.md, session 9).
+_DENSE_LONG_SCHEDULE = {"epochs": 61, "lr_decay": 0.97, "readout_epochs": 1}
 
 
 def _conv_layers(c1: int, c2: int, th1: float = 4.0, th2: float = 30.0) -> tuple:
@@ -87,9 +90,13 @@ _CSNN_HOMEOSTASIS = {"low": 0.1, "high": 0.6, "delta": 0.01, "probe": 100}
 _CSNN_HIDDEN_RULE = {**_CSNN_RULE, "lr": [12.8, 50.0, 12.8, 12.8], "displacement": "causal"}
 
 
-def _dense(name: str, hidden: int, binary: bool = False) -> Preset:
-    """A Dense 784-hidden-10 preset (θ 30, 60) with the shared rule and schedule."""
+def _dense(
+    name: str, hidden: int, binary: bool = False, schedule: dict = _DENSE_SCHEDULE
+) -> Preset:
+    """A Dense 784-hidden-10 preset (θ 30, 60) with the shared rule."""
     kind = "binary forward weights" if binary else "per-sample updates"
+    if schedule is not _DENSE_SCHEDULE:
+        kind += f", {schedule['epochs'] - 1} epochs at x{schedule['lr_decay']}"
     layers = (("dense", 784, hidden, 30.0), ("dense", hidden, 10, 60.0))
     return Preset(
         name,
@@ -98,7 +105,7 @@ def _dense(name: str, hidden: int, binary: bool = False) -> Preset:
         (784,),
         _DENSE_RULE,
         binary=binary,
-        **_DENSE_SCHEDULE,
+        **schedule,
     )
 
 
@@ -135,6 +142,7 @@ PRESETS = {
     for p in [
         _dense("dense", 400),
         _dense("dense-binary", 400, binary=True),
+        _dense("dense-long", 400, schedule=_DENSE_LONG_SCHEDULE),
         # 1,000 hidden neurons on Fashion-MNIST: 85.54 % validation and 84.26 % test
         # against 84.10 and 82.97 % for 400 (docs/results.md).
         _dense("dense-wide", 1000),
