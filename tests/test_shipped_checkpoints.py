@@ -18,6 +18,7 @@ SHIPPED = {  # checkpoint -> (preset, dataset) as written in the results table
     "dense-mnist.npz": ("dense", "MNIST"),
     "dense-long-mnist.npz": ("dense-long", "MNIST"),
     "dense-binary-mnist.npz": ("dense-binary", "MNIST"),
+    "dense-binary-long-mnist.npz": ("dense-binary-long", "MNIST"),
     "dense-fashion-mnist.npz": ("dense", "Fashion-MNIST"),
     "dense-binary-fashion-mnist.npz": ("dense-binary", "Fashion-MNIST"),
     "dense-wide-fashion-mnist.npz": ("dense-wide", "Fashion-MNIST"),
