@@ -1,5 +1,6 @@
 """Checkpoints, resume, evaluation metrics and the command line."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -305,6 +306,15 @@ def test_presets_build():
         assert all(layer.binary == preset.binary for layer in net.spiking_layers)
     with pytest.raises(ValueError, match="unknown preset"):
         presets.get("nope")
+
+
+@pytest.mark.parametrize("short", ["dense", "dense-binary"])
+def test_long_presets_only_lengthen_the_schedule(short):
+    """docs/results.md ran the *-long rows as `--preset SHORT --epochs 61 --lr-decay 0.97`."""
+    long = presets.get(f"{short}-long")
+    assert (long.epochs, long.lr_decay, long.readout_epochs) == (61, 0.97, 1)
+    same = dict(epochs=61, lr_decay=0.97, name=long.name, description=long.description)
+    assert dataclasses.replace(presets.get(short), **same) == long
 
 
 def test_cli_rejects_bad_flags_with_one_line_reason():
