@@ -317,6 +317,17 @@ def test_long_presets_only_lengthen_the_schedule(short):
     assert dataclasses.replace(presets.get(short), **same) == long
 
 
+@pytest.mark.parametrize("name", ["csnn-shallow", "csnn-shallow-wide", "csnn-shallow-binary"])
+def test_shallow_presets_are_conv1_and_its_pool_read_out_directly(name):
+    """docs/results.md tuned them as the sweep's `conv2=False` net: conv1, pool1, output."""
+    net = presets.get(name).build()
+    conv, pool, out = net.layers
+    assert (type(conv), type(pool), type(out)) == (sr.Conv2d, sr.MaxPool2d, sr.Dense)
+    assert (conv.in_channels, conv.kernel_size, conv.threshold) == (1, 5, 4.0)
+    assert out.in_features == conv.out_channels * 12 * 12 and out.threshold == 100.0
+    assert net.spiking_layers == [conv, out]
+
+
 def test_cli_rejects_bad_flags_with_one_line_reason():
     proc = subprocess.run(
         [sys.executable, "-m", "stidi_rs.cli", "train", "--epochs", "0"],
