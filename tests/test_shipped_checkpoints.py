@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = {  # checkpoint -> (preset, dataset) as written in the results table
     "csnn-mnist.npz": ("csnn", "MNIST"),
     "csnn-wide-mnist.npz": ("csnn-wide", "MNIST"),
+    "csnn-shallow-mnist.npz": ("csnn-shallow", "MNIST"),
     "csnn-binary-mnist.npz": ("csnn-binary", "MNIST"),
     "csnn-fashion-mnist.npz": ("csnn", "Fashion-MNIST"),
     "csnn-binary-fashion-mnist.npz": ("csnn-binary", "Fashion-MNIST"),

@@ -317,7 +317,7 @@ def test_long_presets_only_lengthen_the_schedule(short):
     assert dataclasses.replace(presets.get(short), **same) == long
 
 
-@pytest.mark.parametrize("name", ["csnn-shallow", "csnn-shallow-wide", "csnn-shallow-binary"])
+@pytest.mark.parametrize("name", ["csnn-shallow", "csnn-shallow-wide"])
 def test_shallow_presets_are_conv1_and_its_pool_read_out_directly(name):
     """docs/results.md tuned them as the sweep's `conv2=False` net: conv1, pool1, output."""
     net = presets.get(name).build()

@@ -221,13 +221,6 @@ PRESETS = {
             lr_decay=0.85,
         ),
         _csnn(
-            "csnn-shallow-binary",
-            "csnn-shallow with binary forward weights",
-            _CSNN_SHALLOW,
-            binary=True,
-            rule=_CSNN_SHALLOW_RULE,
-        ),
-        _csnn(
             "csnn-hidden",
             "the CSNN with a Dense(400) hidden layer (below csnn so far)",
             _CSNN_HIDDEN,
