@@ -308,12 +308,15 @@ def test_presets_build():
         presets.get("nope")
 
 
-@pytest.mark.parametrize("short", ["dense", "dense-binary"])
-def test_long_presets_only_lengthen_the_schedule(short):
-    """docs/results.md ran the *-long rows as `--preset SHORT --epochs 61 --lr-decay 0.97`."""
+@pytest.mark.parametrize(
+    "short, epochs, decay",
+    [("dense", 61, 0.97), ("dense-binary", 61, 0.97), ("dense-wide-binary", 31, 0.95)],
+)
+def test_long_presets_only_lengthen_the_schedule(short, epochs, decay):
+    """docs/results.md ran the *-long rows as `--preset SHORT --epochs E --lr-decay D`."""
     long = presets.get(f"{short}-long")
-    assert (long.epochs, long.lr_decay, long.readout_epochs) == (61, 0.97, 1)
-    same = dict(epochs=61, lr_decay=0.97, name=long.name, description=long.description)
+    assert (long.epochs, long.lr_decay, long.readout_epochs) == (epochs, decay, 1)
+    same = dict(epochs=epochs, lr_decay=decay, name=long.name, description=long.description)
     assert dataclasses.replace(presets.get(short), **same) == long
 
 
