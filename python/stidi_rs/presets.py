@@ -76,12 +76,19 @@ def _conv_layers(c1: int, c2: int, th1: float = 4.0, th2: float = 30.0) -> tuple
 
 
 _CSNN = _conv_layers(16, 32)
+
+
 # One conv layer read out directly. conv2 is where Fashion-MNIST loses information
 # (session 7); without it, 82.95 % validation after 2 + 1 epochs against 76.80 % with
 # it. On MNIST, 20 + 1 epochs at x0.85 give 97.52 % validation (97.58 % with 32
 # channels) against 97.16 % for csnn-wide (docs/results.md, session 10).
-_CSNN_SHALLOW = (("conv2d", 1, 16, 5, 4.0), ("maxpool2d", 2), ("dense", 16 * 144, 10, 100.0))
-_CSNN_SHALLOW_WIDE = (("conv2d", 1, 32, 5, 4.0), ("maxpool2d", 2), ("dense", 32 * 144, 10, 100.0))
+def _shallow_layers(c1: int) -> tuple:
+    """conv5x5(c1), θ 4 -> pool2 -> dense(10), θ 100 for the 12x12xc1 fan-in."""
+    return (("conv2d", 1, c1, 5, 4.0), ("maxpool2d", 2), ("dense", c1 * 144, 10, 100.0))
+
+
+_CSNN_SHALLOW = _shallow_layers(16)
+_CSNN_SHALLOW_WIDE = _shallow_layers(32)
 _CSNN_WIDE = _conv_layers(32, 64)
 _CSNN_HIDDEN = (*_CSNN[:4], ("dense", 512, 400, 30.0), ("dense", 400, 10, 60.0))
 # conv1 fires at t ~ 106 on Fashion-MNIST with the MNIST thresholds, after only the
