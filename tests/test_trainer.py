@@ -320,8 +320,11 @@ def test_long_presets_only_lengthen_the_schedule(short, epochs, decay):
     assert dataclasses.replace(presets.get(short), **same) == long
 
 
-@pytest.mark.parametrize("name", ["csnn-shallow", "csnn-shallow-wide"])
-def test_shallow_presets_are_conv1_and_its_pool_read_out_directly(name):
+@pytest.mark.parametrize(
+    "name, binary",
+    [("csnn-shallow", False), ("csnn-shallow-wide", False), ("csnn-shallow-wide-binary", True)],
+)
+def test_shallow_presets_are_conv1_and_its_pool_read_out_directly(name, binary):
     """docs/results.md tuned them as the sweep's `conv2=False` net: conv1, pool1, output."""
     net = presets.get(name).build()
     conv, pool, out = net.layers
@@ -329,6 +332,7 @@ def test_shallow_presets_are_conv1_and_its_pool_read_out_directly(name):
     assert (conv.in_channels, conv.kernel_size, conv.threshold) == (1, 5, 4.0)
     assert out.in_features == conv.out_channels * 12 * 12 and out.threshold == 100.0
     assert net.spiking_layers == [conv, out]
+    assert conv.binary == out.binary == binary
 
 
 def test_cli_rejects_bad_flags_with_one_line_reason():
