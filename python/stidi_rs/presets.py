@@ -3,7 +3,7 @@
 Status (see docs/results.md): ``dense`` reaches about 96.5 % on MNIST in seven
 epochs (the last trains only the read-out), ``dense-long`` about 97 % in 61, and
 ``csnn-shallow-wide`` (one conv layer read out directly) about 97.5 % in 21, and
-85 % on Fashion-MNIST (one seed). The CSNN presets have thresholds chosen so that
+85 % on Fashion-MNIST. The CSNN presets have thresholds chosen so that
 every layer fires at initialisation, conv updates averaged over positions and a
 homeostasis guard that keeps the conv layers from falling silent; they are
 coarsely tuned and stay below the paper's accuracy.
