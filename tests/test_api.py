@@ -150,6 +150,18 @@ def test_bad_labels_are_named():
         (lambda: sr.Network([sr.Conv2d(2, 2, 3, 1.0)], (1, 8, 8)), "2 input channels, got 1"),
         (lambda: sr.Network([sr.Conv2d(1, 2, 3, 1.0)], (64,)), r"needs a \(C, H, W\) input"),
         (lambda: sr.Network([], (4,)), "at least one layer"),
+        (lambda: sr.Dense(4, 2, 1.0, skip=-1), "skip must be a layer index"),
+        (lambda: sr.Dense(4, 2, 1.0, skip=True), "skip must be a layer index"),
+        (
+            lambda: sr.Network([sr.Dense(4, 3, 1.0), sr.Dense(3, 2, 1.0, skip=0)], (4,)),
+            "skip=0 must name a layer below its input layer 0",
+        ),
+        (
+            lambda: sr.Network(
+                [sr.Dense(4, 3, 1.0), sr.Dense(3, 3, 1.0), sr.Dense(3, 2, 1.0, skip=0)], (4,)
+            ),
+            r"expects 3 input features, got 6 \(input shape \(3,\) and layer 0's \(3,\)\)",
+        ),
         (lambda: sr.PSP(0.0), "tau_rise must be positive"),
         (lambda: sr.PSP(10.0, -1.0), "tau_fall must be positive"),
         (lambda: sr.Network([sr.Dense(4, 2, 1.0)], (4,), tmax=math.inf), "tmax"),

@@ -41,7 +41,9 @@ def network_case(draw):
     tmax = draw(st.sampled_from([256.0, 100.0]))
     tau_rise = draw(st.floats(5.0, 60.0))
     tau_fall = draw(st.one_of(st.just(math.inf), st.floats(5.0, 100.0)))
-    shape_kind = draw(st.sampled_from(["dense", "conv", "conv-pool-conv-pool"]))
+    shape_kind = draw(
+        st.sampled_from(["dense", "conv", "conv-pool-conv-pool", "dense-skip", "conv-skip"])
+    )
     bin_ = lambda: draw(st.booleans())  # noqa: E731
     if shape_kind == "dense":
         n_in, hidden = draw(st.integers(2, 20)), draw(st.integers(1, 12))
@@ -58,15 +60,31 @@ def network_case(draw):
             sr.Conv2d(c, co, k, draw(st.floats(0.5, 3.0)), binary=bin_()),
             sr.Dense(co * (h - k + 1) ** 2, 3, draw(st.floats(0.5, 4.0)), binary=bin_()),
         ]
+    elif shape_kind == "dense-skip":  # the output also reads the first hidden layer
+        n_in, h1, h2 = draw(st.integers(2, 20)), draw(st.integers(1, 12)), draw(st.integers(1, 8))
+        input_shape = (n_in,)
+        layers = [
+            sr.Dense(n_in, h1, draw(st.floats(0.5, 4.0)), binary=bin_()),
+            sr.Dense(h1, h2, draw(st.floats(0.3, 3.0)), binary=bin_()),
+            sr.Dense(h2 + h1, 4, draw(st.floats(0.3, 3.0)), binary=bin_(), skip=0),
+        ]
     else:
+        # conv-skip: the output reads pool1 beside pool2, as csnn-skip does
         c1, c2 = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+        skip = 1 if shape_kind == "conv-skip" else None
         input_shape = (1, 12, 12)
         layers = [
             sr.Conv2d(1, c1, 3, draw(st.floats(0.5, 3.0)), binary=bin_()),
             sr.MaxPool2d(2),
             sr.Conv2d(c1, c2, 2, draw(st.floats(0.5, 3.0)), binary=bin_()),
             sr.MaxPool2d(2),
-            sr.Dense(c2 * 4, 3, draw(st.floats(0.5, 3.0)), binary=bin_()),
+            sr.Dense(
+                c2 * 4 + (c1 * 25 if skip else 0),
+                3,
+                draw(st.floats(0.5, 3.0)),
+                binary=bin_(),
+                skip=skip,
+            ),
         ]
     seed = draw(st.integers(0, 2**32 - 1))
     net = sr.Network(
@@ -95,7 +113,7 @@ def margin(net, x, gamma: float = 3.0) -> float:
     """Smallest tangent margin over every spiking layer of the reference forward pass,
     or 0 where a discrete rule meets a near tie."""
     times, _ = R.forward(net.layers, x, net.psp, net.tmax)
-    inputs = [x, *times[:-1]]
+    inputs = [R.layer_input(net.layers, i, x, times) for i in range(len(times))]
     if near_tie(times[-1], net.tmax) or near_tie(times[-1], net.tmax, gamma):
         return 0.0
     best = np.inf

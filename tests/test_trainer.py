@@ -48,6 +48,18 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path, binary):
         assert ("layer0.packed" in data.files) == binary
 
 
+def test_checkpoint_keeps_a_skip(tmp_path):
+    layers = [sr.Conv2d(1, 2, 3, 1.0), sr.MaxPool2d(2), sr.Conv2d(2, 2, 2, 1.0)]
+    net = sr.Network([*layers, sr.Dense(2 * 2 * 2 + 2 * 9, 4, 2.0, skip=1)], (1, 8, 8))
+    checkpoint.save(tmp_path / "s.npz", net)
+    loaded, _ = checkpoint.load(tmp_path / "s.npz")
+    assert loaded.layers[-1].skip == 1 and loaded.layers[-1].in_features == 26
+    x = sr.encode(fake_images(seed=1)[0][:, None])
+    assert np.array_equal(net.predict(x), loaded.predict(x))
+    # a Dense without a skip writes no "skip" key: older readers and files agree
+    assert "skip" not in checkpoint.network_config(tiny(False))["layers"][-1]
+
+
 def test_corrupt_checkpoints_are_named(tmp_path):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip file")

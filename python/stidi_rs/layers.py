@@ -153,28 +153,40 @@ class Conv2d(_Spiking):
 
 
 class Dense(_Spiking):
-    """Fully connected spiking layer, ``weight`` is ``(out, in)``; flattens its input."""
+    """Fully connected spiking layer, ``weight`` is ``(out, in)``; flattens its input.
+
+    ``skip=k`` also feeds it the spikes of the network's layer ``k`` (an earlier
+    layer than its input), flattened and appended after its input's, so that
+    ``in_features`` counts both. The layer's displaced errors go back to both.
+    """
 
     kind = "dense"
 
-    def __init__(self, in_features, out_features, threshold, binary=False, init=None):
+    def __init__(self, in_features, out_features, threshold, binary=False, init=None, skip=None):
         self.in_features = _positive_int("in_features", in_features)
         self.out_features = _positive_int("out_features", out_features)
+        if skip is not None and (
+            isinstance(skip, bool) or not isinstance(skip, (int, np.integer)) or skip < 0
+        ):
+            raise ValueError(f"skip must be a layer index >= 0 or None, got {skip!r}")
+        self.skip = None if skip is None else int(skip)
         super().__init__((self.out_features, self.in_features), threshold, binary, init)
 
-    def output_shape(self, shape):
+    def output_shape(self, shape, skip_shape=None):
         n = math.prod(shape)
+        what = f"input shape {tuple(shape)}"
+        if skip_shape is not None:
+            n += math.prod(skip_shape)
+            what += f" and layer {self.skip}'s {tuple(skip_shape)}"
         if n != self.in_features:
-            raise ValueError(
-                f"Dense expects {self.in_features} input features, "
-                f"got {n} (input shape {tuple(shape)})"
-            )
+            raise ValueError(f"Dense expects {self.in_features} input features, got {n} ({what})")
         return (self.out_features,)
 
     def __repr__(self):
+        skip = "" if self.skip is None else f", skip={self.skip}"
         return (
             f"Dense({self.in_features}, {self.out_features}, threshold={self.threshold}, "
-            f"binary={self.binary})"
+            f"binary={self.binary}{skip})"
         )
 
 

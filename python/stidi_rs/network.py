@@ -73,7 +73,8 @@ def _check_labels(labels, batch: int, n_classes: int) -> np.ndarray:
 
 
 class Network:
-    """A feed-forward stack of ``Conv2d``, ``MaxPool2d`` and ``Dense`` layers.
+    """A feed-forward stack of ``Conv2d``, ``MaxPool2d`` and ``Dense`` layers
+    (a ``Dense`` with ``skip`` also reads an earlier layer).
 
     Parameters
     ----------
@@ -115,7 +116,14 @@ class Network:
         self.output_shapes = []
         for i, layer in enumerate(self.layers):
             try:
-                shape = layer.output_shape(shape)
+                if getattr(layer, "skip", None) is None:
+                    shape = layer.output_shape(shape)
+                elif layer.skip >= i - 1:
+                    raise ValueError(
+                        f"skip={layer.skip} must name a layer below its input layer {i - 1}"
+                    )
+                else:
+                    shape = layer.output_shape(shape, self.output_shapes[layer.skip])
             except ValueError as err:
                 raise ValueError(f"layer {i} ({layer!r}): {err}") from None
             self.output_shapes.append(shape)
@@ -215,10 +223,13 @@ def _layer_spec(layer) -> dict:
             "threshold": layer.threshold,
             "binary": layer.binary,
         }
-    return {
+    spec = {
         "kind": "dense",
         "in_features": layer.in_features,
         "out_features": layer.out_features,
         "threshold": layer.threshold,
         "binary": layer.binary,
     }
+    if layer.skip is not None:  # absent otherwise, as in checkpoints written before skips
+        spec["skip"] = layer.skip
+    return spec

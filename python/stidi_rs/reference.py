@@ -245,10 +245,21 @@ def _forward_weight(layer) -> np.ndarray:
     return np.where(w >= 0, 1.0, -1.0) if layer.binary else w
 
 
+def layer_input(layers, li: int, t_in: np.ndarray, times) -> np.ndarray:
+    """What layer ``li`` reads: the layer below's spikes (or the input), and for a
+    Dense with ``skip`` those of layer ``skip`` too, each flattened, concatenated."""
+    x = times[li - 1] if li else t_in
+    skip = getattr(layers[li], "skip", None)
+    if skip is None:
+        return x
+    return np.concatenate([x.reshape(len(x), -1), times[skip].reshape(len(x), -1)], axis=1)
+
+
 def forward(layers, t_in: np.ndarray, psp, tmax: float):
     """Spike times of every layer, and ``V(T)`` of the last layer (if it is Dense)."""
-    times, x = [], t_in
-    for layer in layers:
+    times = []
+    for li, layer in enumerate(layers):
+        x = layer_input(layers, li, t_in, times)
         if layer.kind == "maxpool2d":
             x = maxpool2d_forward(x, layer.kernel_size)[0]
         else:
@@ -261,7 +272,7 @@ def forward(layers, t_in: np.ndarray, psp, tmax: float):
     last = layers[-1]
     v_end = None
     if last.kind == "dense":
-        prev = times[-2] if len(times) > 1 else t_in
+        prev = layer_input(layers, len(layers) - 1, t_in, times)
         v_end = potential(
             prev.reshape(len(prev), -1), _forward_weight(last), tmax, psp.tau_rise, psp.tau_fall
         )
@@ -289,13 +300,15 @@ def updates(
     """
     times, v_end = forward(layers, t_in, psp, tmax)
     batch = len(t_in)
-    inputs = [t_in, *times[:-1]]
     spiking = [i for i, layer in enumerate(layers) if layer.kind != "maxpool2d"]
     deltas: list = [None] * len(layers)
     e_out = (output_targets(times[-1], labels, gamma, tmax) - times[-1]) / tmax
     e = e_out
+    skipped: dict = {}  # layer -> the errors a skip sends it, added to the chain's
     for li in reversed(range(len(layers))):
-        layer, x, y = layers[li], inputs[li], times[li]
+        layer, x, y = layers[li], layer_input(layers, li, t_in, times), times[li]
+        if li in skipped:
+            e = e + skipped.pop(li).reshape(e.shape)
         if layer.kind == "maxpool2d":
             e = maxpool2d_route(
                 e, maxpool2d_forward(x, layer.kernel_size)[1], x.shape, layer.kernel_size
@@ -328,4 +341,9 @@ def updates(
             d = fold(d.reshape(batch, ho, wo, -1), x.shape[1], k)
         d = d.reshape(x.shape)
         e = (np.clip(x + tmax * d, 0.0, tmax) - x) / tmax
+        if getattr(layer, "skip", None) is not None:
+            below = times[li - 1]
+            n = below[0].size
+            skipped[layer.skip] = e[:, n:]
+            e = e[:, :n].reshape(below.shape)
     return deltas, (times, v_end), e_out

@@ -23,7 +23,8 @@ def synaptic_fanout(net: Network) -> list[np.ndarray]:
     shape = net.input_shape
     for layer, out_shape in zip(net.layers, net.output_shapes):
         if layer.kind == "dense":
-            out.append(np.full(math.prod(shape), layer.out_features, dtype=np.int64))
+            n_in = layer.in_features  # with a skip, the skipped-from layer's neurons too
+            out.append(np.full(n_in, layer.out_features, dtype=np.int64))
         elif layer.kind == "conv2d":
             k = layer.kernel_size
             ho, wo = out_shape[1:]
@@ -60,7 +61,7 @@ def evaluate(net: Network, times: np.ndarray, labels: np.ndarray, batch_size: in
     for lo in range(0, len(times), batch_size):
         x = times[lo : lo + batch_size]
         outs, v_end = net._forward(x)
-        ins = [x, *outs[:-1]]
+        ins = [reference.layer_input(net.layers, i, x, outs) for i in range(len(outs))]
         for i, (t_in, t_out) in enumerate(zip(ins, outs)):
             fired = t_out.reshape(len(x), -1) < net.tmax
             spikes[i] += fired.sum()

@@ -200,8 +200,17 @@ fn backward_sample(
     let loss = 0.5 * err.iter().map(|e| e * e).sum::<f64>();
     let mut gs = vec![Vec::new(); net.spiking.len()];
     let mut si = net.spiking.len();
+    // Errors a skip sends to the layer it reads, added to what reaches that layer
+    // through the chain.
+    let mut skipped: Vec<Option<Vec<f64>>> = vec![None; net.layers.len()];
+    let mut cat = Vec::new();
     for l in (0..net.layers.len()).rev() {
-        let xin = if l == 0 { x } else { &times[l - 1] };
+        if let Some(extra) = skipped[l].take() {
+            for (e, x) in err.iter_mut().zip(extra) {
+                *e += x;
+            }
+        }
+        let xin = net.input_of(l, x, times, &mut cat);
         let y = &times[l];
         let (theta, binary) = match &net.layers[l] {
             Layer::Pool { g } => {
@@ -258,6 +267,9 @@ fn backward_sample(
                 ((t + tmax * d).clamp(0.0, tmax) - t) / tmax
             })
             .collect();
+        if let Layer::Dense { skip: Some(k), .. } = net.layers[l] {
+            skipped[k] = Some(err.split_off(times[l - 1].len()));
+        }
     }
     (loss, gs)
 }

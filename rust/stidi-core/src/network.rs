@@ -49,6 +49,8 @@ pub(crate) enum Layer {
         n_out: usize,
         theta: f64,
         binary: bool,
+        /// A second, earlier layer whose spikes follow the input's.
+        skip: Option<usize>,
     },
 }
 
@@ -140,7 +142,7 @@ impl Network {
         let in_size = checked_product(input_shape)?;
         let mut shape = input_shape.to_vec();
         let mut built = Vec::with_capacity(layers.len());
-        let mut shapes = Vec::with_capacity(layers.len());
+        let mut shapes: Vec<Vec<usize>> = Vec::with_capacity(layers.len());
         let mut spiking = Vec::new();
         for (l, spec) in layers.iter().enumerate() {
             let layer = match *spec {
@@ -217,11 +219,22 @@ impl Network {
                     out_features,
                     threshold,
                     binary,
+                    skip,
                 } => {
-                    let n = checked_product(&shape)?;
+                    let mut n = checked_product(&shape)?;
+                    let mut what = format!("its input {shape:?} has");
+                    if let Some(k) = skip {
+                        if k + 1 >= l {
+                            return invalid!(
+                                "layer {l} (Dense): skip={k} must name a layer below its input layer"
+                            );
+                        }
+                        n += checked_product(&shapes[k])?;
+                        what = format!("its input {shape:?} and layer {k}'s {:?} have", &shapes[k]);
+                    }
                     if in_features != n {
                         return invalid!(
-                            "layer {l} (Dense): in_features={in_features} but its input {shape:?} has {n} values"
+                            "layer {l} (Dense): in_features={in_features} but {what} {n} values"
                         );
                     }
                     if out_features == 0 {
@@ -235,6 +248,7 @@ impl Network {
                         n_out: out_features,
                         theta: threshold,
                         binary,
+                        skip,
                     }
                 }
             };
@@ -409,6 +423,28 @@ impl Network {
             .collect()
     }
 
+    /// The spike times layer `l` reads, given the network input `x` and the
+    /// outputs of the layers below it: for a Dense layer with a skip, its
+    /// input's and the skipped-from layer's, concatenated in `cat`.
+    pub(crate) fn input_of<'a>(
+        &self,
+        l: usize,
+        x: &'a [f64],
+        times: &'a [Vec<f64>],
+        cat: &'a mut Vec<f64>,
+    ) -> &'a [f64] {
+        let prev = if l == 0 { x } else { &times[l - 1][..] };
+        match self.layers[l] {
+            Layer::Dense { skip: Some(k), .. } => {
+                cat.clear();
+                cat.extend_from_slice(prev);
+                cat.extend_from_slice(&times[k]);
+                cat
+            }
+            _ => prev,
+        }
+    }
+
     /// Position of layer `l` among the spiking layers.
     pub(crate) fn spiking_index(&self, l: usize) -> usize {
         self.spiking.iter().position(|&s| s == l).unwrap_or(0)
@@ -426,8 +462,9 @@ impl Network {
     ) -> Vec<Vec<f64>> {
         let steps = self.psp.slope_steps();
         let mut out: Vec<Vec<f64>> = Vec::with_capacity(self.layers.len());
+        let mut cat = Vec::new();
         for (l, (layer, w)) in self.layers.iter().zip(prep).enumerate() {
-            let inp = if l == 0 { x } else { &out[l - 1] };
+            let inp = self.input_of(l, x, &out, &mut cat);
             let mut kept = Vec::new();
             let y = match (layer, w) {
                 (Layer::Pool { g }, _) => pool_times(inp, g),
@@ -462,7 +499,8 @@ impl Network {
         let l = self.layers.len() - 1;
         match (&self.layers[l], &prep[l]) {
             (Layer::Dense { n_out, .. }, Some(w)) => {
-                let inp = if l == 0 { x } else { &times[l - 1] };
+                let mut cat = Vec::new();
+                let inp = self.input_of(l, x, times, &mut cat);
                 potential_at(inp, w, *n_out, &self.psp, self.tmax)
             }
             _ => Vec::new(),

@@ -11,12 +11,15 @@ pub enum LayerSpec {
     },
     /// Window = stride = `kernel_size`, remainder dropped; earliest spike wins.
     MaxPool2d { kernel_size: usize },
-    /// Weight `(out_features, in_features)`.
+    /// Weight `(out_features, in_features)`. With `skip: Some(k)` the layer also
+    /// reads the spikes of layer `k` (an earlier layer than its input), appended
+    /// after its input's: `in_features` counts both.
     Dense {
         in_features: usize,
         out_features: usize,
         threshold: f64,
         binary: bool,
+        skip: Option<usize>,
     },
 }
 

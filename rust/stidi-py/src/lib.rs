@@ -41,6 +41,10 @@ fn layer_spec(d: &Bound<'_, PyDict>) -> PyResult<LayerSpec> {
             out_features: get("out_features")?.extract()?,
             threshold: get("threshold")?.extract()?,
             binary: get("binary")?.extract()?,
+            skip: match d.get_item("skip")? {
+                Some(k) if !k.is_none() => Some(k.extract()?),
+                _ => None,
+            },
         },
         other => {
             return Err(PyValueError::new_err(format!(

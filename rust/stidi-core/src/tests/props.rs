@@ -56,6 +56,7 @@ fn neuron(inputs: &[(f64, f64)], theta: f64, psp: Psp) -> f64 {
         out_features: 1,
         threshold: theta,
         binary: false,
+        skip: None,
     };
     let net = Network::new(vec![spec], &[ts.len()], psp, T).unwrap();
     net.forward(&[LayerParams::real(&ws)], &ts, 1)
@@ -143,12 +144,14 @@ fn build_case(s: &Shape, batch: usize) -> Case {
         out_features: s.hidden,
         threshold: rng.uniform(0.2, 0.1 * flat as f64),
         binary: s.hidden_binary,
+        skip: None,
     });
     specs.push(LayerSpec::Dense {
         in_features: s.hidden,
         out_features: s.out,
         threshold: rng.uniform(0.2, 0.2 * s.hidden as f64),
         binary: false,
+        skip: None,
     });
     let net = Network::new(specs.clone(), &in_shape, s.psp, T).unwrap();
     let weights = (0..specs.len())
@@ -314,7 +317,7 @@ proptest! {
             }}}
         }}}
         let dense = Network::new(
-            vec![LayerSpec::Dense { in_features: n_in, out_features: n_out, threshold: theta, binary: false }],
+            vec![LayerSpec::Dense { in_features: n_in, out_features: n_out, threshold: theta, binary: false, skip: None }],
             &[n_in], psp, T,
         ).unwrap();
         let x: Vec<f64> = (0..2 * n_in).map(|_| rng.time()).collect();
@@ -349,8 +352,8 @@ proptest! {
         let real_specs: Vec<LayerSpec> = case.net.layers().iter().cloned().map(|spec| match spec {
             LayerSpec::Conv2d { in_channels, out_channels, kernel_size, threshold, .. } =>
                 LayerSpec::Conv2d { in_channels, out_channels, kernel_size, threshold, binary: false },
-            LayerSpec::Dense { in_features, out_features, threshold, .. } =>
-                LayerSpec::Dense { in_features, out_features, threshold, binary: false },
+            LayerSpec::Dense { in_features, out_features, threshold, skip, .. } =>
+                LayerSpec::Dense { in_features, out_features, threshold, binary: false, skip },
             pool => pool,
         }).collect();
         let real = Network::new(real_specs, case.net.input_shape(), s.psp, T).unwrap();
@@ -481,12 +484,14 @@ fn split_case(seed: u64, binary: [bool; 3], psp: Psp, samples: usize) -> Case {
             out_features: 260,
             threshold: rng.uniform(1.0, 6.0),
             binary: binary[2],
+            skip: None,
         },
         LayerSpec::Dense {
             in_features: 260,
             out_features: 3,
             threshold: rng.uniform(1.0, 6.0),
             binary: false,
+            skip: None,
         },
     ];
     let in_shape = vec![2, 12, 12];

@@ -13,6 +13,7 @@ fn dense(n_in: usize, n_out: usize, threshold: f64) -> LayerSpec {
         out_features: n_out,
         threshold,
         binary: false,
+        skip: None,
     }
 }
 
@@ -208,6 +209,7 @@ fn network_shapes_and_validation() {
                 out_features: 70,
                 threshold: 1.0,
                 binary: true,
+                skip: None,
             },
             dense(70, 3, 2.0),
         ],
@@ -323,6 +325,7 @@ fn binary_layers_check_their_bits() {
         out_features: 2,
         threshold: 1.0,
         binary: true,
+        skip: None,
     };
     let net = Network::new(vec![layer], &[3], psp, 20.0).unwrap();
     let w = vec![0.3, -0.2, 0.1, 0.5, 0.5, -0.4];
@@ -357,6 +360,7 @@ fn train_step_updates_and_repacks() {
         out_features: 2,
         threshold: 1.0,
         binary: true,
+        skip: None,
     };
     let net = Network::new(vec![layer], &[2], psp, 20.0).unwrap();
     // Output 0 fires at 2.5 (both inputs +1: V = 2t/5), output 1 never (signs cancel).
@@ -417,4 +421,90 @@ fn rule_options_parse_from_their_python_names() {
         err,
         "displacement must be 'exact' or 'causal', got \"Exact\""
     );
+}
+
+/// Dense 3 → 4 → 2, and an output that reads both (skip to layer 0).
+fn skip_net(skip: Option<usize>, n_in: usize) -> LayerSpec {
+    LayerSpec::Dense {
+        in_features: n_in,
+        out_features: 2,
+        threshold: 1.5,
+        binary: false,
+        skip,
+    }
+}
+
+#[test]
+fn skip_reads_both_layers_and_is_checked() {
+    let psp = Psp::new(5.0, INF).unwrap();
+    let specs = vec![dense(3, 4, 1.0), dense(4, 2, 1.0), skip_net(Some(0), 6)];
+    let net = Network::new(specs, &[3], psp, 20.0).unwrap();
+    let w: Vec<Vec<f64>> = vec![
+        (0..12).map(|i| 0.3 + 0.05 * i as f64).collect(),
+        (0..8).map(|i| 0.4 + 0.1 * i as f64).collect(),
+        (0..12).map(|i| 0.2 + 0.07 * i as f64).collect(),
+    ];
+    let params = Params::new(&net, w.clone());
+    let x = [1.0, 2.5, 4.0, 0.5, 3.0, 20.0];
+    let out = net.forward(&params.views(), &x, 2).unwrap();
+    // The output equals a lone Dense 6 → 2 on [layer 1's spikes, layer 0's].
+    let alone = Network::new(vec![skip_net(None, 6)], &[6], psp, 20.0).unwrap();
+    for b in 0..2 {
+        let mut cat = out.times[1][2 * b..2 * b + 2].to_vec();
+        cat.extend_from_slice(&out.times[0][4 * b..4 * b + 4]);
+        // Sample 0: every neuron fires; sample 1: two of layer 0's stay silent.
+        assert_eq!(
+            cat.iter().filter(|&&t| t < 20.0).count(),
+            6 - 2 * b,
+            "{cat:?}"
+        );
+        let want = alone.forward(&[LayerParams::real(&w[2])], &cat, 1).unwrap();
+        assert_eq!(&out.times[2][2 * b..2 * b + 2], &want.times[0][..]);
+        assert_eq!(&out.v_end[2 * b..2 * b + 2], &want.v_end[..]);
+    }
+    let bad = |specs| message(Network::new(specs, &[3], psp, 20.0));
+    let m = bad(vec![dense(3, 4, 1.0), skip_net(Some(0), 8)]);
+    assert!(m.contains("skip=0 must name a layer below"), "{m}");
+    let m = bad(vec![
+        dense(3, 4, 1.0),
+        dense(4, 2, 1.0),
+        skip_net(Some(0), 2),
+    ]);
+    assert!(
+        m.contains("its input [2] and layer 0's [4] have 6 values"),
+        "{m}"
+    );
+}
+
+#[test]
+fn skip_sends_the_outputs_errors_to_the_layer_it_reads() {
+    // The output's weights from layer 1 are zero, so layer 1 gets no error and
+    // keeps its weights; layer 0 still learns, from the errors the skip sends it.
+    let psp = Psp::new(5.0, INF).unwrap();
+    let specs = vec![dense(3, 4, 1.0), dense(4, 2, 1.0), skip_net(Some(0), 6)];
+    let net = Network::new(specs, &[3], psp, 20.0).unwrap();
+    let mut out_w = vec![0.0; 12];
+    for j in 0..2 {
+        for i in 2..6 {
+            out_w[j * 6 + i] = 0.2 + 0.1 * (i + j) as f64;
+        }
+    }
+    let w0 = vec![vec![0.5; 12], vec![0.6; 8], out_w];
+    let mut params = Params::new(&net, w0.clone());
+    let mut h = hyper(1.0);
+    h.lr = vec![1.0; 3];
+    h.beta = vec![1.0; 3];
+    // Label 1: output 1 must fire first, so both outputs get an error.
+    let x = [1.0, 2.0, 3.0];
+    let before = net.forward(&params.views(), &x, 1).unwrap();
+    assert!(
+        before.times[2].iter().all(|&t| t < 20.0),
+        "{:?}",
+        before.times[2]
+    );
+    net.train_step(&mut params.views_mut(), &x, &[1], 1, &h)
+        .unwrap();
+    assert_eq!(params.w[1], w0[1]);
+    assert_ne!(params.w[0], w0[0]);
+    assert_ne!(params.w[2], w0[2]);
 }
