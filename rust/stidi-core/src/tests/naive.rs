@@ -167,6 +167,19 @@ fn fwd_weight(w: f64, binary: bool) -> f64 {
     }
 }
 
+/// What layer `l` reads: the layer below's spikes, and a skip's after them.
+fn input_of(layers: &[Layer], l: usize, x: &[f64], times: &[Vec<f64>]) -> Vec<f64> {
+    let mut inp = if l == 0 {
+        x.to_vec()
+    } else {
+        times[l - 1].clone()
+    };
+    if let LayerSpec::Dense { skip: Some(k), .. } = layers[l].spec {
+        inp.extend_from_slice(&times[k]);
+    }
+    inp
+}
+
 /// Spike times of every layer for one sample.
 pub(crate) fn forward(
     layers: &[Layer],
@@ -177,7 +190,7 @@ pub(crate) fn forward(
 ) -> Vec<Vec<f64>> {
     let mut out: Vec<Vec<f64>> = Vec::new();
     for (l, layer) in layers.iter().enumerate() {
-        let inp = if l == 0 { x } else { &out[l - 1] };
+        let inp = input_of(layers, l, x, &out);
         let y = if let LayerSpec::MaxPool2d { .. } = layer.spec {
             windows(layer)
                 .iter()
@@ -261,8 +274,12 @@ pub(crate) fn train_step(
             })
             .collect();
         let mut e: Vec<f64> = (0..y.len()).map(|k| (target[k] - y[k]) / tmax).collect();
+        let mut skipped: Vec<Vec<f64>> = vec![Vec::new(); layers.len()];
         for l in (0..layers.len()).rev() {
-            let xin = if l == 0 { x } else { &times[l - 1] };
+            for (v, extra) in e.iter_mut().zip(&skipped[l]) {
+                *v += extra;
+            }
+            let xin = &input_of(layers, l, x, &times);
             let yl = &times[l];
             if let LayerSpec::MaxPool2d { .. } = layers[l].spec {
                 let mut below = vec![0.0; xin.len()];
@@ -322,6 +339,9 @@ pub(crate) fn train_step(
             e = (0..xin.len())
                 .map(|i| ((xin[i] + tmax * d[i]).clamp(0.0, tmax) - xin[i]) / tmax)
                 .collect();
+            if let LayerSpec::Dense { skip: Some(k), .. } = layers[l].spec {
+                skipped[k] = e.split_off(times[l - 1].len());
+            }
         }
     }
     for &l in &spiking {

@@ -72,6 +72,8 @@ struct Shape {
     hidden: usize,
     hidden_binary: bool,
     out: usize,
+    /// With a conv layer: the output also reads the layer below the hidden one.
+    skip: bool,
     psp: Psp,
     seed: u64,
 }
@@ -85,19 +87,22 @@ fn shape_strategy() -> impl Strategy<Value = Shape> {
         (5usize..8, 5usize..8),
         2usize..7,
         any::<bool>(),
-        2usize..5,
+        (2usize..5, any::<bool>()),
         psp_strategy(),
         any::<u64>(),
     )
-        .prop_map(|(conv, hw, hidden, hidden_binary, out, psp, seed)| Shape {
-            conv,
-            hw,
-            hidden,
-            hidden_binary,
-            out,
-            psp,
-            seed,
-        })
+        .prop_map(
+            |(conv, hw, hidden, hidden_binary, (out, skip), psp, seed)| Shape {
+                conv,
+                hw,
+                hidden,
+                hidden_binary,
+                out,
+                skip,
+                psp,
+                seed,
+            },
+        )
 }
 
 struct Case {
@@ -139,6 +144,8 @@ fn build_case(s: &Shape, batch: usize) -> Case {
         Ok(n) => n.output_shapes().last().unwrap().iter().product(),
         Err(_) => in_shape.iter().product(),
     };
+    // The skip reads what the hidden layer reads: the last conv (or pool) layer.
+    let skip = (s.skip && !specs.is_empty()).then(|| specs.len() - 1);
     specs.push(LayerSpec::Dense {
         in_features: flat,
         out_features: s.hidden,
@@ -147,11 +154,11 @@ fn build_case(s: &Shape, batch: usize) -> Case {
         skip: None,
     });
     specs.push(LayerSpec::Dense {
-        in_features: s.hidden,
+        in_features: s.hidden + if skip.is_some() { flat } else { 0 },
         out_features: s.out,
         threshold: rng.uniform(0.2, 0.2 * s.hidden as f64),
         binary: false,
-        skip: None,
+        skip,
     });
     let net = Network::new(specs.clone(), &in_shape, s.psp, T).unwrap();
     let weights = (0..specs.len())
