@@ -333,17 +333,25 @@ def test_long_presets_only_lengthen_the_schedule(short, epochs, decay):
 
 
 @pytest.mark.parametrize(
-    "name, binary",
-    [("csnn-shallow", False), ("csnn-shallow-wide", False), ("csnn-shallow-wide-binary", True)],
+    "name, binary, tau",
+    [
+        ("csnn-shallow", False, 40.0),
+        ("csnn-shallow-wide", False, 40.0),
+        ("csnn-shallow-wide-binary", True, 40.0),
+        ("csnn-shallow-wide-tau80", False, 80.0),
+        ("csnn-shallow-wide-binary-tau80", True, 80.0),
+    ],
 )
-def test_shallow_presets_are_conv1_and_its_pool_read_out_directly(name, binary):
-    """docs/results.md tuned them as the sweep's `conv2=False` net: conv1, pool1, output."""
+def test_shallow_presets_are_conv1_and_its_pool_read_out_directly(name, binary, tau):
+    """docs/results.md tuned them as the sweep's `conv2=False` net: conv1, pool1, output,
+    with thresholds 4 and 100 at tau1 = 40 and scaled by 40 / tau1 for a slower rise."""
     net = presets.get(name).build()
     conv, pool, out = net.layers
     assert (type(conv), type(pool), type(out)) == (sr.Conv2d, sr.MaxPool2d, sr.Dense)
-    assert (conv.in_channels, conv.kernel_size, conv.threshold) == (1, 5, 4.0)
-    assert out.in_features == conv.out_channels * 12 * 12 and out.threshold == 100.0
-    assert net.spiking_layers == [conv, out]
+    assert net.psp == sr.PSP(tau)
+    assert (conv.in_channels, conv.kernel_size, conv.threshold) == (1, 5, 4.0 * 40 / tau)
+    assert out.in_features == conv.out_channels * 12 * 12 and out.threshold == 100.0 * 40 / tau
+    assert out.skip is None and net.spiking_layers == [conv, out]
     assert conv.binary == out.binary == binary
 
 
