@@ -24,7 +24,7 @@ __all__ = ["Preset", "PRESETS", "get"]
 class Preset:
     name: str
     description: str
-    layers: tuple  # (kind, args...[, {keyword args}]) tuples, binary added by `build`
+    layers: tuple  # (kind, args...) tuples, binary added by `build`
     input_shape: tuple
     rule: dict = field(default_factory=dict)
     homeostasis: dict | None = None  # Homeostasis(**homeostasis) in the trainer
@@ -40,8 +40,6 @@ class Preset:
         layers = []
         for kind, *args in self.layers:
             extra = {"binary": self.binary} if kind != "maxpool2d" else {}
-            if args and isinstance(args[-1], dict):
-                extra.update(args.pop())
             layers.append(make[kind](*args, **extra))
         return Network(
             layers,
