@@ -97,9 +97,9 @@ _CSNN_SHALLOW_WIDE = _shallow_layers(32)
 # only whether they fired (the reason it was tried; not measured). 16 channels on
 # Fashion-MNIST, 5 + 1 epochs: 85.55 % validation against 83.10 % with τ1 = 40. Full
 # runs: MNIST 97.87 % mean validation over three seeds against 97.37 %; Fashion-MNIST
-# only with halved rates (--lr 3.2,3.2 --epochs 16: 86.85 against 85.82 %). Binary
-# weights lost with it (docs/results.md, session 12); the binary preset stays so its
-# rows reproduce.
+# only with halved rates (--lr 3.2,3.2 --epochs 16: 86.85 % mean validation over three
+# seeds against 85.82 %). Binary weights lost with it (docs/results.md, session 12);
+# the binary preset stays so its rows reproduce.
 _CSNN_SHALLOW_WIDE_TAU80 = _shallow_layers(32, th1=2.0, th_out=50.0)
 _CSNN_WIDE = _conv_layers(32, 64)
 _CSNN_HIDDEN = (*_CSNN[:4], ("dense", 512, 400, 30.0), ("dense", 400, 10, 60.0))
