@@ -20,7 +20,7 @@ def run(x, y, val, th=(4, 30, 40), lr=(12.8, 50, 50), ch=(16, 32), reduce="mean"
         epochs=1, homeo=(0.1, 0.6, 0.01), decay=1.0, tau=40.0, binary=False, disp="exact",
         beta=1.0, normalize=True, hidden=None, tau_fall=float("inf"), dense=None, wd=0.0,
         enc=1.0, batch=1, onoff=False, window=256.0, readout=0, swa=False, dog=None,
-        init=None, seed=0, pool2=True, conv2=True, bias=0, pool1=2, skip=False):
+        init=None, seed=0, pool2=True, conv2=True, bias=0, pool1=2, skip=False, k1=5):
     # init: (low, high) of the uniform initial weights of the layers below the output;
     # None keeps the layers' default
     if enc != 1.0:  # pixel intensity ** enc before the spec's encoding: dim pixels fire earlier
@@ -52,8 +52,8 @@ def run(x, y, val, th=(4, 30, 40), lr=(12.8, 50, 50), ch=(16, 32), reduce="mean"
         # `hidden`: (units, threshold) of a Dense layer before the output (th[-1]'s).
         # pool2=False: the output sees conv2's 8x8 maps; conv2=False: conv1 -> pool1 ->
         # (`hidden` ->) output, no second conv layer; pool1: conv1's pooling window
-        # (0: none, conv1's 24x24 maps go straight on)
-        side = 24 // pool1 if pool1 else 24
+        # (0: none, conv1's maps go straight on); k1: conv1's kernel size
+        side = (29 - k1) // pool1 if pool1 else 29 - k1
         n_top = (c2 * (16 if pool2 else 64)) if conv2 else c1 * side * side
         middle = [sr.Conv2d(c1, c2, 5, th[1], binary=binary, init=init),
                   *([sr.MaxPool2d(2)] if pool2 else [])] if conv2 else []
@@ -63,7 +63,7 @@ def run(x, y, val, th=(4, 30, 40), lr=(12.8, 50, 50), ch=(16, 32), reduce="mean"
             sr.Dense(n_top + (c1 * side * side if skip else 0), 10, th[-1], binary=binary,
                      skip=1 if skip else None)]
         net = sr.Network(
-            [sr.Conv2d(x.shape[1], c1, 5, th[0], binary=binary, init=init),
+            [sr.Conv2d(x.shape[1], c1, k1, th[0], binary=binary, init=init),
              *([sr.MaxPool2d(pool1)] if pool1 else []), *middle, *top],
             x.shape[1:], psp=sr.PSP(tau, tau_fall), seed=seed,
         )

@@ -1,0 +1,91 @@
+"""Stack a conv2 on a trained, frozen conv1 (greedy layer-wise training), as recorded in
+docs/results.md (session 14).
+
+Jointly trained, conv2 loses what conv1 found (sessions 7, 10, 12). Here conv1 comes
+from a shipped one-conv-layer checkpoint and never changes, and conv2 is trained directly
+under the output, where the rule trained conv1 well. Each line of the grid file is
+keyword arguments of `run`. Training and validation images are the checkpoint's own
+split (`stidi-rs train --val-size 5000 --seed 0`), so validation figures compare with
+the checkpoint's; never the test set.
+
+    STIDI_RS_DATA=../shared/datasets RAYON_NUM_THREADS=1 python docs/tuning/stack.py \\
+        checkpoints/csnn-shallow-wide-tau80-fashion-mnist.npz fashion-mnist GRID
+"""
+
+import sys
+import time
+
+import numpy as np
+import stidi_rs as sr
+from stidi_rs import checkpoint, datasets
+
+
+def run(base, x, y, val, c2=32, th2=15.0, th_out=20.0, lr=(3.2, 3.2), epochs=3, decay=0.7,
+        readout=1, skip=False, homeo=(0.1, 0.6, 0.01), n=None):
+    # c2=0: no conv2, the checkpoint's own output keeps training on frozen conv1 (control).
+    # skip: the output reads pool2 then pool1; its pool1 weights start as the checkpoint's
+    # output weights and its pool2 weights at 0, so training starts at the checkpoint.
+    conv1, out0 = base.spiking_layers
+    x, y = (x[:n], y[:n]) if n else (x, y)
+    first = [sr.Conv2d(1, conv1.out_channels, 5, conv1.threshold), sr.MaxPool2d(2)]
+    n1 = conv1.out_channels * 144
+    if c2 == 0:
+        top, lrs = [sr.Dense(n1, 10, out0.threshold)], [0.0, lr[-1]]
+    else:
+        n2 = c2 * 16
+        top = [sr.Conv2d(conv1.out_channels, c2, 5, th2), sr.MaxPool2d(2),
+               sr.Dense(n2 + (n1 if skip else 0), 10, out0.threshold if skip else th_out,
+                        skip=1 if skip else None)]
+        lrs = [0.0, *lr]
+    net = sr.Network(first + top, (1, 28, 28), psp=base.psp, seed=0)
+    net.spiking_layers[0].weight = conv1.weight
+    if c2 == 0:
+        net.spiking_layers[-1].weight = out0.weight
+    elif skip:
+        net.spiking_layers[-1].weight = np.hstack([np.zeros((10, c2 * 16)), out0.weight])
+    frozen = net.spiking_layers[0].weight.copy()
+    rule = sr.STiDiBP(net, lr=lrs, conv_reduce="mean")
+    guard = sr.Homeostasis(*homeo) if homeo else None
+    start, scores = time.time(), []
+    score = float((net.predict(val[0]) == val[1]).mean())
+    print(f"   before training: validation {score:.4f}", flush=True)
+    out = net.spiking_layers[-1]
+    for epoch in range(epochs + readout):
+        reading = epoch >= epochs  # as `stidi-rs train --readout-epochs`
+        rule.lr = [0.0] * (len(lrs) - 1) + [lrs[-1] * decay**epoch] if reading else [
+            v * decay**epoch for v in lrs]
+        order = np.random.default_rng([0, epoch]).permutation(len(x))
+        total, batches = 0.0, 0
+        for lo in range(0, len(x), 1024):
+            idx = order[lo : lo + 1024]
+            rule.steps(x[idx], y[idx], 1)
+            if guard and not reading:
+                guard(net, x[idx])
+                net.spiking_layers[0].weight = frozen  # the guard may not touch conv1
+            total, batches = total + out.weight, batches + 1
+        if reading:
+            out.weight = total / batches
+        fired = [round(float((o < 256).mean()), 2) for o in net.forward(val[0][:500])]
+        scores.append(round(float((net.predict(val[0]) == val[1]).mean()), 4))
+        print(f"   {'read-out ' if reading else ''}epoch {epoch + 1}: validation "
+              f"{scores[-1]:.4f}, fired {fired}, {time.time() - start:.0f} s", flush=True)
+    return scores
+
+
+def main():
+    base, config = checkpoint.load(sys.argv[1])
+    images, labels = datasets.load(sys.argv[2], "train")
+    x, y = sr.encode(images[:, None]), labels
+    # the split of `stidi-rs train --val-size V --seed S` (cli._split)
+    seed, size = config["trainer"]["seed"], config["trainer"]["config"]["val_size"]
+    order = np.random.default_rng([seed, 0x5A1]).permutation(len(x))
+    val, train = order[:size], order[size:]
+    for line in open(sys.argv[3]):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            print(line, "=>", run(base, x[train], y[train], (x[val], y[val]),
+                                  **eval(f"dict({line})")), flush=True)
+
+
+if __name__ == "__main__":
+    main()
