@@ -21,10 +21,11 @@ from stidi_rs import checkpoint, datasets
 
 
 def run(base, x, y, val, c2=32, th2=15.0, th_out=20.0, lr=(3.2, 3.2), epochs=3, decay=0.7,
-        readout=1, skip=False, homeo=(0.1, 0.6, 0.01), n=None):
+        readout=1, skip=False, homeo=(0.1, 0.6, 0.01), n=None, pool2=True):
     # c2=0: no conv2, the checkpoint's own output keeps training on frozen conv1 (control).
     # skip: the output reads pool2 then pool1; its pool1 weights start as the checkpoint's
     # output weights and its pool2 weights at 0, so training starts at the checkpoint.
+    # pool2=False: the output reads conv2's 8x8 maps instead of their 4x4 pooling.
     conv1, out0 = base.spiking_layers
     x, y = (x[:n], y[:n]) if n else (x, y)
     first = [sr.Conv2d(1, conv1.out_channels, 5, conv1.threshold), sr.MaxPool2d(2)]
@@ -32,8 +33,8 @@ def run(base, x, y, val, c2=32, th2=15.0, th_out=20.0, lr=(3.2, 3.2), epochs=3, 
     if c2 == 0:
         top, lrs = [sr.Dense(n1, 10, out0.threshold)], [0.0, lr[-1]]
     else:
-        n2 = c2 * 16
-        top = [sr.Conv2d(conv1.out_channels, c2, 5, th2), sr.MaxPool2d(2),
+        n2 = c2 * (16 if pool2 else 64)
+        top = [sr.Conv2d(conv1.out_channels, c2, 5, th2), *([sr.MaxPool2d(2)] if pool2 else []),
                sr.Dense(n2 + (n1 if skip else 0), 10, out0.threshold if skip else th_out,
                         skip=1 if skip else None)]
         lrs = [0.0, *lr]
@@ -42,7 +43,7 @@ def run(base, x, y, val, c2=32, th2=15.0, th_out=20.0, lr=(3.2, 3.2), epochs=3, 
     if c2 == 0:
         net.spiking_layers[-1].weight = out0.weight
     elif skip:
-        net.spiking_layers[-1].weight = np.hstack([np.zeros((10, c2 * 16)), out0.weight])
+        net.spiking_layers[-1].weight = np.hstack([np.zeros((10, n2)), out0.weight])
     frozen = net.spiking_layers[0].weight.copy()
     rule = sr.STiDiBP(net, lr=lrs, conv_reduce="mean")
     guard = sr.Homeostasis(*homeo) if homeo else None
