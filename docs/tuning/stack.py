@@ -63,7 +63,8 @@ def run(base, x, y, val, c2=32, th2=15.0, th_out=20.0, lr=(3.2, 3.2), epochs=3, 
             if guard and not reading:
                 guard(net, x[idx])
                 net.spiking_layers[0].weight = frozen  # the guard may not touch conv1
-            total, batches = total + out.weight, batches + 1
+            if reading:  # the read-out epoch averages the output's weights
+                total, batches = total + out.weight, batches + 1
         if reading:
             out.weight = total / batches
         fired = [round(float((o < 256).mean()), 2) for o in net.forward(val[0][:500])]
