@@ -18,6 +18,7 @@ import time
 import numpy as np
 import stidi_rs as sr
 from stidi_rs import checkpoint, datasets
+from stidi_rs.cli import _split
 
 
 def run(base, x, y, val, c2=32, th2=15.0, th_out=20.0, lr=(3.2, 3.2), epochs=3, decay=0.7,
@@ -28,8 +29,9 @@ def run(base, x, y, val, c2=32, th2=15.0, th_out=20.0, lr=(3.2, 3.2), epochs=3, 
     # pool2=False: the output reads conv2's 8x8 maps instead of their 4x4 pooling.
     conv1, out0 = base.spiking_layers
     x, y = (x[:n], y[:n]) if n else (x, y)
-    first = [sr.Conv2d(1, conv1.out_channels, 5, conv1.threshold), sr.MaxPool2d(2)]
-    n1 = conv1.out_channels * 144
+    first = [sr.Conv2d(1, conv1.out_channels, conv1.kernel_size, conv1.threshold),
+             sr.MaxPool2d(2)]
+    n1 = out0.in_features  # pool1's size
     if c2 == 0:
         top, lrs = [sr.Dense(n1, 10, out0.threshold)], [0.0, lr[-1]]
     else:
@@ -77,16 +79,13 @@ def run(base, x, y, val, c2=32, th2=15.0, th_out=20.0, lr=(3.2, 3.2), epochs=3, 
 def main():
     base, config = checkpoint.load(sys.argv[1])
     images, labels = datasets.load(sys.argv[2], "train")
-    x, y = sr.encode(images[:, None]), labels
-    # the split of `stidi-rs train --val-size V --seed S` (cli._split)
-    seed, size = config["trainer"]["seed"], config["trainer"]["config"]["val_size"]
-    order = np.random.default_rng([seed, 0x5A1]).permutation(len(x))
-    val, train = order[:size], order[size:]
+    # the split of the checkpoint's `stidi-rs train --val-size V --seed S`
+    train, val = _split(sr.encode(images[:, None]), labels,
+                        config["trainer"]["config"]["val_size"], config["trainer"]["seed"])
     for line in open(sys.argv[3]):
         line = line.strip()
         if line and not line.startswith("#"):
-            print(line, "=>", run(base, x[train], y[train], (x[val], y[val]),
-                                  **eval(f"dict({line})")), flush=True)
+            print(line, "=>", run(base, *train, val, **eval(f"dict({line})")), flush=True)
 
 
 if __name__ == "__main__":
