@@ -86,6 +86,32 @@ def test_weight_is_read_only_and_assignable():
         layer.weight = np.full((4, 18), np.nan)
 
 
+@pytest.mark.parametrize("binary", [False, True])
+def test_reassigned_threshold_reaches_both_backends(binary):
+    # The Rust engine holds the layer specs it was built from; it used to keep the old
+    # threshold silently while the NumPy backend read the new one.
+    net, x = small_csnn("rust", binary=binary), images(8)
+    before = net.forward(x)[0]
+    net.layers[0].threshold = 3.0
+    fresh = small_csnn("rust", binary=binary)
+    fresh.layers[0].threshold = 3.0
+    fresh = sr.Network(fresh.layers, (1, 8, 8), seed=0)  # built with 3.0 from the start
+    after, built, ref = net.forward(x), fresh.forward(x), small_csnn("numpy", binary=binary)
+    ref.layers[0].threshold = 3.0
+    assert not np.array_equal(after[0], before)
+    for a, b, r in zip(after, built, ref.forward(x)):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, r, atol=1e-8 * net.tmax)
+    np.testing.assert_array_equal(
+        sr.STiDiBP(net, lr=5.0).step(x, np.arange(8) % 4)["predictions"],
+        sr.STiDiBP(fresh, lr=5.0).step(x, np.arange(8) % 4)["predictions"],
+    )
+    for bad in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="threshold"):
+            net.layers[2].threshold = bad
+    assert net.layers[2].threshold == 2.0
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_step_returns_statistics_and_changes_weights(backend):
     net = small_csnn(backend)

@@ -76,7 +76,7 @@ class _Spiking:
     kind = ""
 
     def __init__(self, weight_shape, threshold, binary, init):
-        self.threshold = _positive_float("threshold", threshold)
+        self.threshold = threshold
         self.binary = bool(binary)
         if init is None:
             init = (-0.5, 1.0) if self.binary else (0.0, 1.0)
@@ -86,6 +86,15 @@ class _Spiking:
         self.init = (low, high)
         self._weight = np.zeros(weight_shape)
         self._packed = pack_signs(self._weight) if self.binary else None
+
+    @property
+    def threshold(self) -> float:
+        """Firing threshold θ; may be reassigned (validated) between runs."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value) -> None:
+        self._threshold = _positive_float("threshold", value)
 
     @property
     def weight(self) -> np.ndarray:

@@ -120,7 +120,7 @@ class STiDiBP:
         )
         if net.backend == "rust":
             weights, packed = net._params()
-            out = net._engine.train_steps(
+            out = net._rust().train_steps(
                 weights, packed, t.reshape(len(t), -1), y, batch_size, hyper
             )
             pred, cases = np.asarray(out["predictions"]), np.asarray(out["cases"])

@@ -142,17 +142,21 @@ class Network:
     def backend(self, name: str) -> None:
         if name not in BACKENDS:
             raise ValueError(f"unknown backend {name!r}: choose one of {BACKENDS}")
-        if name == "rust" and self._engine is None:
+        if name == "rust":
+            self._rust()
+        self._backend = name
+
+    def _rust(self):
+        """The Rust engine, rebuilt if a layer's spec (a threshold, say) changed since."""
+        specs = [_layer_spec(layer) for layer in self.layers]
+        if self._engine is None or specs != self._engine_specs:
             from . import _core
 
             self._engine = _core.Engine(
-                [_layer_spec(layer) for layer in self.layers],
-                list(self.input_shape),
-                self.psp.tau_rise,
-                self.psp.tau_fall,
-                self.tmax,
+                specs, list(self.input_shape), self.psp.tau_rise, self.psp.tau_fall, self.tmax
             )
-        self._backend = name
+            self._engine_specs = specs
+        return self._engine
 
     @property
     def spiking_layers(self) -> list:
@@ -174,7 +178,7 @@ class Network:
         if self.backend == "numpy":
             return reference.forward(self.layers, t, self.psp, self.tmax)
         weights, packed = self._params()
-        flat, v_end = self._engine.forward(weights, packed, t.reshape(len(t), -1))
+        flat, v_end = self._rust().forward(weights, packed, t.reshape(len(t), -1))
         times = [f.reshape(len(t), *s) for f, s in zip(flat, self.output_shapes)]
         return times, (v_end if isinstance(self.layers[-1], Dense) else None)
 
