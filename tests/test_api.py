@@ -87,9 +87,9 @@ def test_weight_is_read_only_and_assignable():
 
 
 @pytest.mark.parametrize("binary", [False, True])
-def test_reassigned_threshold_reaches_both_backends(binary):
-    # The Rust engine holds the layer specs it was built from; it used to keep the old
-    # threshold silently while the NumPy backend read the new one.
+def test_reassigned_threshold_or_psp_reaches_both_backends(binary):
+    # The Rust engine holds what it was built from; it used to keep the old threshold
+    # or PSP silently while the NumPy backend read the new one.
     net, x = small_csnn("rust", binary=binary), images(8)
     before = net.forward(x)[0]
     net.layers[0].threshold = 3.0
@@ -102,6 +102,11 @@ def test_reassigned_threshold_reaches_both_backends(binary):
     for a, b, r in zip(after, built, ref.forward(x)):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_allclose(a, r, atol=1e-8 * net.tmax)
+    net.psp, fresh.psp, ref.psp = (sr.PSP(20.0, 60.0),) * 3
+    for a, b, r in zip(net.forward(x), fresh.forward(x), ref.forward(x)):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, r, atol=1e-8 * net.tmax)
+    assert not np.array_equal(net.forward(x)[0], after[0])
     np.testing.assert_array_equal(
         sr.STiDiBP(net, lr=5.0).step(x, np.arange(8) % 4)["predictions"],
         sr.STiDiBP(fresh, lr=5.0).step(x, np.arange(8) % 4)["predictions"],

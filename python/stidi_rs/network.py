@@ -147,15 +147,19 @@ class Network:
         self._backend = name
 
     def _rust(self):
-        """The Rust engine, rebuilt if a layer's spec (a threshold, say) changed since."""
-        specs = [_layer_spec(layer) for layer in self.layers]
-        if self._engine is None or specs != self._engine_specs:
+        """The Rust engine, rebuilt if what it was built from (a layer's threshold, the
+        PSP, tmax) was reassigned since: the NumPy backend reads them on every call."""
+        key = (
+            [_layer_spec(layer) for layer in self.layers],
+            list(self.input_shape),
+            self.psp.tau_rise,
+            self.psp.tau_fall,
+            self.tmax,
+        )
+        if self._engine is None or key != self._engine_key:
             from . import _core
 
-            self._engine = _core.Engine(
-                specs, list(self.input_shape), self.psp.tau_rise, self.psp.tau_fall, self.tmax
-            )
-            self._engine_specs = specs
+            self._engine, self._engine_key = _core.Engine(*key), key
         return self._engine
 
     @property
