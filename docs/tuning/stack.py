@@ -19,14 +19,20 @@ import numpy as np
 import stidi_rs as sr
 from stidi_rs import checkpoint, datasets
 from stidi_rs.cli import _split
+from sweep import connection_table  # docs/tuning/sweep.py
 
 
 def run(base, x, y, val, c2=32, th2=15.0, th_out=20.0, lr=(3.2, 3.2), epochs=3, decay=0.7,
-        readout=1, skip=False, homeo=(0.1, 0.6, 0.01), n=None, pool2=True):
+        readout=1, skip=False, homeo=(0.1, 0.6, 0.01), n=None, pool2=True, fan=None,
+        keep=False):
     # c2=0: no conv2, the checkpoint's own output keeps training on frozen conv1 (control).
     # skip: the output reads pool2 then pool1; its pool1 weights start as the checkpoint's
     # output weights and its pool2 weights at 0, so training starts at the checkpoint.
     # pool2=False: the output reads conv2's 8x8 maps instead of their 4x4 pooling.
+    # fan: each conv2 channel starts connected to `fan` random conv1 channels (U(0, 1)
+    # weights, 0 elsewhere; LeNet-5's connection table): with all 32, positive random
+    # weights make every channel the same blurred detector of early conv1 activity.
+    # keep: the other weights are set back to 0 after every 1,024 images (a sparse conv2).
     conv1, out0 = base.spiking_layers
     x, y = (x[:n], y[:n]) if n else (x, y)
     first = [sr.Conv2d(1, conv1.out_channels, conv1.kernel_size, conv1.threshold),
@@ -42,6 +48,9 @@ def run(base, x, y, val, c2=32, th2=15.0, th_out=20.0, lr=(3.2, 3.2), epochs=3, 
         lrs = [0.0, *lr]
     net = sr.Network(first + top, (1, 28, 28), psp=base.psp, seed=0)
     net.spiking_layers[0].weight = conv1.weight
+    if fan:
+        mask = connection_table(net.spiking_layers[1].weight.shape, fan)
+        net.spiking_layers[1].weight = net.spiking_layers[1].weight * mask
     if c2 == 0:
         net.spiking_layers[-1].weight = out0.weight
     elif skip:
@@ -65,6 +74,8 @@ def run(base, x, y, val, c2=32, th2=15.0, th_out=20.0, lr=(3.2, 3.2), epochs=3, 
             if guard and not reading:
                 guard(net, x[idx])
                 net.spiking_layers[0].weight = frozen  # the guard may not touch conv1
+            if keep and not reading:
+                net.spiking_layers[1].weight = net.spiking_layers[1].weight * mask
             if reading:  # the read-out epoch averages the output's weights
                 total, batches = total + out.weight, batches + 1
         if reading:

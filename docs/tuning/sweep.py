@@ -20,9 +20,11 @@ def run(x, y, val, th=(4, 30, 40), lr=(12.8, 50, 50), ch=(16, 32), reduce="mean"
         epochs=1, homeo=(0.1, 0.6, 0.01), decay=1.0, tau=40.0, binary=False, disp="exact",
         beta=1.0, normalize=True, hidden=None, tau_fall=float("inf"), dense=None, wd=0.0,
         enc=1.0, batch=1, onoff=False, window=256.0, readout=0, swa=False, dog=None,
-        init=None, seed=0, pool2=True, conv2=True, bias=0, pool1=2, skip=False, k1=5):
+        init=None, seed=0, pool2=True, conv2=True, bias=0, pool1=2, skip=False, k1=5,
+        fan=None):
     # init: (low, high) of the uniform initial weights of the layers below the output;
-    # None keeps the layers' default
+    # None keeps the layers' default. fan: conv2's initial weights keep only `fan` random
+    # input channels per output channel (connection_table below)
     if enc != 1.0:  # pixel intensity ** enc before the spec's encoding: dim pixels fire earlier
         def recode(t):
             return 256.0 * (1.0 - (1.0 - t / 256.0) ** enc)
@@ -67,6 +69,9 @@ def run(x, y, val, th=(4, 30, 40), lr=(12.8, 50, 50), ch=(16, 32), reduce="mean"
              *([sr.MaxPool2d(pool1)] if pool1 else []), *middle, *top],
             x.shape[1:], psp=sr.PSP(tau, tau_fall), seed=seed,
         )
+    if fan and conv2 and not dense:
+        conv = net.spiking_layers[1]
+        conv.weight = conv.weight * connection_table(conv.weight.shape, fan)
     rule = sr.STiDiBP(net, lr=list(lr), conv_reduce=reduce, gamma=gamma, displacement=disp,
                       beta=beta, normalize=normalize, weight_decay=wd)
     guard = sr.Homeostasis(*homeo) if homeo else None
@@ -104,6 +109,18 @@ def run(x, y, val, th=(4, 30, 40), lr=(12.8, 50, 50), ch=(16, 32), reduce="mean"
         print(f"   read-out epoch {epoch + 1}: validation {scores[-1]:.4f}, "
               f"{time.time() - start:.0f} s", flush=True)
     return scores
+
+
+def connection_table(shape, fan, seed=1):
+    """A 0/1 mask for conv weights of `shape` (out, in, k, k) that connects every output
+    channel to `fan` random input channels (LeNet-5's connection table). With positive
+    random weights on every input channel, all channels start as the same blurred
+    detector of early input activity (session 15)."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(shape[:2])
+    for row in mask:
+        row[rng.choice(shape[1], fan, replace=False)] = 1.0
+    return mask[:, :, None, None]
 
 
 def dog_channels(t, sigmas):
