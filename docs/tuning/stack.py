@@ -33,6 +33,8 @@ def run(base, x, y, val, c2=32, th2=15.0, th_out=20.0, lr=(3.2, 3.2), epochs=3, 
     # weights, 0 elsewhere; LeNet-5's connection table): with all 32, positive random
     # weights make every channel the same blurred detector of early conv1 activity.
     # keep: the other weights are set back to 0 after every 1,024 images (a sparse conv2).
+    if keep and not fan:
+        raise ValueError("keep=True keeps a connection table: give fan too")
     conv1, out0 = base.spiking_layers
     x, y = (x[:n], y[:n]) if n else (x, y)
     first = [sr.Conv2d(1, conv1.out_channels, conv1.kernel_size, conv1.threshold),
