@@ -24,7 +24,7 @@ from sweep import connection_table  # docs/tuning/sweep.py
 
 def run(base, x, y, val, c2=32, th2=15.0, th_out=20.0, lr=(3.2, 3.2), epochs=3, decay=0.7,
         readout=1, skip=False, homeo=(0.1, 0.6, 0.01), n=None, pool2=True, fan=None,
-        keep=False):
+        keep=False, hidden=None, disp="exact", init=None):
     # c2=0: no conv2, the checkpoint's own output keeps training on frozen conv1 (control).
     # skip: the output reads pool2 then pool1; its pool1 weights start as the checkpoint's
     # output weights and its pool2 weights at 0, so training starts at the checkpoint.
@@ -33,6 +33,8 @@ def run(base, x, y, val, c2=32, th2=15.0, th_out=20.0, lr=(3.2, 3.2), epochs=3, 
     # weights, 0 elsewhere; LeNet-5's connection table): with all 32, positive random
     # weights make every channel the same blurred detector of early conv1 activity.
     # keep: the other weights are set back to 0 after every 1,024 images (a sparse conv2).
+    # hidden: (units, threshold) of a Dense layer on pool1 in conv2's place (init: its
+    # initial weights' (low, high)); disp: the rule's displacement ("exact" or "causal").
     if keep and not fan:
         raise ValueError("keep=True keeps a connection table: give fan too")
     conv1, out0 = base.spiking_layers
@@ -42,6 +44,9 @@ def run(base, x, y, val, c2=32, th2=15.0, th_out=20.0, lr=(3.2, 3.2), epochs=3, 
     n1 = out0.in_features  # pool1's size
     if c2 == 0:
         top, lrs = [sr.Dense(n1, 10, out0.threshold)], [0.0, lr[-1]]
+    elif hidden:
+        top = [sr.Dense(n1, hidden[0], hidden[1], init=init), sr.Dense(hidden[0], 10, th_out)]
+        lrs = [0.0, *lr]
     else:
         n2 = c2 * (16 if pool2 else 64)
         top = [sr.Conv2d(conv1.out_channels, c2, 5, th2), *([sr.MaxPool2d(2)] if pool2 else []),
@@ -58,7 +63,7 @@ def run(base, x, y, val, c2=32, th2=15.0, th_out=20.0, lr=(3.2, 3.2), epochs=3, 
     elif skip:
         net.spiking_layers[-1].weight = np.hstack([np.zeros((10, n2)), out0.weight])
     frozen = net.spiking_layers[0].weight.copy()
-    rule = sr.STiDiBP(net, lr=lrs, conv_reduce="mean")
+    rule = sr.STiDiBP(net, lr=lrs, conv_reduce="mean", displacement=disp)
     guard = sr.Homeostasis(*homeo) if homeo else None
     start, scores = time.time(), []
     score = float((net.predict(val[0]) == val[1]).mean())
