@@ -202,6 +202,32 @@ def test_a_readout_epoch_ends_on_the_mean_of_its_output_weights():
     assert history[0]["lr"] == [0.0, 3.0]
 
 
+def test_readout_lr_restarts_the_output_rate_and_survives_resume(tmp_path):
+    x, y = fake_images(60)
+
+    def trainer(net, **kw):
+        return Trainer(net, sr.STiDiBP(net, lr=[2.0, 4.0]), lr_decay=0.5, progress=False, **kw)
+
+    full = tiny()
+    history = trainer(full, epochs=4, readout_epochs=2, readout_lr=8.0).fit(x, y)
+    assert [h["lr"] for h in history] == [[2.0, 4.0], [1.0, 2.0], [0.0, 8.0], [0.0, 4.0]]
+    plain = trainer(tiny(), epochs=4, readout_epochs=2).fit(x, y)
+    assert [h["lr"] for h in plain[2:]] == [[0.0, 1.0], [0.0, 0.5]]
+    # the same run, stopped after its first read-out epoch and resumed
+    net = tiny()
+    trainer(net, epochs=3, readout_epochs=1, readout_lr=8.0, out_dir=tmp_path).fit(x, y)
+    resumed = Trainer.resume(tmp_path / "last.npz", epochs=4, readout_epochs=2, progress=False)
+    assert resumed.readout_lr == 8.0
+    resumed.fit(x, y)
+    for a, b in zip(full.spiking_layers, resumed.net.spiking_layers):
+        assert np.array_equal(a.weight, b.weight)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="readout_lr must be positive and finite"):
+            trainer(tiny(), epochs=2, readout_epochs=1, readout_lr=bad)
+    with pytest.raises(ValueError, match="give readout_epochs"):
+        trainer(tiny(), epochs=2, readout_lr=1.0)
+
+
 def test_resume_can_add_readout_epochs_to_a_finished_run(tmp_path):
     x, y = fake_images(60)
     full = tiny()
@@ -381,6 +407,14 @@ def test_cli_lr_per_layer_must_match_the_preset(tmp_path, capsys):
     assert "not a number or a comma-separated list: '1,fast'" in capsys.readouterr().err
 
 
+def test_cli_readout_lr_reaches_the_trainer(tmp_path, capsys):
+    args = ["train", "--preset", "dense", "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main([*args, "--readout-epochs", "0", "--readout-lr", "2"]) == 2
+    assert "readout_lr sets the rate of read-out epochs" in capsys.readouterr().err
+    assert main([*args, "--readout-lr", "nan"]) == 2
+    assert "readout_lr must be positive and finite, got nan" in capsys.readouterr().err
+
+
 def test_cli_resume_refuses_flags_it_would_ignore(tmp_path, capsys):
     ckpt = str(tmp_path / "last.npz")
     assert main(["train", "--resume", ckpt, "--lr", "3", "--displacement", "causal"]) == 2
@@ -388,6 +422,8 @@ def test_cli_resume_refuses_flags_it_would_ignore(tmp_path, capsys):
     assert err.count("\n") == 1 and "--lr, --displacement would be ignored" in err
     assert main(["train", "--resume", ckpt, "--seed", "0", "--no-homeostasis"]) == 2
     assert "--seed, --no-homeostasis would be ignored" in capsys.readouterr().err
+    assert main(["train", "--resume", ckpt, "--readout-lr", "3"]) == 2
+    assert "--readout-lr would be ignored" in capsys.readouterr().err
     # --epochs is how a resumed run is extended: it passes the guard (and meets the
     # missing file)
     assert main(["train", "--resume", ckpt, "--epochs", "4", "--readout-epochs", "1"]) == 2

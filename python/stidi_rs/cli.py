@@ -56,6 +56,7 @@ _RUN_FLAGS = {
     "lr": None,
     "displacement": None,
     "lr_decay": None,
+    "readout_lr": None,
     "train_size": 0,
     "val_size": 0,
     "seed": 0,
@@ -123,6 +124,7 @@ def cmd_train(args) -> int:
             readout_epochs=preset.readout_epochs
             if args.readout_epochs is None
             else args.readout_epochs,
+            readout_lr=args.readout_lr,
             homeostasis=None
             if args.no_homeostasis or preset.homeostasis is None
             else Homeostasis(**preset.homeostasis),
@@ -261,6 +263,13 @@ def main(argv=None) -> int:
         type=int,
         default=None,
         help="the last N of the epochs train only the output layer (default: preset's)",
+    )
+    p.add_argument(
+        "--readout-lr",
+        type=float,
+        default=None,
+        help="restart the output's lr at this value for the read-out epochs "
+        "(default: it keeps decaying)",
     )
     p.add_argument(
         "--lr-decay", type=float, default=None, help="lr multiplier per epoch (default: preset's)"

@@ -98,7 +98,11 @@ class Trainer:
     read-out settles on fixed features instead of chasing moving ones. At the end of
     each such epoch the output weights become their mean over the epoch (taken after
     every chunk), which removes the jitter per-sample steps leave behind
-    (docs/results.md, "Read-out epochs").
+    (docs/results.md, "Read-out epochs"). By default the output's rate keeps
+    decaying through them; ``readout_lr`` restarts it there instead: read-out epoch
+    ``r`` (from 0) trains the output at ``readout_lr * lr_decay**r``, so a run can
+    fit its output to the finished features at a rate the long decay has left far
+    behind (docs/results.md, session 16).
     """
 
     def __init__(
@@ -115,6 +119,7 @@ class Trainer:
         config: dict | None = None,
         homeostasis: Homeostasis | None = None,
         readout_epochs: int = 0,
+        readout_lr: float | None = None,
     ):
         if epochs < 1 or batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
@@ -124,6 +129,12 @@ class Trainer:
             )
         if not 0 < lr_decay <= 1:
             raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay}")
+        if readout_lr is not None:
+            if not (math.isfinite(readout_lr) and readout_lr > 0):
+                raise ValueError(f"readout_lr must be positive and finite, got {readout_lr}")
+            if readout_epochs == 0:
+                raise ValueError("readout_lr sets the rate of read-out epochs: give readout_epochs")
+            readout_lr = float(readout_lr)
         self.net, self.rule = network, rule
         self.epochs, self.batch_size, self.lr_decay, self.seed = epochs, batch_size, lr_decay, seed
         self.base_lr = list(rule.lr)
@@ -132,6 +143,7 @@ class Trainer:
         self.config = config or {}
         self.homeostasis = homeostasis
         self.readout_epochs = readout_epochs
+        self.readout_lr = readout_lr
         self.epoch = 0
         self.history: list[dict] = []
 
@@ -149,7 +161,12 @@ class Trainer:
             readout_only = e >= self.epochs - self.readout_epochs
             self.rule.lr = [lr * self.lr_decay**e for lr in self.base_lr]
             if readout_only:
-                self.rule.lr = [0.0] * (len(self.rule.lr) - 1) + self.rule.lr[-1:]
+                out_lr = self.rule.lr[-1]
+                if self.readout_lr is not None:
+                    out_lr = self.readout_lr * self.lr_decay ** (
+                        e - (self.epochs - self.readout_epochs)
+                    )
+                self.rule.lr = [0.0] * (len(self.rule.lr) - 1) + [out_lr]
             order = np.random.default_rng([self.seed, e]).permutation(len(images))
             correct = seen = nudged = 0
             readout, weight_sum = self.net.spiking_layers[-1], 0.0
@@ -216,6 +233,7 @@ class Trainer:
             "batch_size": self.batch_size,
             "lr_decay": self.lr_decay,
             "readout_epochs": self.readout_epochs,
+            "readout_lr": self.readout_lr,
             "seed": self.seed,
             "history": self.history,
             "rule": {
@@ -275,6 +293,7 @@ class Trainer:
             readout_epochs=state.get("readout_epochs", 0)
             if readout_epochs is None
             else readout_epochs,
+            readout_lr=state.get("readout_lr"),
         )
         trainer.epoch, trainer.history = state["epoch"], state["history"]
         return trainer
