@@ -85,14 +85,15 @@ class Population:
         e /= norm
         rows = np.flatnonzero(e)
         s = t[rows, None] - x[None, :]
-        eps = np.clip(s / self.psp.tau_rise, 0, 1)  # tau_fall = inf: the ramp holds at 1
+        eps = reference.eps(s, self.psp.tau_rise, self.psp.tau_fall)
         self.weight[rows] -= lr * (e[rows] * t[rows] / self.threshold)[:, None] * eps / self.tmax
 
 
 def run(psp, xtr, ytr, val, k=1, th=50.0, lr=3.2, epochs=3, decay=0.7, readout=1, binary=False,
         n=None, seed=0, start=None):
     # start: "checkpoint" copies the checkpoint's output weights to every neuron of a
-    # class (only with k = 1 they are the checkpoint's output), else U(0, 1)
+    # class (only with k = 1 they are the checkpoint's output); else the layers' default
+    # initial weights
     xtr, ytr = (xtr[:n], ytr[:n]) if n else (xtr, ytr)
     init = None if start is None else np.repeat(start, k, axis=0)
     pop = Population(xtr.shape[1], k, th, psp, binary=binary, seed=seed, init=init)
