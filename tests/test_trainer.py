@@ -202,6 +202,42 @@ def test_a_readout_epoch_ends_on_the_mean_of_its_output_weights():
     assert history[0]["lr"] == [0.0, 3.0]
 
 
+def test_readout_average_averages_only_the_last_readout_epochs(tmp_path):
+    x, y = fake_images(2100)  # three chunks of 1,024 images
+
+    def trainer(net, **kw):
+        return Trainer(net, sr.STiDiBP(net, lr=3.0), seed=4, progress=False, **kw)
+
+    net = tiny()
+    history = trainer(net, epochs=2, readout_epochs=2, readout_average=1).fit(x, y)
+    assert [h["readout_averaged"] for h in history] == [False, True]
+    manual = tiny()
+    rule = sr.STiDiBP(manual, lr=[0.0, 3.0])
+    plain, snapshots = [], []
+    for epoch, ends in ((0, plain), (1, snapshots)):
+        order = np.random.default_rng([4, epoch]).permutation(len(x))
+        for lo in range(0, len(x), 1024):
+            idx = order[lo : lo + 1024]
+            rule.steps(sr.encode(x[idx][:, None]), y[idx], 1)
+            ends.append(manual.spiking_layers[-1].weight.copy())
+    # the plain epoch hands its last weights on, not their mean, to the averaged one
+    assert not np.allclose(plain[-1], np.mean(plain, axis=0), atol=1e-6)
+    assert np.allclose(net.spiking_layers[-1].weight, np.mean(snapshots, axis=0), atol=1e-12)
+    none = tiny()
+    trainer(none, epochs=2, readout_epochs=2, readout_average=0).fit(x, y)
+    assert np.allclose(none.spiking_layers[-1].weight, snapshots[-1], atol=1e-12)
+    # saved with the run, so a resumed run averages the same epochs
+    run = tiny()
+    trainer(run, epochs=1, readout_epochs=1, readout_average=0, out_dir=tmp_path).fit(x, y)
+    resumed = Trainer.resume(tmp_path / "last.npz", epochs=2, readout_epochs=2, progress=False)
+    assert resumed.readout_average == 0
+    too_many = r"readout_average must be in \[0, readout_epochs=1\], got 2"
+    with pytest.raises(ValueError, match=too_many):
+        trainer(tiny(), epochs=2, readout_epochs=1, readout_average=2)
+    with pytest.raises(ValueError, match="give readout_epochs"):
+        trainer(tiny(), epochs=2, readout_average=1)
+
+
 def test_readout_lr_restarts_the_output_rate_and_survives_resume(tmp_path):
     x, y = fake_images(60)
 
@@ -413,6 +449,11 @@ def test_cli_readout_lr_reaches_the_trainer(tmp_path, capsys):
     assert "readout_lr sets the rate of read-out epochs" in capsys.readouterr().err
     assert main([*args, "--readout-lr", "nan"]) == 2
     assert "readout_lr must be positive and finite, got nan" in capsys.readouterr().err
+    assert main([*args, "--readout-epochs", "1", "--readout-average", "2"]) == 2
+    assert "readout_average must be in [0, readout_epochs=1], got 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--readout-average", "-1"])
+    assert "--readout-average must be at least 0" in capsys.readouterr().err
 
 
 def test_cli_resume_refuses_flags_it_would_ignore(tmp_path, capsys):
@@ -424,6 +465,8 @@ def test_cli_resume_refuses_flags_it_would_ignore(tmp_path, capsys):
     assert "--seed, --no-homeostasis would be ignored" in capsys.readouterr().err
     assert main(["train", "--resume", ckpt, "--readout-lr", "3"]) == 2
     assert "--readout-lr would be ignored" in capsys.readouterr().err
+    assert main(["train", "--resume", ckpt, "--readout-average", "1"]) == 2
+    assert "--readout-average would be ignored" in capsys.readouterr().err
     # --epochs is how a resumed run is extended: it passes the guard (and meets the
     # missing file)
     assert main(["train", "--resume", ckpt, "--epochs", "4", "--readout-epochs", "1"]) == 2

@@ -57,6 +57,7 @@ _RUN_FLAGS = {
     "displacement": None,
     "lr_decay": None,
     "readout_lr": None,
+    "readout_average": None,
     "train_size": 0,
     "val_size": 0,
     "seed": 0,
@@ -125,6 +126,7 @@ def cmd_train(args) -> int:
             if args.readout_epochs is None
             else args.readout_epochs,
             readout_lr=args.readout_lr,
+            readout_average=args.readout_average,
             homeostasis=None
             if args.no_homeostasis or preset.homeostasis is None
             else Homeostasis(**preset.homeostasis),
@@ -272,6 +274,13 @@ def main(argv=None) -> int:
         "(default: it keeps decaying)",
     )
     p.add_argument(
+        "--readout-average",
+        type=int,
+        default=None,
+        help="average the output's weights over only the last K read-out epochs; "
+        "the earlier ones train plainly (default: every read-out epoch is averaged)",
+    )
+    p.add_argument(
         "--lr-decay", type=float, default=None, help="lr multiplier per epoch (default: preset's)"
     )
     p.add_argument("--train-size", type=int, default=None, help="use the first N training images")
@@ -337,7 +346,15 @@ def main(argv=None) -> int:
 
         return bench.main(argv[1:])
     args = parser.parse_args(argv)
-    for name in ("epochs", "batch_size", "train_size", "val_size", "test_size", "readout_epochs"):
+    for name in (
+        "epochs",
+        "batch_size",
+        "train_size",
+        "val_size",
+        "test_size",
+        "readout_epochs",
+        "readout_average",
+    ):
         value = getattr(args, name, None)
         if value is not None and value < (1 if name in ("epochs", "batch_size") else 0):
             parser.error(

@@ -102,7 +102,9 @@ class Trainer:
     decaying through them; ``readout_lr`` restarts it there instead: read-out epoch
     ``r`` (from 0) trains the output at ``readout_lr * lr_decay**r``, so a run can
     fit its output to the finished features at a rate the long decay has left far
-    behind (docs/results.md, session 16).
+    behind (docs/results.md, session 16). ``readout_average`` = ``k`` averages only
+    the last ``k`` read-out epochs; those before them train plainly, so an average
+    is not weighed down by weights from a high restarted rate (default: all).
     """
 
     def __init__(
@@ -120,6 +122,7 @@ class Trainer:
         homeostasis: Homeostasis | None = None,
         readout_epochs: int = 0,
         readout_lr: float | None = None,
+        readout_average: int | None = None,
     ):
         if epochs < 1 or batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
@@ -135,6 +138,18 @@ class Trainer:
             if readout_epochs == 0:
                 raise ValueError("readout_lr sets the rate of read-out epochs: give readout_epochs")
             readout_lr = float(readout_lr)
+        if readout_average is not None:
+            if readout_epochs == 0:
+                raise ValueError(
+                    "readout_average sets how many read-out epochs are averaged: "
+                    "give readout_epochs"
+                )
+            if not 0 <= readout_average <= readout_epochs:
+                raise ValueError(
+                    f"readout_average must be in [0, readout_epochs={readout_epochs}], "
+                    f"got {readout_average}"
+                )
+            readout_average = int(readout_average)
         self.net, self.rule = network, rule
         self.epochs, self.batch_size, self.lr_decay, self.seed = epochs, batch_size, lr_decay, seed
         self.base_lr = list(rule.lr)
@@ -144,6 +159,7 @@ class Trainer:
         self.homeostasis = homeostasis
         self.readout_epochs = readout_epochs
         self.readout_lr = readout_lr
+        self.readout_average = readout_average
         self.epoch = 0
         self.history: list[dict] = []
 
@@ -159,6 +175,9 @@ class Trainer:
         while self.epoch < self.epochs:
             e = self.epoch
             readout_only = e >= self.epochs - self.readout_epochs
+            averaged = readout_only and (
+                self.readout_average is None or e >= self.epochs - self.readout_average
+            )
             self.rule.lr = [lr * self.lr_decay**e for lr in self.base_lr]
             if readout_only:
                 out_lr = self.rule.lr[-1]
@@ -191,11 +210,11 @@ class Trainer:
                     sizes = np.diff(np.r_[0 : len(idx) : self.batch_size, len(idx)])
                     loss += float((stats["loss"] * sizes).sum())
                     seen += len(idx)
-                    if readout_only:
+                    if averaged:
                         weight_sum = weight_sum + readout.weight
                     bar.update(len(idx))
                     bar.set_postfix(acc=f"{100 * correct / seen:.1f}%")
-            if readout_only:
+            if averaged:
                 chunks = -(-len(images) // chunk)
                 readout.weight = weight_sum / chunks
             seconds = time.perf_counter() - start
@@ -208,6 +227,7 @@ class Trainer:
                 "images_per_s": seen / seconds,
                 "homeostasis_nudges": nudged,
                 "readout_only": readout_only,
+                "readout_averaged": averaged,
             }
             if val_times is not None:
                 record["val"] = evaluate(self.net, val_times, np.asarray(val[1], dtype=np.int64))
@@ -234,6 +254,7 @@ class Trainer:
             "lr_decay": self.lr_decay,
             "readout_epochs": self.readout_epochs,
             "readout_lr": self.readout_lr,
+            "readout_average": self.readout_average,
             "seed": self.seed,
             "history": self.history,
             "rule": {
@@ -294,6 +315,7 @@ class Trainer:
             if readout_epochs is None
             else readout_epochs,
             readout_lr=state.get("readout_lr"),
+            readout_average=state.get("readout_average"),
         )
         trainer.epoch, trainer.history = state["epoch"], state["history"]
         return trainer
