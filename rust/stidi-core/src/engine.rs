@@ -99,6 +99,13 @@ pub(crate) enum RowWeights<'a> {
         wt: &'a [f64],
         out: usize,
     },
+    /// Real weights left in their `(out, rows)` layout: what training reads for
+    /// a Dense layer, whose weights change after every step (see [`dense_times`]).
+    Cols {
+        w: &'a [f64],
+        rows: usize,
+        out: usize,
+    },
     Bits {
         packed: &'a [u64],
         wpr: usize,
@@ -144,6 +151,10 @@ impl<'a> RowWeights<'a> {
         RowWeights::Real { wt, out }
     }
 
+    pub fn cols(w: &'a [f64], out: usize, rows: usize) -> Self {
+        RowWeights::Cols { w, rows, out }
+    }
+
     /// Packed signs already are row-major over inputs, so they are used as is.
     pub fn bits(packed: &'a [u64], out: usize) -> Self {
         RowWeights::Bits {
@@ -156,7 +167,9 @@ impl<'a> RowWeights<'a> {
     /// Number of outputs.
     pub fn out(&self) -> usize {
         match self {
-            RowWeights::Real { out, .. } | RowWeights::Bits { out, .. } => *out,
+            RowWeights::Real { out, .. }
+            | RowWeights::Cols { out, .. }
+            | RowWeights::Bits { out, .. } => *out,
         }
     }
 
@@ -183,6 +196,11 @@ impl<'a> RowWeights<'a> {
                 let w = &wt[row * out + lo..row * out + hi];
                 for (d, &w) in dst[..hi - lo].iter_mut().zip(w) {
                     *d += scale * w;
+                }
+            }
+            RowWeights::Cols { w, rows, .. } => {
+                for (j, d) in (lo..hi).zip(dst[..hi - lo].iter_mut()) {
+                    *d += scale * w[j * rows + row];
                 }
             }
             RowWeights::Bits { packed, wpr, .. } => {
@@ -349,6 +367,11 @@ fn dense_block(
     theta: f64,
     tmax: f64,
 ) -> Vec<f64> {
+    if let RowWeights::Cols { w, rows, .. } = w {
+        return block
+            .map(|j| neuron_time(events, &w[j * rows..(j + 1) * rows], steps, theta, tmax))
+            .collect();
+    }
     let mut st = Sweep::new(1, block.len(), theta, tmax);
     for ev in events {
         st.advance(0, ev.t);
@@ -359,6 +382,38 @@ fn dense_block(
     }
     st.advance(0, tmax);
     st.times
+}
+
+/// One Dense neuron's spike time from its own weight row, sweeping the events
+/// until it fires. Its `V` and slope see the same operations in the same order
+/// as in [`Sweep`], so the time is bit-identical; but the neuron stops at its
+/// own spike and reads one contiguous row, so no transposed copy is needed.
+fn neuron_time(events: &[Event], row: &[f64], steps: &[f64; 3], theta: f64, tmax: f64) -> f64 {
+    let (mut v, mut slope, mut last) = (0.0f64, 0.0f64, 0.0f64);
+    let advance = |v: &mut f64, slope: f64, last: &mut f64, t: f64| -> Option<f64> {
+        let dt = t - *last;
+        if dt <= 0.0 {
+            return None;
+        }
+        let (t0, v0) = (*last, *v);
+        *last = t;
+        let v1 = v0 + slope * dt;
+        if v1 >= theta {
+            let tc = (t0 + (theta - v0) / slope).min(t);
+            if tc < tmax {
+                return Some(tc);
+            }
+        }
+        *v = v1;
+        None
+    };
+    for ev in events {
+        if let Some(tc) = advance(&mut v, slope, &mut last, ev.t) {
+            return tc;
+        }
+        slope += steps[ev.kind] * row[ev.src];
+    }
+    advance(&mut v, slope, &mut last, tmax).unwrap_or(tmax)
 }
 
 /// Geometry of a Conv2d layer.

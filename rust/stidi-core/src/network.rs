@@ -363,7 +363,7 @@ impl Network {
         batch: usize,
     ) -> ForwardOut {
         let samples: Vec<(Vec<Vec<f64>>, Vec<f64>)> = pool.install(|| {
-            let wt = self.transpose_all(params);
+            let wt = self.transpose_all(params, true);
             let prep = self.row_weights(params, &wt);
             let parts = split_parts(batch);
             input
@@ -391,12 +391,17 @@ impl Network {
 
     /// Transposed `(rows, out)` weights of the real spiking layers (empty for
     /// the others): the layout the sweep reads. Runs on the current rayon pool.
-    pub(crate) fn transpose_all(&self, params: &[LayerParams]) -> Vec<Vec<f64>> {
+    /// Without `dense`, real Dense layers are left out too: their neurons then
+    /// read their own weight rows ([`RowWeights::Cols`]), which is what
+    /// training wants, where keeping a wide layer's copy in step after every
+    /// sample cost more than the rest of the step.
+    pub(crate) fn transpose_all(&self, params: &[LayerParams], dense: bool) -> Vec<Vec<f64>> {
         self.layers
             .iter()
             .zip(params)
-            .map(|(layer, p)| match layer.weight_dims() {
-                Some((out, rows)) if !layer.is_binary() => transpose(p.weight, out, rows),
+            .map(|(layer, p)| match (layer, layer.weight_dims()) {
+                (Layer::Dense { .. }, _) if !dense => Vec::new(),
+                (_, Some((out, rows))) if !layer.is_binary() => transpose(p.weight, out, rows),
                 _ => Vec::new(),
             })
             .collect()
@@ -413,9 +418,11 @@ impl Network {
             .zip(params)
             .zip(wt)
             .map(|((layer, p), wt)| {
-                let (out, _) = layer.weight_dims()?;
+                let (out, rows) = layer.weight_dims()?;
                 Some(if layer.is_binary() {
                     RowWeights::bits(p.packed, out)
+                } else if wt.is_empty() {
+                    RowWeights::cols(p.weight, out, rows)
                 } else {
                     RowWeights::real(wt, out)
                 })
@@ -539,7 +546,7 @@ impl Network {
             let mut wt = {
                 let views: Vec<LayerParams> =
                     params.iter().map(LayerParamsMut::as_params).collect();
-                self.transpose_all(&views)
+                self.transpose_all(&views, false)
             };
             self.step(params, &mut wt, input, labels, hyper, false)
         }))
@@ -575,7 +582,7 @@ impl Network {
             let mut wt = {
                 let views: Vec<LayerParams> =
                     params.iter().map(LayerParamsMut::as_params).collect();
-                self.transpose_all(&views)
+                self.transpose_all(&views, false)
             };
             let mut out = Vec::with_capacity(n.div_ceil(batch_size));
             for lo in (0..n).step_by(batch_size) {
@@ -594,8 +601,8 @@ impl Network {
     }
 
     /// One checked step, run on the current rayon pool. `wt` holds the
-    /// transposed real weights and, if `sync`, is brought up to date with the
-    /// new weights.
+    /// transposed real weights (empty for Dense layers, which read their own
+    /// rows) and, if `sync`, is brought up to date with the new weights.
     fn step(
         &self,
         params: &mut [LayerParamsMut],
@@ -684,7 +691,7 @@ impl Network {
                 },
             );
             let binary = self.layers[l].is_binary();
-            if !binary && !sync {
+            if !binary && (!sync || wt[l].is_empty()) {
                 continue;
             }
             let mut changed = vec![!sparse; rows];

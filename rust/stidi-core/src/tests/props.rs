@@ -2,6 +2,7 @@ use proptest::prelude::*;
 
 use super::naive;
 use super::{close, Params};
+use crate::engine::{build_events, dense_times, potential_at, transpose, RowWeights};
 use crate::threads::build_pool;
 use crate::{bits, ConvReduce, Displacement, Hyper, LayerParams, LayerSpec, Network, Psp};
 
@@ -387,6 +388,40 @@ proptest! {
             prop_assert_eq!(*b, if *a >= 0.0 { 1.0 } else { -1.0 });
         }
         prop_assert_eq!(bits::pack_signs(&u, out, rows), p);
+    }
+
+    #[test]
+    fn dense_layer_reads_either_weight_layout_bit_for_bit(
+        psp in psp_strategy(), n_in in 1usize..40, out in prop_oneof![1usize..40, 256usize..300],
+        parts in 1usize..4, theta in 0.2..3.0f64, seed in any::<u64>(),
+    ) {
+        // Training sweeps each Dense neuron over its own row; inference sweeps
+        // all of them over the transposed copy. Same spikes, to the bit.
+        let mut rng = Rng(seed);
+        let mut x: Vec<f64> = (0..n_in).map(|_| rng.time()).collect();
+        for k in 1..n_in {
+            if rng.uniform(0.0, 1.0) < 0.2 {
+                x[k] = x[k - 1]; // simultaneous events
+            }
+        }
+        let w: Vec<f64> = (0..out * n_in).map(|_| rng.uniform(-1.0, 2.0)).collect();
+        let (mut act, mut events) = (Vec::new(), Vec::new());
+        build_events(&x, &psp, T, &mut act, &mut events);
+        let wt = transpose(&w, out, n_in);
+        let (real, cols) = (RowWeights::real(&wt, out), RowWeights::cols(&w, out, n_in));
+        let steps = psp.slope_steps();
+        let times = |rw: &RowWeights| -> Vec<u64> {
+            dense_times(&events, rw, &steps, out, theta, T, parts)
+                .iter()
+                .map(|t| t.to_bits())
+                .collect()
+        };
+        let fired = times(&real).iter().filter(|&&t| f64::from_bits(t) < T).count();
+        prop_assert_eq!(times(&real), times(&cols), "{} of {} fired", fired, out);
+        let v = |rw: &RowWeights| -> Vec<u64> {
+            potential_at(&x, rw, out, &psp, T).iter().map(|v| v.to_bits()).collect()
+        };
+        prop_assert_eq!(v(&real), v(&cols));
     }
 
     #[test]
