@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use crate::bits::{sign, words_per_row};
+use crate::bits::words_per_row;
 use crate::psp::Psp;
 
 /// One breakpoint of one input: `kind` 0 = rise, 1 = fall, 2 = end of fall.
@@ -99,14 +99,12 @@ pub(crate) enum RowWeights<'a> {
         wt: &'a [f64],
         out: usize,
     },
-    /// Real weights left in their `(out, rows)` layout (their signs if
-    /// `binary`): what training reads for a Dense layer, whose weights change
-    /// after every step (see [`neuron_time`]).
+    /// Real weights left in their `(out, rows)` layout: what training reads for
+    /// a Dense layer, whose weights change after every step (see [`dense_times`]).
     Cols {
         w: &'a [f64],
         rows: usize,
         out: usize,
-        binary: bool,
     },
     Bits {
         packed: &'a [u64],
@@ -153,13 +151,8 @@ impl<'a> RowWeights<'a> {
         RowWeights::Real { wt, out }
     }
 
-    pub fn cols(w: &'a [f64], out: usize, rows: usize, binary: bool) -> Self {
-        RowWeights::Cols {
-            w,
-            rows,
-            out,
-            binary,
-        }
+    pub fn cols(w: &'a [f64], out: usize, rows: usize) -> Self {
+        RowWeights::Cols { w, rows, out }
     }
 
     /// Packed signs already are row-major over inputs, so they are used as is.
@@ -205,13 +198,9 @@ impl<'a> RowWeights<'a> {
                     *d += scale * w;
                 }
             }
-            RowWeights::Cols {
-                w, rows, binary, ..
-            } => {
+            RowWeights::Cols { w, rows, .. } => {
                 for (j, d) in (lo..hi).zip(dst[..hi - lo].iter_mut()) {
-                    let w = w[j * rows + row];
-                    // scale · ±1 is exact: the same bits as the packed kernel's
-                    *d += scale * if *binary { sign(w) } else { w };
+                    *d += scale * w[j * rows + row];
                 }
             }
             RowWeights::Bits { packed, wpr, .. } => {
@@ -378,20 +367,10 @@ fn dense_block(
     theta: f64,
     tmax: f64,
 ) -> Vec<f64> {
-    if let RowWeights::Cols {
-        w, rows, binary, ..
-    } = w
-    {
-        let row = |j: usize| &w[j * rows..(j + 1) * rows];
-        return if *binary {
-            block
-                .map(|j| neuron_time::<true>(events, row(j), steps, theta, tmax))
-                .collect()
-        } else {
-            block
-                .map(|j| neuron_time::<false>(events, row(j), steps, theta, tmax))
-                .collect()
-        };
+    if let RowWeights::Cols { w, rows, .. } = w {
+        return block
+            .map(|j| neuron_time(events, &w[j * rows..(j + 1) * rows], steps, theta, tmax))
+            .collect();
     }
     let mut st = Sweep::new(1, block.len(), theta, tmax);
     for ev in events {
@@ -405,18 +384,11 @@ fn dense_block(
     st.times
 }
 
-/// One Dense neuron's spike time from its own weight row (its signs if
-/// `BINARY`), sweeping the events until it fires. Its `V` and slope see the
-/// same operations in the same order as in [`Sweep`], so the time is
-/// bit-identical; but the neuron stops at its own spike and reads one
-/// contiguous row, so no transposed or packed copy has to be kept in step.
-fn neuron_time<const BINARY: bool>(
-    events: &[Event],
-    row: &[f64],
-    steps: &[f64; 3],
-    theta: f64,
-    tmax: f64,
-) -> f64 {
+/// One Dense neuron's spike time from its own weight row, sweeping the events
+/// until it fires. Its `V` and slope see the same operations in the same order
+/// as in [`Sweep`], so the time is bit-identical; but the neuron stops at its
+/// own spike and reads one contiguous row, so no transposed copy is needed.
+fn neuron_time(events: &[Event], row: &[f64], steps: &[f64; 3], theta: f64, tmax: f64) -> f64 {
     let (mut v, mut slope, mut last) = (0.0f64, 0.0f64, 0.0f64);
     let advance = |v: &mut f64, slope: f64, last: &mut f64, t: f64| -> Option<f64> {
         let dt = t - *last;
@@ -439,8 +411,7 @@ fn neuron_time<const BINARY: bool>(
         if let Some(tc) = advance(&mut v, slope, &mut last, ev.t) {
             return tc;
         }
-        let w = row[ev.src];
-        slope += steps[ev.kind] * if BINARY { sign(w) } else { w };
+        slope += steps[ev.kind] * row[ev.src];
     }
     advance(&mut v, slope, &mut last, tmax).unwrap_or(tmax)
 }

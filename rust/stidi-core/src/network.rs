@@ -364,7 +364,7 @@ impl Network {
     ) -> ForwardOut {
         let samples: Vec<(Vec<Vec<f64>>, Vec<f64>)> = pool.install(|| {
             let wt = self.transpose_all(params, true);
-            let prep = self.row_weights(params, &wt, false);
+            let prep = self.row_weights(params, &wt);
             let parts = split_parts(batch);
             input
                 .par_chunks_exact(self.in_size)
@@ -407,14 +407,11 @@ impl Network {
             .collect()
     }
 
-    /// The forward weights of every spiking layer, laid out for the sweep. In
-    /// training (`wt` from `transpose_all(_, false)`) Dense layers read their
-    /// `(out, rows)` weights as they are, binary ones through their signs.
+    /// The forward weights of every spiking layer, laid out for the sweep.
     pub(crate) fn row_weights<'a>(
         &self,
         params: &[LayerParams<'a>],
         wt: &'a [Vec<f64>],
-        training: bool,
     ) -> Vec<Option<RowWeights<'a>>> {
         self.layers
             .iter()
@@ -422,13 +419,12 @@ impl Network {
             .zip(wt)
             .map(|((layer, p), wt)| {
                 let (out, rows) = layer.weight_dims()?;
-                let binary = layer.is_binary();
-                Some(match layer {
-                    Layer::Dense { .. } if training => {
-                        RowWeights::cols(p.weight, out, rows, binary)
-                    }
-                    _ if binary => RowWeights::bits(p.packed, out),
-                    _ => RowWeights::real(wt, out),
+                Some(if layer.is_binary() {
+                    RowWeights::bits(p.packed, out)
+                } else if wt.is_empty() {
+                    RowWeights::cols(p.weight, out, rows)
+                } else {
+                    RowWeights::real(wt, out)
                 })
             })
             .collect()
@@ -606,8 +602,7 @@ impl Network {
 
     /// One checked step, run on the current rayon pool. `wt` holds the
     /// transposed real weights (empty for Dense layers, which read their own
-    /// rows) and, if `sync`, is brought up to date with the new weights; a
-    /// binary Dense layer's packed signs are, at the call's last step (`!sync`).
+    /// rows) and, if `sync`, is brought up to date with the new weights.
     fn step(
         &self,
         params: &mut [LayerParamsMut],
@@ -620,7 +615,7 @@ impl Network {
         let batch = labels.len();
         let recs: Vec<learn::SampleRec> = {
             let views: Vec<LayerParams> = params.iter().map(LayerParamsMut::as_params).collect();
-            let prep = self.row_weights(&views, wt, true);
+            let prep = self.row_weights(&views, wt);
             let weights: Vec<&[f64]> = views.iter().map(|p| p.weight).collect();
             let n_in = self.in_size;
             let parts = split_parts(batch);
@@ -696,31 +691,36 @@ impl Network {
                 },
             );
             let binary = self.layers[l].is_binary();
-            if matches!(self.layers[l], Layer::Dense { .. }) {
-                // Training reads Dense weights as they are; the packed signs
-                // need to be right only when the call returns.
-                if binary && !sync {
-                    crate::bits::pack_into(p.weight, out, rows, p.packed);
+            if !binary && (!sync || wt[l].is_empty()) {
+                continue;
+            }
+            let mut changed = vec![!sparse; rows];
+            if sparse {
+                for rec in &recs {
+                    for a in &rec.active[l] {
+                        changed[a.src as usize] = true;
+                    }
                 }
-                continue;
             }
-            if !binary && !sync {
-                continue;
-            }
-            // A Conv2d: its shared weights all change.
             let w: &[f64] = p.weight;
             if binary {
                 let wpr = crate::bits::words_per_row(out);
                 p.packed
                     .par_chunks_mut(wpr)
                     .enumerate()
+                    .filter(|(r, _)| changed[*r])
                     .for_each(|(r, words)| crate::bits::pack_row(w, out, rows, r, words));
             } else {
-                wt[l].par_chunks_mut(out).enumerate().for_each(|(r, dst)| {
-                    for (j, d) in dst.iter_mut().enumerate() {
-                        *d = w[j * rows + r];
-                    }
-                });
+                // Row by row: only the changed rows are read (strided).
+                wt[l]
+                    .par_chunks_mut(out)
+                    .enumerate()
+                    .filter(|(r, _)| changed[*r])
+                    .for_each(|(r, dst)| {
+                        for (j, d) in dst.iter_mut().enumerate() {
+                            *d = w[j * rows + r];
+                        }
+                    });
             }
         }
         stats

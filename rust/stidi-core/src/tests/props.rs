@@ -393,11 +393,10 @@ proptest! {
     #[test]
     fn dense_layer_reads_either_weight_layout_bit_for_bit(
         psp in psp_strategy(), n_in in 1usize..40, out in prop_oneof![1usize..40, 256usize..300],
-        parts in 1usize..4, theta in 0.2..3.0f64, seed in any::<u64>(), binary in any::<bool>(),
+        parts in 1usize..4, theta in 0.2..3.0f64, seed in any::<u64>(),
     ) {
         // Training sweeps each Dense neuron over its own row; inference sweeps
-        // all of them over the transposed copy or the packed signs. Same
-        // spikes, to the bit.
+        // all of them over the transposed copy. Same spikes, to the bit.
         let mut rng = Rng(seed);
         let mut x: Vec<f64> = (0..n_in).map(|_| rng.time()).collect();
         for k in 1..n_in {
@@ -408,12 +407,8 @@ proptest! {
         let w: Vec<f64> = (0..out * n_in).map(|_| rng.uniform(-1.0, 2.0)).collect();
         let (mut act, mut events) = (Vec::new(), Vec::new());
         build_events(&x, &psp, T, &mut act, &mut events);
-        let (wt, packed) = (transpose(&w, out, n_in), bits::pack_signs(&w, out, n_in));
-        let (real, cols) = if binary {
-            (RowWeights::bits(&packed, out), RowWeights::cols(&w, out, n_in, true))
-        } else {
-            (RowWeights::real(&wt, out), RowWeights::cols(&w, out, n_in, false))
-        };
+        let wt = transpose(&w, out, n_in);
+        let (real, cols) = (RowWeights::real(&wt, out), RowWeights::cols(&w, out, n_in));
         let steps = psp.slope_steps();
         let times = |rw: &RowWeights| -> Vec<u64> {
             dense_times(&events, rw, &steps, out, theta, T, parts)
