@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint, datasets, presets
+from .augment import Augment
 from .learning import Homeostasis, STiDiBP
 from .network import BACKENDS, encode
 from .trainer import Trainer, evaluate
@@ -58,6 +59,8 @@ _RUN_FLAGS = {
     "lr_decay": None,
     "readout_lr": None,
     "readout_average": None,
+    "augment_shift": 0,
+    "augment_flip": None,
     "train_size": 0,
     "val_size": 0,
     "seed": 0,
@@ -127,6 +130,7 @@ def cmd_train(args) -> int:
             else args.readout_epochs,
             readout_lr=args.readout_lr,
             readout_average=args.readout_average,
+            augment=Augment(args.augment_shift, bool(args.augment_flip)),
             homeostasis=None
             if args.no_homeostasis or preset.homeostasis is None
             else Homeostasis(**preset.homeostasis),
@@ -281,6 +285,20 @@ def main(argv=None) -> int:
         "the earlier ones train plainly (default: every read-out epoch is averaged)",
     )
     p.add_argument(
+        "--augment-shift",
+        type=int,
+        default=None,
+        metavar="N",
+        help="move each training image by a random offset of up to N pixels along "
+        "each axis, drawn afresh every epoch (default 0: off)",
+    )
+    p.add_argument(
+        "--augment-flip",
+        action="store_true",
+        default=None,
+        help="mirror half of the training images left-right, drawn afresh every epoch",
+    )
+    p.add_argument(
         "--lr-decay", type=float, default=None, help="lr multiplier per epoch (default: preset's)"
     )
     p.add_argument("--train-size", type=int, default=None, help="use the first N training images")
@@ -354,6 +372,7 @@ def main(argv=None) -> int:
         "test_size",
         "readout_epochs",
         "readout_average",
+        "augment_shift",
     ):
         value = getattr(args, name, None)
         if value is not None and value < (1 if name in ("epochs", "batch_size") else 0):

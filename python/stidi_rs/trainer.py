@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint, reference
+from .augment import Augment
 from .learning import Homeostasis, STiDiBP
 from .network import Network, _check_labels, _check_times, encode
 from .progress import ProgressBar
@@ -105,6 +107,10 @@ class Trainer:
     behind (docs/results.md, session 16). ``readout_average`` = ``k`` averages only
     the last ``k`` read-out epochs; those before them train plainly, so an average
     is not weighed down by weights from a high restarted rate (default: all).
+
+    ``augment`` (an :class:`~stidi_rs.augment.Augment`) shifts and mirrors each
+    training image by a fresh random draw every epoch, seeded by (``seed``,
+    ``epoch``); validation images are never changed.
     """
 
     def __init__(
@@ -123,6 +129,7 @@ class Trainer:
         readout_epochs: int = 0,
         readout_lr: float | None = None,
         readout_average: int | None = None,
+        augment: Augment | None = None,
     ):
         if epochs < 1 or batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
@@ -160,6 +167,7 @@ class Trainer:
         self.readout_epochs = readout_epochs
         self.readout_lr = readout_lr
         self.readout_average = readout_average
+        self.augment = augment if augment is not None and augment.active else None
         self.epoch = 0
         self.history: list[dict] = []
 
@@ -171,6 +179,8 @@ class Trainer:
         images, labels = np.asarray(images), np.asarray(labels, dtype=np.int64)
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if self.augment is not None and images.ndim != 3:
+            raise ValueError(f"augmentation needs images of shape (N, H, W), got {images.shape}")
         val_times = None if val is None else self._encode(np.asarray(val[0]))
         while self.epoch < self.epochs:
             e = self.epoch
@@ -187,6 +197,12 @@ class Trainer:
                     )
                 self.rule.lr = [0.0] * (len(self.rule.lr) - 1) + [out_lr]
             order = np.random.default_rng([self.seed, e]).permutation(len(images))
+            draws = (
+                None
+                if self.augment is None
+                # its own stream: the shuffle stays the one an unaugmented run sees
+                else self.augment.draw(len(images), np.random.default_rng([self.seed, e, 1]))
+            )
             correct = seen = nudged = 0
             readout, weight_sum = self.net.spiking_layers[-1], 0.0
             loss = 0.0
@@ -202,7 +218,10 @@ class Trainer:
                 chunk = self.batch_size * max(1, 1024 // self.batch_size)
                 for lo in range(0, len(images), chunk):
                     idx = order[lo : lo + chunk]
-                    times = self._encode(images[idx])
+                    batch = images[idx]
+                    if draws is not None:
+                        batch = self.augment.apply(batch, draws[lo : lo + chunk])
+                    times = self._encode(batch)
                     stats = self.rule.steps(times, labels[idx], self.batch_size)
                     if self.homeostasis is not None and not readout_only:
                         nudged += self.homeostasis(self.net, times)
@@ -255,6 +274,7 @@ class Trainer:
             "readout_epochs": self.readout_epochs,
             "readout_lr": self.readout_lr,
             "readout_average": self.readout_average,
+            "augment": None if self.augment is None else dataclasses.asdict(self.augment),
             "seed": self.seed,
             "history": self.history,
             "rule": {
@@ -316,6 +336,7 @@ class Trainer:
             else readout_epochs,
             readout_lr=state.get("readout_lr"),
             readout_average=state.get("readout_average"),
+            augment=None if state.get("augment") is None else Augment(**state["augment"]),
         )
         trainer.epoch, trainer.history = state["epoch"], state["history"]
         return trainer
