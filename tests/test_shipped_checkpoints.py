@@ -15,6 +15,7 @@ SHIPPED = {  # checkpoint -> (preset, dataset) as written in the results table
     "csnn-shallow-mnist.npz": ("csnn-shallow", "MNIST"),
     "csnn-shallow-wide-mnist.npz": ("csnn-shallow-wide", "MNIST"),
     "csnn-shallow-wide-tau80-mnist.npz": ("csnn-shallow-wide-tau80", "MNIST"),
+    "csnn-shallow-xwide-tau80-mnist.npz": ("csnn-shallow-xwide-tau80", "MNIST"),
     "csnn-shallow-wide-tau80-fashion-mnist.npz": ("csnn-shallow-wide-tau80", "Fashion-MNIST"),
     "csnn-shallow-wide-fashion-mnist.npz": ("csnn-shallow-wide", "Fashion-MNIST"),
     "csnn-shallow-wide-binary-mnist.npz": ("csnn-shallow-wide-binary", "MNIST"),

@@ -394,6 +394,16 @@ def test_long_presets_only_lengthen_the_schedule(short, epochs, decay):
     assert dataclasses.replace(presets.get(short), **same) == long
 
 
+def test_xwide_preset_is_the_tuning_scripts_64_channel_net():
+    """docs/results.md ran csnn-shallow-xwide-tau80 as `docs/tuning/conv1_width.py
+    csnn-shallow-wide-tau80 mnist 64`: the 32-channel preset with conv1 widened."""
+    wide, xwide = presets.get("csnn-shallow-wide-tau80"), presets.get("csnn-shallow-xwide-tau80")
+    conv, pool, dense = wide.layers
+    layers = ((*conv[:2], 64, *conv[3:]), pool, (dense[0], dense[1] // conv[2] * 64, *dense[2:]))
+    same = dict(layers=layers, name=xwide.name, description=xwide.description)
+    assert dataclasses.replace(wide, **same) == xwide
+
+
 @pytest.mark.parametrize(
     "name, binary, tau",
     [
@@ -401,6 +411,7 @@ def test_long_presets_only_lengthen_the_schedule(short, epochs, decay):
         ("csnn-shallow-wide", False, 40.0),
         ("csnn-shallow-wide-binary", True, 40.0),
         ("csnn-shallow-wide-tau80", False, 80.0),
+        ("csnn-shallow-xwide-tau80", False, 80.0),
         ("csnn-shallow-wide-binary-tau80", True, 80.0),
     ],
 )
