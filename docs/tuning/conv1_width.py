@@ -3,8 +3,9 @@
 The CLI's presets fix conv1's width; this script swaps it (the output layer's fan-in
 follows) and otherwise runs exactly what `stidi-rs train --preset P --val-size 5000`
 runs: the preset's rule, schedule and homeostasis, the CLI's seeded validation split,
-optional augmentation, a checkpoint per epoch in OUT, and one test evaluation at the
-end (`stidi-rs eval OUT/last.npz` reproduces it).
+optional augmentation, a checkpoint and a metrics.jsonl record per epoch in OUT (the
+summary is printed at the end), and one test evaluation (`stidi-rs eval OUT/last.npz`
+reproduces it).
 
     STIDI_RS_DATA=../shared/datasets RAYON_NUM_THREADS=1 python docs/tuning/conv1_width.py \\
         csnn-shallow-wide-tau80 mnist 64 runs/w64 --augment-shift 1
@@ -52,7 +53,7 @@ def main():
         lr_decay=preset.lr_decay if args.lr_decay is None else args.lr_decay,
         seed=args.seed,
         out_dir=args.out,
-        progress=False,
+        progress=None,  # a progress bar on a terminal
         config={"preset": f"{args.preset} (conv1 {c})", "dataset": args.dataset,
                 "train_size": 0, "val_size": 5000},
         readout_epochs=preset.readout_epochs,
