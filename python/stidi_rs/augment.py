@@ -49,7 +49,8 @@ class Augment:
             raise ValueError(f"augmentation needs images of shape (N, H, W), got {x.shape}")
         if draws.shape != (len(x), 3):
             raise ValueError(f"need one (dy, dx, flip) per image, got {draws.shape}")
-        x = np.where(draws[:, 2, None, None].astype(bool), x[:, :, ::-1], x)
+        if self.flip:
+            x = np.where(draws[:, 2, None, None].astype(bool), x[:, :, ::-1], x)
         s = self.shift
         if not s:
             return x

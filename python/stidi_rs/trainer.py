@@ -179,8 +179,6 @@ class Trainer:
         images, labels = np.asarray(images), np.asarray(labels, dtype=np.int64)
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        if self.augment is not None and images.ndim != 3:
-            raise ValueError(f"augmentation needs images of shape (N, H, W), got {images.shape}")
         val_times = None if val is None else self._encode(np.asarray(val[0]))
         while self.epoch < self.epochs:
             e = self.epoch
