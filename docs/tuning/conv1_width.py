@@ -33,6 +33,9 @@ def main():
     p.add_argument("--lr", type=lambda s: [float(v) for v in s.split(",")], default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--lr-decay", type=float, default=None)
+    p.add_argument("--readout-epochs", type=int, default=None)
+    p.add_argument("--readout-lr", type=float, default=None)
+    p.add_argument("--readout-average", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
@@ -54,18 +57,28 @@ def main():
         seed=args.seed,
         out_dir=args.out,
         progress=None,  # a progress bar on a terminal
-        config={"preset": f"{args.preset} (conv1 {c})", "dataset": args.dataset,
-                "train_size": 0, "val_size": 5000},
-        readout_epochs=preset.readout_epochs,
+        config={
+            "preset": f"{args.preset} (conv1 {c})",
+            "dataset": args.dataset,
+            "train_size": 0,
+            "val_size": 5000,
+        },
+        readout_epochs=(
+            preset.readout_epochs if args.readout_epochs is None else args.readout_epochs
+        ),
+        readout_lr=args.readout_lr,
+        readout_average=args.readout_average,
         homeostasis=Homeostasis(**preset.homeostasis) if preset.homeostasis else None,
         augment=Augment(args.augment_shift, args.augment_flip),
     )
     x, y = datasets.load(args.dataset, "train")
     train, val = _split(x, y, 5000, args.seed)
     for record in trainer.fit(*train, val=val):
-        print(f"epoch {record['epoch']}: train (running) {100 * record['train_accuracy']:.2f}%  "
-              f"validation {100 * record['val']['accuracy']:.2f}%  {record['seconds']:.0f} s",
-              flush=True)
+        print(
+            f"epoch {record['epoch']}: train (running) {100 * record['train_accuracy']:.2f}%  "
+            f"validation {100 * record['val']['accuracy']:.2f}%  {record['seconds']:.0f} s",
+            flush=True,
+        )
     xt, yt = datasets.load(args.dataset, "test")
     metrics = evaluate(net, encode(xt.reshape(len(xt), *net.input_shape)), yt)
     print(f"test accuracy {100 * metrics['accuracy']:.2f}%")
