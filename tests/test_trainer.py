@@ -394,10 +394,17 @@ def test_long_presets_only_lengthen_the_schedule(short, epochs, decay):
     assert dataclasses.replace(presets.get(short), **same) == long
 
 
-def test_xwide_preset_is_the_tuning_scripts_64_channel_net():
-    """docs/results.md ran csnn-shallow-xwide-tau80 as `docs/tuning/conv1_width.py
-    csnn-shallow-wide-tau80 mnist 64`: the 32-channel preset with conv1 widened."""
-    wide, xwide = presets.get("csnn-shallow-wide-tau80"), presets.get("csnn-shallow-xwide-tau80")
+@pytest.mark.parametrize(
+    "wide, xwide",
+    [
+        ("csnn-shallow-wide-tau80", "csnn-shallow-xwide-tau80"),
+        ("csnn-shallow-wide-binary", "csnn-shallow-xwide-binary"),
+    ],
+)
+def test_xwide_preset_is_the_tuning_scripts_64_channel_net(wide, xwide):
+    """docs/results.md ran each xwide preset as `docs/tuning/conv1_width.py WIDE DATASET 64`:
+    the 32-channel preset with conv1 widened."""
+    wide, xwide = presets.get(wide), presets.get(xwide)
     conv, pool, dense = wide.layers
     layers = ((*conv[:2], 64, *conv[3:]), pool, (dense[0], dense[1] // conv[2] * 64, *dense[2:]))
     same = dict(layers=layers, name=xwide.name, description=xwide.description)
@@ -412,6 +419,7 @@ def test_xwide_preset_is_the_tuning_scripts_64_channel_net():
         ("csnn-shallow-wide-binary", True, 40.0),
         ("csnn-shallow-wide-tau80", False, 80.0),
         ("csnn-shallow-xwide-tau80", False, 80.0),
+        ("csnn-shallow-xwide-binary", True, 40.0),
         ("csnn-shallow-wide-binary-tau80", True, 80.0),
     ],
 )
