@@ -20,6 +20,8 @@ SHIPPED = {  # checkpoint -> (preset, dataset) as written in the results table
     "csnn-shallow-wide-fashion-mnist.npz": ("csnn-shallow-wide", "Fashion-MNIST"),
     "csnn-shallow-wide-binary-mnist.npz": ("csnn-shallow-wide-binary", "MNIST"),
     "csnn-shallow-xwide-binary-mnist.npz": ("csnn-shallow-xwide-binary", "MNIST"),
+    "csnn-shallow-xxwide-binary-mnist.npz": ("csnn-shallow-xxwide-binary", "MNIST"),
+    "csnn-shallow-xxwide-tau80-mnist.npz": ("csnn-shallow-xxwide-tau80", "MNIST"),
     "csnn-shallow-xwide-binary-fashion-mnist.npz": ("csnn-shallow-xwide-binary", "Fashion-MNIST"),
     "csnn-shallow-wide-binary-fashion-mnist.npz": ("csnn-shallow-wide-binary", "Fashion-MNIST"),
     "csnn-binary-mnist.npz": ("csnn-binary", "MNIST"),

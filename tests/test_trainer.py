@@ -395,18 +395,20 @@ def test_long_presets_only_lengthen_the_schedule(short, epochs, decay):
 
 
 @pytest.mark.parametrize(
-    "wide, xwide",
+    "wide, xwide, c",
     [
-        ("csnn-shallow-wide-tau80", "csnn-shallow-xwide-tau80"),
-        ("csnn-shallow-wide-binary", "csnn-shallow-xwide-binary"),
+        ("csnn-shallow-wide-tau80", "csnn-shallow-xwide-tau80", 64),
+        ("csnn-shallow-wide-tau80", "csnn-shallow-xxwide-tau80", 128),
+        ("csnn-shallow-wide-binary", "csnn-shallow-xwide-binary", 64),
+        ("csnn-shallow-wide-binary", "csnn-shallow-xxwide-binary", 128),
     ],
 )
-def test_xwide_preset_is_the_tuning_scripts_64_channel_net(wide, xwide):
-    """docs/results.md ran each xwide preset as `docs/tuning/conv1_width.py WIDE DATASET 64`:
-    the 32-channel preset with conv1 widened."""
+def test_xwide_presets_are_the_tuning_scripts_wider_nets(wide, xwide, c):
+    """docs/results.md ran each wider preset as `docs/tuning/conv1_width.py WIDE DATASET C`:
+    the 32-channel preset with conv1 widened to C channels."""
     wide, xwide = presets.get(wide), presets.get(xwide)
     conv, pool, dense = wide.layers
-    layers = ((*conv[:2], 64, *conv[3:]), pool, (dense[0], dense[1] // conv[2] * 64, *dense[2:]))
+    layers = ((*conv[:2], c, *conv[3:]), pool, (dense[0], dense[1] // conv[2] * c, *dense[2:]))
     same = dict(layers=layers, name=xwide.name, description=xwide.description)
     assert dataclasses.replace(wide, **same) == xwide
 
@@ -420,6 +422,8 @@ def test_xwide_preset_is_the_tuning_scripts_64_channel_net(wide, xwide):
         ("csnn-shallow-wide-tau80", False, 80.0),
         ("csnn-shallow-xwide-tau80", False, 80.0),
         ("csnn-shallow-xwide-binary", True, 40.0),
+        ("csnn-shallow-xxwide-tau80", False, 80.0),
+        ("csnn-shallow-xxwide-binary", True, 40.0),
         ("csnn-shallow-wide-binary-tau80", True, 80.0),
     ],
 )
