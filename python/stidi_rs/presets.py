@@ -13,7 +13,7 @@ coarsely tuned and stay below the paper's accuracy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .layers import PSP, Conv2d, Dense, MaxPool2d
 from .network import Network
@@ -103,20 +103,6 @@ _CSNN_SHALLOW_WIDE = _shallow_layers(32)
 # seeds against 85.82 %). Binary weights lost with it (docs/results.md, session 12);
 # the binary preset stays so its rows reproduce.
 _CSNN_SHALLOW_WIDE_TAU80 = _shallow_layers(32, th1=2.0, th_out=50.0)
-# 64 channels: width stopped paying at τ1 80 without augmentation (session 13), but with
-# training images shifted by up to a pixel (--augment-shift 1) the 32-channel net no
-# longer overfits, and 64 tested 98.48 ± 0.07 % against 98.35 ± 0.10 % on MNIST over
-# three seeds (docs/results.md, session 18).
-_CSNN_SHALLOW_XWIDE_TAU80 = _shallow_layers(64, th1=2.0, th_out=50.0)
-# Binary weights at τ1 40 take width too: with four read-out epochs, 64 channels
-# validated 97.04 % against 95.70 % for 32 on MNIST (images shifted by up to a pixel,
-# which only pay from 64 channels on) and 86.00 against 85.58 % on Fashion-MNIST
-# (docs/results.md, session 19).
-_CSNN_SHALLOW_XWIDE = _shallow_layers(64)
-# 128 channels with one-pixel shifts, seed 0 on MNIST: 98.92 % validation against 98.86
-# for 64 (real, τ1 80) and 97.78 against 97.04 % (binary); one seed each (session 19).
-_CSNN_SHALLOW_XXWIDE_TAU80 = _shallow_layers(128, th1=2.0, th_out=50.0)
-_CSNN_SHALLOW_XXWIDE = _shallow_layers(128)
 _CSNN_WIDE = _conv_layers(32, 64)
 _CSNN_HIDDEN = (*_CSNN[:4], ("dense", 512, 400, 30.0), ("dense", 400, 10, 60.0))
 # conv1 fires at t ~ 106 on Fashion-MNIST with the MNIST thresholds, after only the
@@ -272,15 +258,6 @@ PRESETS = {
             lr_decay=0.85,
             tau_rise=80.0,
         ),
-        _csnn(
-            "csnn-shallow-xwide-tau80",
-            "csnn-shallow-wide-tau80 with 64 channels (train it with --augment-shift 1)",
-            _CSNN_SHALLOW_XWIDE_TAU80,
-            rule=_CSNN_SHALLOW_RULE,
-            epochs=21,
-            lr_decay=0.85,
-            tau_rise=80.0,
-        ),
         # Binary forward weights take csnn-binary's x0.5 (x0.75 swung, session 10). On
         # Fashion-MNIST 83.83 % mean validation over three seeds after 5 + 1 epochs,
         # against 83.40 % for dense-xwide-binary (docs/results.md, session 11).
@@ -288,33 +265,6 @@ PRESETS = {
             "csnn-shallow-wide-binary",
             "csnn-shallow-wide with binary forward weights",
             _CSNN_SHALLOW_WIDE,
-            binary=True,
-            rule=_CSNN_SHALLOW_RULE,
-            epochs=6,
-            lr_decay=0.5,
-        ),
-        _csnn(
-            "csnn-shallow-xxwide-tau80",
-            "csnn-shallow-wide-tau80 with 128 channels (train it with --augment-shift 1)",
-            _CSNN_SHALLOW_XXWIDE_TAU80,
-            rule=_CSNN_SHALLOW_RULE,
-            epochs=21,
-            lr_decay=0.85,
-            tau_rise=80.0,
-        ),
-        _csnn(
-            "csnn-shallow-xwide-binary",
-            "csnn-shallow-wide-binary with 64 channels (train it as docs/results.md says)",
-            _CSNN_SHALLOW_XWIDE,
-            binary=True,
-            rule=_CSNN_SHALLOW_RULE,
-            epochs=6,
-            lr_decay=0.5,
-        ),
-        _csnn(
-            "csnn-shallow-xxwide-binary",
-            "csnn-shallow-wide-binary with 128 channels (train it as docs/results.md says)",
-            _CSNN_SHALLOW_XXWIDE,
             binary=True,
             rule=_CSNN_SHALLOW_RULE,
             epochs=6,
@@ -338,6 +288,33 @@ PRESETS = {
         ),
     ]
 }
+
+
+def _widen(base: Preset, name: str, c1: int, how: str) -> Preset:
+    """`base`, a one-conv-layer preset, with conv1 widened to c1 channels (what
+    docs/tuning/conv1_width.py runs); everything else, thresholds included, stays."""
+    (_, _, _, _, th1), _, (*_, th_out) = base.layers
+    layers = _shallow_layers(c1, th1=th1, th_out=th_out)
+    description = f"{base.name} with {c1} channels (train it {how})"
+    return replace(base, name=name, description=description, layers=layers)
+
+
+# 64 channels: width stopped paying at τ1 80 without augmentation (session 13), but with
+# training images shifted by up to a pixel (--augment-shift 1) the 32-channel net no
+# longer overfits, and 64 tested 98.48 ± 0.07 % against 98.35 ± 0.10 % on MNIST over
+# three seeds (docs/results.md, session 18). Binary weights at τ1 40 take width too:
+# with four read-out epochs, 64 channels validated 97.04 % against 95.70 % for 32 on
+# MNIST (images shifted by up to a pixel, which only pay from 64 channels on) and
+# 86.00 against 85.58 % on Fashion-MNIST. 128 channels with one-pixel shifts, seed 0
+# on MNIST: 98.92 % validation against 98.86 for 64 (real, τ1 80) and 97.78 against
+# 97.04 % (binary); one seed each (session 19).
+for _base, _name, _c1, _how in [
+    ("csnn-shallow-wide-tau80", "csnn-shallow-xwide-tau80", 64, "with --augment-shift 1"),
+    ("csnn-shallow-wide-tau80", "csnn-shallow-xxwide-tau80", 128, "with --augment-shift 1"),
+    ("csnn-shallow-wide-binary", "csnn-shallow-xwide-binary", 64, "as docs/results.md says"),
+    ("csnn-shallow-wide-binary", "csnn-shallow-xxwide-binary", 128, "as docs/results.md says"),
+]:
+    PRESETS[_name] = _widen(PRESETS[_base], _name, _c1, _how)
 
 
 def get(name: str) -> Preset:
