@@ -401,6 +401,7 @@ def test_long_presets_only_lengthen_the_schedule(short, epochs, decay):
         ("csnn-shallow-wide-tau80", "csnn-shallow-xxwide-tau80", 128),
         ("csnn-shallow-wide-binary", "csnn-shallow-xwide-binary", 64),
         ("csnn-shallow-wide-binary", "csnn-shallow-xxwide-binary", 128),
+        ("csnn-shallow-wide-binary", "csnn-shallow-xxxwide-binary", 256),
     ],
 )
 def test_xwide_presets_are_the_tuning_scripts_wider_nets(wide, xwide, c):
@@ -424,6 +425,7 @@ def test_xwide_presets_are_the_tuning_scripts_wider_nets(wide, xwide, c):
         ("csnn-shallow-xwide-binary", True, 40.0),
         ("csnn-shallow-xxwide-tau80", False, 80.0),
         ("csnn-shallow-xxwide-binary", True, 40.0),
+        ("csnn-shallow-xxxwide-binary", True, 40.0),
         ("csnn-shallow-wide-binary-tau80", True, 80.0),
     ],
 )
