@@ -245,83 +245,90 @@ const SIGN4: [[u64; 4]; 16] = {
     t
 };
 
-/// Per-neuron sweep state, position-major: neuron `p * out + j`.
+/// Sweep state of the neurons of one position (all of a Dense layer's, or
+/// one Conv2d position's channels), which share their inputs.
 struct Sweep {
     /// `V` of neurons that have not fired; `−∞` once fired, so that the
     /// crossing test needs no per-neuron branch on the spike time.
     v: Vec<f64>,
     slope: Vec<f64>,
-    /// Time up to which each position's `V` is current.
-    last: Vec<f64>,
-    /// Neurons of each position that have not fired yet.
-    alive: Vec<usize>,
+    /// Time up to which `V` is current.
+    last: f64,
     /// Spike times, `tmax` until fired.
     times: Vec<f64>,
+    /// Neurons that have not fired yet.
     remaining: usize,
-    out: usize,
     theta: f64,
     tmax: f64,
 }
 
 impl Sweep {
-    fn new(positions: usize, out: usize, theta: f64, tmax: f64) -> Self {
-        let n = positions * out;
+    fn new(out: usize, theta: f64, tmax: f64) -> Self {
         Sweep {
-            v: vec![0.0; n],
-            slope: vec![0.0; n],
-            last: vec![0.0; positions],
-            alive: vec![out; positions],
-            times: vec![tmax; n],
-            remaining: n,
-            out,
+            v: vec![0.0; out],
+            slope: vec![0.0; out],
+            last: 0.0,
+            times: vec![tmax; out],
+            remaining: out,
             theta,
             tmax,
         }
     }
 
-    /// Moves position `p` to time `t`, recording the neurons that cross θ on
-    /// the way. `V` is linear since `last[p]`, so checking the end suffices.
+    /// Back to the state at time 0, keeping the buffers.
+    fn reset(&mut self) {
+        self.v.fill(0.0);
+        self.slope.fill(0.0);
+        self.last = 0.0;
+        self.times.fill(self.tmax);
+        self.remaining = self.v.len();
+    }
+
+    /// Moves the neurons to time `t`, recording those that cross θ on the
+    /// way. `V` is linear since `last`, so checking the end suffices.
     #[inline]
-    fn advance(&mut self, p: usize, t: f64) {
-        let t0 = self.last[p];
+    fn advance(&mut self, t: f64) {
+        let t0 = self.last;
         let dt = t - t0;
         if dt <= 0.0 {
             return;
         }
-        self.last[p] = t;
+        self.last = t;
         let (theta, tmax) = (self.theta, self.tmax);
-        let range = p * self.out..(p + 1) * self.out;
-        let v = &mut self.v[range.clone()];
-        let slope = &self.slope[range.clone()];
-        // Fast path (branch-free, vectorisable): does any live neuron cross?
-        let crossing = v
-            .iter()
-            .zip(slope)
-            .fold(0usize, |n, (&v, &s)| n + usize::from(v + s * dt >= theta));
-        if crossing == 0 {
-            for (v, &s) in v.iter_mut().zip(slope) {
-                *v += s * dt;
-            }
-            return;
-        }
         let mut fired = 0;
-        for ((v, &s), tj) in v.iter_mut().zip(slope).zip(&mut self.times[range]) {
-            let v0 = *v;
-            let v1 = v0 + s * dt;
-            if v1 >= theta {
-                // v0 < θ <= v1 implies s > 0. Clamp rounding into the segment; a
-                // crossing at tmax is no spike.
-                let tc = (t0 + (theta - v0) / s).min(t);
-                if tc < tmax {
-                    *tj = tc;
-                    *v = f64::NEG_INFINITY;
-                    fired += 1;
+        // One pass over blocks of four: a block where nobody crosses (nearly
+        // all) takes the branch-free path; the others go neuron by neuron.
+        let blocks = self
+            .v
+            .chunks_mut(4)
+            .zip(self.slope.chunks(4))
+            .zip(self.times.chunks_mut(4));
+        for ((v, s), ts) in blocks {
+            if let (Ok(v4), Ok(s4)) = (<&mut [f64; 4]>::try_from(&mut *v), <&[f64; 4]>::try_from(s))
+            {
+                let v1: [f64; 4] = std::array::from_fn(|i| v4[i] + s4[i] * dt);
+                if v1.iter().fold(true, |ok, &x| ok & (x < theta)) {
+                    *v4 = v1;
                     continue;
                 }
             }
-            *v = v1;
+            for ((v, &s), tj) in v.iter_mut().zip(s).zip(ts) {
+                let v0 = *v;
+                let v1 = v0 + s * dt;
+                if v1 >= theta {
+                    // v0 < θ <= v1 implies s > 0. Clamp rounding into the
+                    // segment; a crossing at tmax is no spike.
+                    let tc = (t0 + (theta - v0) / s).min(t);
+                    if tc < tmax {
+                        *tj = tc;
+                        *v = f64::NEG_INFINITY;
+                        fired += 1;
+                        continue;
+                    }
+                }
+                *v = v1;
+            }
         }
-        self.alive[p] -= fired;
         self.remaining -= fired;
     }
 }
@@ -372,15 +379,15 @@ fn dense_block(
             .map(|j| neuron_time(events, &w[j * rows..(j + 1) * rows], steps, theta, tmax))
             .collect();
     }
-    let mut st = Sweep::new(1, block.len(), theta, tmax);
+    let mut st = Sweep::new(block.len(), theta, tmax);
     for ev in events {
-        st.advance(0, ev.t);
+        st.advance(ev.t);
         if st.remaining == 0 {
             return st.times;
         }
         w.axpy_block(ev.src, steps[ev.kind], block.clone(), &mut st.slope);
     }
-    st.advance(0, tmax);
+    st.advance(tmax);
     st.times
 }
 
@@ -475,11 +482,14 @@ pub(crate) fn conv_times(
 /// `out`, `(cout, ho, wo)` order.
 fn scatter_rows(times: &[f64], g: &ConvGeom, part: usize, parts: usize, out: &mut [f64]) {
     let positions = g.positions();
+    // Channel-outer, so that writes run along an output row rather than
+    // jumping a whole channel plane per value.
     for (m, row) in times.chunks_exact(g.cout * g.wo).enumerate() {
         let p0 = (part + m * parts) * g.wo;
-        for (ox, ts) in row.chunks_exact(g.cout).enumerate() {
-            for (o, &t) in ts.iter().enumerate() {
-                out[o * positions + p0 + ox] = t;
+        for o in 0..g.cout {
+            let dst = &mut out[o * positions + p0..o * positions + p0 + g.wo];
+            for (d, ts) in dst.iter_mut().zip(row.chunks_exact(g.cout)) {
+                *d = ts[o];
             }
         }
     }
@@ -487,6 +497,12 @@ fn scatter_rows(times: &[f64], g: &ConvGeom, part: usize, parts: usize, out: &mu
 
 /// The sweep of the output rows `part, part + parts, ..` of a Conv2d layer;
 /// position-major times of those rows.
+///
+/// A position's neurons depend only on the events of its receptive field, so
+/// each position is swept to the end on its own, its state kept in one small
+/// reused [`Sweep`] (cache-resident even for wide layers), rather than all
+/// positions advanced event by event. Every neuron still sees its field's
+/// events in the global order, so the times are the same to the bit.
 #[allow(clippy::too_many_arguments)]
 fn conv_rows(
     events: &[Event],
@@ -500,47 +516,36 @@ fn conv_rows(
 ) -> Vec<f64> {
     let k = g.k;
     let rows = (g.ho - part).div_ceil(parts);
-    let mut st = Sweep::new(rows * g.wo, g.cout, theta, tmax);
-    for ev in events {
-        let (c, y, x) = (ev.src / (g.h * g.w), (ev.src / g.w) % g.h, ev.src % g.w);
-        // First output row of this part at or after y - (k - 1).
-        let lo = y.saturating_sub(k - 1);
-        let (first, m0) = if parts == 1 {
-            (lo, lo)
-        } else {
-            let first = lo + (part + parts - lo % parts) % parts;
-            (first, (first - part) / parts)
-        };
-        // `m` is the part's local row of output row `oy`.
-        for (m, oy) in (m0..).zip((first..=y.min(g.ho - 1)).step_by(parts)) {
-            let row0 = m * g.wo;
-            for ox in x.saturating_sub(k - 1)..=x.min(g.wo - 1) {
-                let p = row0 + ox;
-                if st.alive[p] == 0 {
+    let mut times = Vec::with_capacity(rows * g.wo * g.cout);
+    let mut st = Sweep::new(g.cout, theta, tmax);
+    // The events of one output row's field: (t, slope step, input x, weight
+    // row at output column 0).
+    let mut field: Vec<(f64, f64, usize, usize)> = Vec::new();
+    for oy in (part..g.ho).step_by(parts) {
+        field.clear();
+        field.extend(events.iter().filter_map(|ev| {
+            let (c, y, x) = (ev.src / (g.h * g.w), (ev.src / g.w) % g.h, ev.src % g.w);
+            (oy <= y && y < oy + k).then(|| (ev.t, steps[ev.kind], x, c * k * k + (y - oy) * k + x))
+        }));
+        for ox in 0..g.wo {
+            st.reset();
+            for &(t, step, x, row) in &field {
+                if x < ox || x >= ox + k {
                     continue;
                 }
-                st.advance(p, ev.t);
-                if st.alive[p] == 0 {
-                    continue;
+                st.advance(t);
+                if st.remaining == 0 {
+                    break;
                 }
-                let row = c * k * k + (y - oy) * k + (x - ox);
-                w.axpy(
-                    row,
-                    steps[ev.kind],
-                    &mut st.slope[p * g.cout..(p + 1) * g.cout],
-                );
+                w.axpy(row - ox, step, &mut st.slope);
             }
-        }
-        if st.remaining == 0 {
-            break;
-        }
-    }
-    for p in 0..rows * g.wo {
-        if st.alive[p] > 0 {
-            st.advance(p, tmax);
+            if st.remaining > 0 {
+                st.advance(tmax);
+            }
+            times.extend_from_slice(&st.times);
         }
     }
-    st.times
+    times
 }
 
 /// `V_j(tmax) = Σ_i w̃_ji ε(tmax − t_i)` by the direct formula, summed in input order.
