@@ -295,39 +295,34 @@ impl Sweep {
         }
         self.last = t;
         let (theta, tmax) = (self.theta, self.tmax);
-        let mut fired = 0;
-        // One pass over blocks of four: a block where nobody crosses (nearly
-        // all) takes the branch-free path; the others go neuron by neuron.
-        let blocks = self
+        // Fast path (branch-free, vectorisable): does any live neuron cross?
+        let crossing = self
             .v
-            .chunks_mut(4)
-            .zip(self.slope.chunks(4))
-            .zip(self.times.chunks_mut(4));
-        for ((v, s), ts) in blocks {
-            if let (Ok(v4), Ok(s4)) = (<&mut [f64; 4]>::try_from(&mut *v), <&[f64; 4]>::try_from(s))
-            {
-                let v1: [f64; 4] = std::array::from_fn(|i| v4[i] + s4[i] * dt);
-                if v1.iter().fold(true, |ok, &x| ok & (x < theta)) {
-                    *v4 = v1;
+            .iter()
+            .zip(&self.slope)
+            .fold(0usize, |n, (&v, &s)| n + usize::from(v + s * dt >= theta));
+        if crossing == 0 {
+            for (v, &s) in self.v.iter_mut().zip(&self.slope) {
+                *v += s * dt;
+            }
+            return;
+        }
+        let mut fired = 0;
+        for ((v, &s), tj) in self.v.iter_mut().zip(&self.slope).zip(&mut self.times) {
+            let v0 = *v;
+            let v1 = v0 + s * dt;
+            if v1 >= theta {
+                // v0 < θ <= v1 implies s > 0. Clamp rounding into the segment;
+                // a crossing at tmax is no spike.
+                let tc = (t0 + (theta - v0) / s).min(t);
+                if tc < tmax {
+                    *tj = tc;
+                    *v = f64::NEG_INFINITY;
+                    fired += 1;
                     continue;
                 }
             }
-            for ((v, &s), tj) in v.iter_mut().zip(s).zip(ts) {
-                let v0 = *v;
-                let v1 = v0 + s * dt;
-                if v1 >= theta {
-                    // v0 < θ <= v1 implies s > 0. Clamp rounding into the
-                    // segment; a crossing at tmax is no spike.
-                    let tc = (t0 + (theta - v0) / s).min(t);
-                    if tc < tmax {
-                        *tj = tc;
-                        *v = f64::NEG_INFINITY;
-                        fired += 1;
-                        continue;
-                    }
-                }
-                *v = v1;
-            }
+            *v = v1;
         }
         self.remaining -= fired;
     }
@@ -518,15 +513,26 @@ fn conv_rows(
     let rows = (g.ho - part).div_ceil(parts);
     let mut times = Vec::with_capacity(rows * g.wo * g.cout);
     let mut st = Sweep::new(g.cout, theta, tmax);
+    // Each event's (t, slope step, input y, input x, first weight row of its
+    // channel), decomposed once rather than once per output row.
+    let located: Vec<(f64, f64, usize, usize, usize)> = events
+        .iter()
+        .map(|ev| {
+            let (c, y, x) = (ev.src / (g.h * g.w), (ev.src / g.w) % g.h, ev.src % g.w);
+            (ev.t, steps[ev.kind], y, x, c * k * k)
+        })
+        .collect();
     // The events of one output row's field: (t, slope step, input x, weight
     // row at output column 0).
     let mut field: Vec<(f64, f64, usize, usize)> = Vec::new();
     for oy in (part..g.ho).step_by(parts) {
         field.clear();
-        field.extend(events.iter().filter_map(|ev| {
-            let (c, y, x) = (ev.src / (g.h * g.w), (ev.src / g.w) % g.h, ev.src % g.w);
-            (oy <= y && y < oy + k).then(|| (ev.t, steps[ev.kind], x, c * k * k + (y - oy) * k + x))
-        }));
+        field.extend(
+            located
+                .iter()
+                .filter(|&&(_, _, y, _, _)| oy <= y && y < oy + k)
+                .map(|&(t, step, y, x, c0)| (t, step, x, c0 + (y - oy) * k + x)),
+        );
         for ox in 0..g.wo {
             st.reset();
             for &(t, step, x, row) in &field {
