@@ -4,7 +4,8 @@
 //! keeping `(V, slope)` per neuron. Output neurons are grouped by *position*
 //! (one position for Dense, `Ho*Wo` for Conv2d): all output channels at a
 //! position share their inputs, hence their breakpoints, so their state lives
-//! contiguously and is advanced together.
+//! contiguously and is advanced together. A Conv2d layer's positions are swept
+//! one after another, each over its own receptive field's breakpoints.
 
 use rayon::prelude::*;
 
