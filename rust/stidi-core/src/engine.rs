@@ -175,7 +175,7 @@ impl<'a> RowWeights<'a> {
     }
 
     /// `dst[j] += scale * w[j, row]` for every output `j`.
-    #[inline]
+    #[inline(always)]
     pub fn axpy(&self, row: usize, scale: f64, dst: &mut [f64]) {
         self.axpy_block(row, scale, 0..self.out(), dst);
     }
@@ -183,7 +183,7 @@ impl<'a> RowWeights<'a> {
     /// `dst[j - lo] += scale * w[j, row]` for the outputs `j` of `lo..hi`;
     /// `lo` must be a multiple of 4. Each output sees the same operation as in
     /// [`RowWeights::axpy`], so a split over blocks changes no bit.
-    #[inline]
+    #[inline(always)]
     pub fn axpy_block(
         &self,
         row: usize,
@@ -287,7 +287,7 @@ impl Sweep {
 
     /// Moves the neurons to time `t`, recording those that cross θ on the
     /// way. `V` is linear since `last`, so checking the end suffices.
-    #[inline]
+    #[inline(always)]
     fn advance(&mut self, t: f64) {
         let t0 = self.last;
         let dt = t - t0;
@@ -329,6 +329,20 @@ impl Sweep {
     }
 }
 
+/// Whether the sweeps run their AVX2 copies: the same code compiled for wider
+/// vectors, chosen at run time so that one wheel serves every x86-64 CPU. No
+/// FMA is enabled, so every lane does the same IEEE operations as the
+/// portable copy and the results are bit-identical.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn use_avx2() -> bool {
+    #[cfg(test)]
+    if PORTABLE_SWEEPS.with(|p| p.get()) {
+        return false;
+    }
+    std::arch::is_x86_feature_detected!("avx2")
+}
+
 /// Smallest number of neurons of a layer worth splitting over threads.
 pub(crate) const SPLIT_MIN_NEURONS: usize = 256;
 
@@ -363,6 +377,36 @@ pub(crate) fn dense_times(
 }
 
 fn dense_block(
+    events: &[Event],
+    w: &RowWeights,
+    steps: &[f64; 3],
+    block: std::ops::Range<usize>,
+    theta: f64,
+    tmax: f64,
+) -> Vec<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2() {
+        // SAFETY: the CPU supports AVX2 (checked at run time).
+        return unsafe { dense_block_avx2(events, w, steps, block, theta, tmax) };
+    }
+    dense_block_body(events, w, steps, block, theta, tmax)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn dense_block_avx2(
+    events: &[Event],
+    w: &RowWeights,
+    steps: &[f64; 3],
+    block: std::ops::Range<usize>,
+    theta: f64,
+    tmax: f64,
+) -> Vec<f64> {
+    dense_block_body(events, w, steps, block, theta, tmax)
+}
+
+#[inline(always)]
+fn dense_block_body(
     events: &[Event],
     w: &RowWeights,
     steps: &[f64; 3],
@@ -510,6 +554,42 @@ fn conv_rows(
     part: usize,
     parts: usize,
 ) -> Vec<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2() {
+        // SAFETY: the CPU supports AVX2 (checked at run time).
+        return unsafe { conv_rows_avx2(events, g, w, steps, theta, tmax, part, parts) };
+    }
+    conv_rows_body(events, g, w, steps, theta, tmax, part, parts)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+fn conv_rows_avx2(
+    events: &[Event],
+    g: &ConvGeom,
+    w: &RowWeights,
+    steps: &[f64; 3],
+    theta: f64,
+    tmax: f64,
+    part: usize,
+    parts: usize,
+) -> Vec<f64> {
+    conv_rows_body(events, g, w, steps, theta, tmax, part, parts)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn conv_rows_body(
+    events: &[Event],
+    g: &ConvGeom,
+    w: &RowWeights,
+    steps: &[f64; 3],
+    theta: f64,
+    tmax: f64,
+    part: usize,
+    parts: usize,
+) -> Vec<f64> {
     let k = g.k;
     let rows = (g.ho - part).div_ceil(parts);
     let mut times = Vec::with_capacity(rows * g.wo * g.cout);
@@ -615,4 +695,10 @@ pub(crate) fn pool_times(x: &[f64], g: &PoolGeom) -> Vec<f64> {
         }
     }
     out
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Set by tests to run this thread's sweeps on their portable copies.
+    pub(crate) static PORTABLE_SWEEPS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }

@@ -2,7 +2,10 @@ use proptest::prelude::*;
 
 use super::naive;
 use super::{close, Params};
-use crate::engine::{build_events, dense_times, potential_at, transpose, RowWeights};
+use crate::engine::{
+    build_events, conv_times, dense_times, potential_at, transpose, ConvGeom, RowWeights,
+    PORTABLE_SWEEPS,
+};
 use crate::threads::build_pool;
 use crate::{bits, ConvReduce, Displacement, Hyper, LayerParams, LayerSpec, Network, Psp};
 
@@ -422,6 +425,51 @@ proptest! {
             potential_at(&x, rw, out, &psp, T).iter().map(|v| v.to_bits()).collect()
         };
         prop_assert_eq!(v(&real), v(&cols));
+    }
+
+    #[test]
+    fn vector_sweeps_equal_portable_ones_bit_for_bit(
+        psp in psp_strategy(), cin in 1usize..4, cout in 1usize..70, k in 1usize..6,
+        extra in 0usize..4, binary in any::<bool>(), fill in 0.05..0.6f64, seed in any::<u64>(),
+    ) {
+        // The AVX2 copies of the Conv2d and Dense sweeps (where the CPU has
+        // AVX2) against the portable ones; widths up to 69 exercise the vector
+        // remainders and partial nibbles of packed signs.
+        let mut rng = Rng(seed);
+        let (h, w) = (k + extra, k + 2 * extra);
+        let g = ConvGeom { cin, h, w, cout, k, ho: h - k + 1, wo: w - k + 1 };
+        let n_in = cin * h * w;
+        let mut x: Vec<f64> = (0..n_in).map(|_| rng.time()).collect();
+        for i in 1..n_in {
+            if rng.uniform(0.0, 1.0) < 0.2 {
+                x[i] = x[i - 1]; // simultaneous events
+            }
+        }
+        let (mut act, mut events) = (Vec::new(), Vec::new());
+        build_events(&x, &psp, T, &mut act, &mut events);
+        let steps = psp.slope_steps();
+        let wc: Vec<f64> = (0..cout * g.rows()).map(|_| rng.uniform(-1.0, 2.0)).collect();
+        let wd: Vec<f64> = (0..cout * n_in).map(|_| rng.uniform(-1.0, 2.0)).collect();
+        let (wct, wdt) = (transpose(&wc, cout, g.rows()), transpose(&wd, cout, n_in));
+        let (pc, pd) = (bits::pack_signs(&wc, cout, g.rows()), bits::pack_signs(&wd, cout, n_in));
+        let (rc, rd) = if binary {
+            (RowWeights::bits(&pc, cout), RowWeights::bits(&pd, cout))
+        } else {
+            (RowWeights::real(&wct, cout), RowWeights::real(&wdt, cout))
+        };
+        let (tc, td) = (fill * g.rows() as f64, fill * n_in as f64);
+        // One part: the sweep runs on this thread, which the switch is for.
+        let run = |portable: bool| -> (Vec<u64>, Vec<u64>) {
+            PORTABLE_SWEEPS.with(|p| p.set(portable));
+            let c = conv_times(&events, &g, &rc, &steps, tc, T, 1);
+            let d = dense_times(&events, &rd, &steps, cout, td, T, 1);
+            PORTABLE_SWEEPS.with(|p| p.set(false));
+            (c.iter().map(|t| t.to_bits()).collect(), d.iter().map(|t| t.to_bits()).collect())
+        };
+        let (vector, portable) = (run(false), run(true));
+        let fired = portable.0.iter().filter(|&&t| f64::from_bits(t) < T).count();
+        prop_assert_eq!(vector.0, portable.0, "conv: {} of {} fired", fired, cout * g.positions());
+        prop_assert_eq!(vector.1, portable.1);
     }
 
     #[test]
