@@ -14,6 +14,9 @@ on them two correct engines may take different discrete branches (docs/algorithm
 """
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -324,3 +327,61 @@ def test_batch_one_is_independent_of_thread_count(binary):
         for key in ("loss", "predictions", "cases", "fired"):
             assert np.array_equal(stats[key], stats1[key])
         assert all(np.array_equal(a, b) for a, b in zip(w, w1))
+
+
+_KERNELS_CHILD = r"""
+import sys
+import numpy as np
+import stidi_rs as sr
+
+binary = sys.argv[2] == "1"
+# Channel counts that are not multiples of the vector width exercise the remainders.
+layers = [
+    sr.Conv2d(1, 37, 5, 7.0, binary=binary),
+    sr.MaxPool2d(2),
+    sr.Dense(37 * 10 * 10, 70, 30.0, binary=binary),
+    sr.Dense(70, 10, 8.0, binary=binary),
+]
+net = sr.Network(layers, (1, 24, 24), seed=7, backend="rust")
+rng = np.random.default_rng(7)
+x = rng.uniform(0, net.tmax, size=(12, 1, 24, 24))
+x[rng.random(x.shape) < 0.4] = net.tmax
+labels = rng.integers(0, 10, size=len(x))
+out = {f"fwd{i}": a for i, a in enumerate(net.forward(x))}
+stats = sr.STiDiBP(net, lr=0.5).steps(x, labels, batch_size=1)
+out.update({f"w{i}": layer.weight for i, layer in enumerate(net.spiking_layers)})
+out["fired"] = np.asarray(stats["fired"])
+out["predict"] = net.predict(x)
+np.savez(sys.argv[1], kernels=sr.sweep_kernels(), **out)
+"""
+
+
+def _cpu_has_avx2() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " avx2" in line for line in f)
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("binary", ["0", "1"])
+def test_vector_and_portable_kernels_agree_bit_for_bit(tmp_path, binary):
+    """The AVX2 copies of the sweeps, chosen at run time, against the portable copies
+    (``STIDI_RS_PORTABLE=1``) in the built extension: forward times, predictions and
+    weights after per-sample training are identical to the bit."""
+    if not _cpu_has_avx2():
+        pytest.skip("this CPU has no AVX2: only the portable kernels exist here")
+    runs = {}
+    for portable in ("0", "1"):
+        path = tmp_path / f"out{portable}.npz"
+        env = dict(os.environ, STIDI_RS_PORTABLE=portable, RAYON_NUM_THREADS="2")
+        subprocess.run(
+            [sys.executable, "-c", _KERNELS_CHILD, str(path), binary], env=env, check=True
+        )
+        runs[portable] = dict(np.load(path))
+    assert str(runs["0"].pop("kernels")) == "avx2"
+    assert str(runs["1"].pop("kernels")) == "portable"
+    assert (runs["1"]["fired"] > 0).any(axis=0).all(), "the test network should fire"
+    assert runs["0"].keys() == runs["1"].keys()
+    for key, a in runs["1"].items():
+        assert a.tobytes() == runs["0"][key].tobytes(), key

@@ -555,3 +555,12 @@ def test_cli_bench_has_its_own_options(capsys):
         main(["bench", "--help"])
     assert exit_info.value.code == 0
     assert "--quick" in capsys.readouterr().out
+
+
+def test_cli_info_names_threads_kernels_and_every_preset(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"engine threads: {sr.num_threads()}, sweep kernels: {sr.sweep_kernels()}" in out
+    assert sr.sweep_kernels() in ("avx2", "portable")
+    for name in presets.PRESETS:
+        assert f"preset {name} " in out

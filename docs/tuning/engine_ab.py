@@ -16,6 +16,10 @@ median to the first build's.
     STIDI_RS_DATA=../shared/datasets RAYON_NUM_THREADS=1 python docs/tuning/engine_ab.py \\
         --n 256 --reps 4 --checkpoint checkpoints/csnn-shallow-xxxwide-binary-mnist.npz \\
         old=/tmp/old new=
+
+The same build may be listed twice, once with `--portable NAME`: that copy runs
+its portable sweep kernels (`STIDI_RS_PORTABLE=1`), the other the AVX2 ones
+where the CPU has them (`... --portable portable portable= avx2=`).
 """
 
 import argparse
@@ -50,6 +54,13 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("builds", nargs="+", help="NAME=PATH (empty PATH: the installed package)")
     ap.add_argument("--checkpoint", action="append", required=True, dest="checkpoints")
+    ap.add_argument(
+        "--portable",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run this build with STIDI_RS_PORTABLE=1 (its portable sweep kernels)",
+    )
     args = ap.parse_args()
     builds = [b.split("=", 1) for b in args.builds]
     seen = {}
@@ -57,6 +68,8 @@ def main():
         for ckpt in args.checkpoints:
             for name, path in builds:
                 env = dict(os.environ, PYTHONPATH=path)
+                if name in args.portable:
+                    env["STIDI_RS_PORTABLE"] = "1"
                 cmd = [sys.executable, "-c", _CHILD, ckpt, str(args.n)]
                 out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
                 infer, train = map(float, out.stdout.split())

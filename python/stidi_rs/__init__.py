@@ -5,7 +5,7 @@ The Rust engine (``backend="rust"``, the default) and the NumPy reference
 described in ``docs/algorithm.md``.
 """
 
-from ._core import __version__, num_threads, set_num_threads
+from ._core import __version__, num_threads, set_num_threads, sweep_kernels
 from .layers import PSP, Conv2d, Dense, MaxPool2d, pack_signs, unpack_signs
 from .learning import Homeostasis, STiDiBP
 from .network import Network, encode
@@ -23,5 +23,6 @@ __all__ = [
     "unpack_signs",
     "set_num_threads",
     "num_threads",
+    "sweep_kernels",
     "__version__",
 ]

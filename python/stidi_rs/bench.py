@@ -131,6 +131,8 @@ def configurations(quick: bool) -> list[dict]:
 
 
 def main(argv=None) -> int:
+    from . import sweep_kernels
+
     parser = argparse.ArgumentParser(prog="stidi-rs bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer images (smoke test)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per Rust configuration")
@@ -166,6 +168,7 @@ def main(argv=None) -> int:
 
     print(
         f"MNIST, training batch {rows[0]['batch']} unless noted, {os.cpu_count()} cores, "
+        f"{sweep_kernels()} sweep kernels, "
         f"median of {args.repeat} runs for Rust; ratios against the NumPy reference of the "
         "same model and weights. The epoch column is 60,000 per-sample updates plus "
         "10,000 inferences at the rates measured.\n"

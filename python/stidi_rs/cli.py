@@ -233,9 +233,11 @@ def cmd_plot(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from . import __version__, num_threads
+    from . import __version__, num_threads, sweep_kernels
 
-    print(f"stidi-rs {__version__}, engine threads: {num_threads()}")
+    print(
+        f"stidi-rs {__version__}, engine threads: {num_threads()}, sweep kernels: {sweep_kernels()}"
+    )
     width = max(map(len, presets.PRESETS))
     for name, p in presets.PRESETS.items():
         print(f"  preset {name:{width}s} {p.description}")

@@ -340,7 +340,30 @@ fn use_avx2() -> bool {
     if PORTABLE_SWEEPS.with(|p| p.get()) {
         return false;
     }
-    std::arch::is_x86_feature_detected!("avx2")
+    avx2_chosen()
+}
+
+/// Read once: the CPU has AVX2 and `STIDI_RS_PORTABLE` does not ask for the
+/// portable copies (any value but empty or `0` does).
+#[cfg(target_arch = "x86_64")]
+fn avx2_chosen() -> bool {
+    static CHOSEN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        let portable =
+            std::env::var_os("STIDI_RS_PORTABLE").is_some_and(|v| !v.is_empty() && v != "0");
+        !portable && std::arch::is_x86_feature_detected!("avx2")
+    })
+}
+
+/// The copy of the sweep kernels this process runs: `"avx2"` or `"portable"`.
+/// Results are the same to the bit either way; set `STIDI_RS_PORTABLE=1`
+/// before the first call to force the portable copy (to compare or debug).
+pub fn sweep_kernels() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_chosen() {
+        return "avx2";
+    }
+    "portable"
 }
 
 /// Smallest number of neurons of a layer worth splitting over threads.

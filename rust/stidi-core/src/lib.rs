@@ -19,6 +19,7 @@ mod threads;
 mod tests;
 
 pub use decide::{decide, decide_with_tmax};
+pub use engine::sweep_kernels;
 pub use error::{Error, Result};
 pub use network::{ForwardOut, Network, StepStats};
 pub use psp::Psp;

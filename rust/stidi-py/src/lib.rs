@@ -268,6 +268,13 @@ fn num_threads() -> usize {
     stidi_core::num_threads()
 }
 
+/// The copy of the sweep kernels in use: "avx2" or "portable" (same results;
+/// `STIDI_RS_PORTABLE=1` forces the portable one).
+#[pyfunction]
+fn sweep_kernels() -> &'static str {
+    stidi_core::sweep_kernels()
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -275,5 +282,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pack_signs, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(sweep_kernels, m)?)?;
     Ok(())
 }
