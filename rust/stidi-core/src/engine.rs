@@ -5,7 +5,8 @@
 //! (one position for Dense, `Ho*Wo` for Conv2d): all output channels at a
 //! position share their inputs, hence their breakpoints, so their state lives
 //! contiguously and is advanced together. A Conv2d layer's positions are swept
-//! one after another, each over its own receptive field's breakpoints.
+//! one after another, each over its own receptive field's breakpoints. The
+//! sweeps also have AVX2 copies, chosen at run time ([`sweep_kernels`]).
 
 use rayon::prelude::*;
 
