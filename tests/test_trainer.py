@@ -492,10 +492,48 @@ def test_cli_resume_refuses_flags_it_would_ignore(tmp_path, capsys):
     assert "--readout-lr would be ignored" in capsys.readouterr().err
     assert main(["train", "--resume", ckpt, "--readout-average", "1"]) == 2
     assert "--readout-average would be ignored" in capsys.readouterr().err
+    assert main(["train", "--resume", ckpt, "--gamma", "5"]) == 2
+    assert "--gamma would be ignored" in capsys.readouterr().err
     # --epochs is how a resumed run is extended: it passes the guard (and meets the
     # missing file)
     assert main(["train", "--resume", ckpt, "--epochs", "4", "--readout-epochs", "1"]) == 2
     assert "last.npz" in capsys.readouterr().err
+
+
+def test_cli_gamma_must_be_positive(tmp_path, capsys):
+    args = ["train", "--preset", "dense", "--out", str(tmp_path / "run"), "--no-progress"]
+    for bad in ("0", "-1", "nan", "inf"):
+        assert main([*args, "--gamma", bad]) == 2
+        assert f"gamma must be positive and finite, got {float(bad)!r}" in capsys.readouterr().err
+
+
+@needs_data
+def test_cli_gamma_reaches_the_rule_and_the_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--preset",
+        "dense",
+        "--train-size",
+        "200",
+        "--test-size",
+        "100",
+        "--epochs",
+        "1",
+        "--readout-epochs",
+        "0",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert main([*args, "--gamma", "7.5"]) == 0
+    first = checkpoint.load(out / "last.npz")
+    assert first[1]["trainer"]["rule"]["gamma"] == 7.5
+    assert main([*args, "--force"]) == 0  # the preset's margin when not given
+    default = checkpoint.load(out / "last.npz")
+    assert default[1]["trainer"]["rule"]["gamma"] == 3.0
+    # a wider margin moves output targets, so the trained weights differ
+    assert not np.array_equal(first[0].layers[-1].weight, default[0].layers[-1].weight)
 
 
 @needs_data

@@ -56,6 +56,7 @@ _RUN_FLAGS = {
     "batch_size": 1,
     "lr": None,
     "displacement": None,
+    "gamma": None,
     "lr_decay": None,
     "readout_lr": None,
     "readout_average": None,
@@ -100,6 +101,8 @@ def cmd_train(args) -> int:
         rule_args = {**preset.rule, **({"lr": args.lr} if args.lr is not None else {})}
         if args.displacement is not None:
             rule_args["displacement"] = args.displacement
+        if args.gamma is not None:
+            rule_args["gamma"] = args.gamma
         cfg = {
             "preset": args.preset,
             "dataset": args.dataset,
@@ -265,6 +268,13 @@ def main(argv=None) -> int:
         choices=["exact", "causal"],
         default=None,
         help="PSP slope of the spike time displacement (default: preset's)",
+    )
+    p.add_argument(
+        "--gamma",
+        type=float,
+        default=None,
+        help="output target margin in time units: outputs within it of the first spike "
+        "are pushed back to it (default: preset's, 3)",
     )
     p.add_argument(
         "--readout-epochs",
