@@ -510,22 +510,8 @@ def test_cli_gamma_must_be_positive(tmp_path, capsys):
 @needs_data
 def test_cli_gamma_reaches_the_rule_and_the_checkpoint(tmp_path):
     out = tmp_path / "run"
-    args = [
-        "train",
-        "--preset",
-        "dense",
-        "--train-size",
-        "200",
-        "--test-size",
-        "100",
-        "--epochs",
-        "1",
-        "--readout-epochs",
-        "0",
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
+    tiny_run = "train --preset dense --train-size 200 --test-size 100 --epochs 1 --readout-epochs 0"
+    args = [*tiny_run.split(), "--out", str(out), "--no-progress"]
     assert main([*args, "--gamma", "7.5"]) == 0
     first = checkpoint.load(out / "last.npz")
     assert first[1]["trainer"]["rule"]["gamma"] == 7.5
