@@ -33,8 +33,9 @@ def run(base, x, y, val, c2=32, th2=15.0, th_out=20.0, lr=(3.2, 3.2), epochs=3, 
     # weights, 0 elsewhere; LeNet-5's connection table): with all 32, positive random
     # weights make every channel the same blurred detector of early conv1 activity.
     # keep: the other weights are set back to 0 after every 1,024 images (a sparse conv2).
-    # hidden: (units, threshold) of a Dense layer on pool1 in conv2's place (init: its
-    # initial weights' (low, high)); disp: the rule's displacement ("exact" or "causal").
+    # hidden: (units, threshold) of a Dense layer on pool1 in conv2's place; init: the
+    # (low, high) of conv2's or that layer's initial weights (None: the layer's default);
+    # disp: the rule's displacement ("exact" or "causal").
     if keep and not fan:
         raise ValueError("keep=True keeps a connection table: give fan too")
     conv1, out0 = base.spiking_layers
@@ -49,7 +50,7 @@ def run(base, x, y, val, c2=32, th2=15.0, th_out=20.0, lr=(3.2, 3.2), epochs=3, 
         lrs = [0.0, *lr]
     else:
         n2 = c2 * (16 if pool2 else 64)
-        top = [sr.Conv2d(conv1.out_channels, c2, 5, th2), *([sr.MaxPool2d(2)] if pool2 else []),
+        top = [sr.Conv2d(conv1.out_channels, c2, 5, th2, init=init), *([sr.MaxPool2d(2)] if pool2 else []),
                sr.Dense(n2 + (n1 if skip else 0), 10, out0.threshold if skip else th_out,
                         skip=1 if skip else None)]
         lrs = [0.0, *lr]

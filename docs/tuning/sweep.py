@@ -21,9 +21,9 @@ def run(x, y, val, th=(4, 30, 40), lr=(12.8, 50, 50), ch=(16, 32), reduce="mean"
         beta=1.0, normalize=True, hidden=None, tau_fall=float("inf"), dense=None, wd=0.0,
         enc=1.0, batch=1, onoff=False, window=256.0, readout=0, swa=False, dog=None,
         init=None, seed=0, pool2=True, conv2=True, bias=0, pool1=2, skip=False, k1=5,
-        fan=None):
+        fan=None, init2=None):
     # init: (low, high) of the uniform initial weights of the layers below the output;
-    # None keeps the layers' default. fan: conv2's initial weights keep only `fan` random
+    # None keeps the layers' default; init2: conv2's own, overriding init there. fan: conv2's initial weights keep only `fan` random
     # input channels per output channel (connection_table below)
     if enc != 1.0:  # pixel intensity ** enc before the spec's encoding: dim pixels fire earlier
         def recode(t):
@@ -57,7 +57,7 @@ def run(x, y, val, th=(4, 30, 40), lr=(12.8, 50, 50), ch=(16, 32), reduce="mean"
         # (0: none, conv1's maps go straight on); k1: conv1's kernel size
         side = (29 - k1) // pool1 if pool1 else 29 - k1
         n_top = (c2 * (16 if pool2 else 64)) if conv2 else c1 * side * side
-        middle = [sr.Conv2d(c1, c2, 5, th[1], binary=binary, init=init),
+        middle = [sr.Conv2d(c1, c2, 5, th[1], binary=binary, init=init2 or init),
                   *([sr.MaxPool2d(2)] if pool2 else [])] if conv2 else []
         # skip (with conv2): the output reads pool1 beside pool2 (Dense skip=1)
         top = [sr.Dense(n_top, hidden[0], hidden[1], binary=binary, init=init),
