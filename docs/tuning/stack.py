@@ -50,7 +50,8 @@ def run(base, x, y, val, c2=32, th2=15.0, th_out=20.0, lr=(3.2, 3.2), epochs=3, 
         lrs = [0.0, *lr]
     else:
         n2 = c2 * (16 if pool2 else 64)
-        top = [sr.Conv2d(conv1.out_channels, c2, 5, th2, init=init), *([sr.MaxPool2d(2)] if pool2 else []),
+        top = [sr.Conv2d(conv1.out_channels, c2, 5, th2, init=init),
+               *([sr.MaxPool2d(2)] if pool2 else []),
                sr.Dense(n2 + (n1 if skip else 0), 10, out0.threshold if skip else th_out,
                         skip=1 if skip else None)]
         lrs = [0.0, *lr]

@@ -23,8 +23,9 @@ def run(x, y, val, th=(4, 30, 40), lr=(12.8, 50, 50), ch=(16, 32), reduce="mean"
         init=None, seed=0, pool2=True, conv2=True, bias=0, pool1=2, skip=False, k1=5,
         fan=None, init2=None):
     # init: (low, high) of the uniform initial weights of the layers below the output;
-    # None keeps the layers' default; init2: conv2's own, overriding init there. fan: conv2's initial weights keep only `fan` random
-    # input channels per output channel (connection_table below)
+    # None keeps the layers' default; init2: conv2's own, overriding init there. fan:
+    # conv2's initial weights keep only `fan` random input channels per output channel
+    # (connection_table below)
     if enc != 1.0:  # pixel intensity ** enc before the spec's encoding: dim pixels fire earlier
         def recode(t):
             return 256.0 * (1.0 - (1.0 - t / 256.0) ** enc)
