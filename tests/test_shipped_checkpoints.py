@@ -24,6 +24,7 @@ SHIPPED = {  # checkpoint -> (preset, dataset) as written in the results table
     "csnn-shallow-xxwide-binary-mnist.npz": ("csnn-shallow-xxwide-binary", "MNIST"),
     "csnn-shallow-xxxwide-binary-mnist.npz": ("csnn-shallow-xxxwide-binary", "MNIST"),
     "csnn-shallow-xxwide-tau80-mnist.npz": ("csnn-shallow-xxwide-tau80", "MNIST"),
+    "csnn-shallow-xxwide-tau80-fashion-mnist.npz": ("csnn-shallow-xxwide-tau80", "Fashion-MNIST"),
     "csnn-shallow-xxwide-binary-fashion-mnist.npz": ("csnn-shallow-xxwide-binary", "Fashion-MNIST"),
     "csnn-shallow-xwide-binary-fashion-mnist.npz": ("csnn-shallow-xwide-binary", "Fashion-MNIST"),
     "csnn-shallow-wide-binary-fashion-mnist.npz": ("csnn-shallow-wide-binary", "Fashion-MNIST"),
