@@ -253,15 +253,16 @@ def test_train_steps_equals_steps_one_by_one(case, batch_size, decay, reduce, di
     labels = np.concatenate([labels] * 3)
     t = x.reshape(len(x), -1)
     y = labels.astype(np.int64)
-    hyper = (
-        [2.0] * len(net.spiking_layers),
-        3.0,
-        [0.7] * len(net.spiking_layers),
-        True,
-        1e-3 if decay else 0.0,
-        reduce,
-        disp,
-    )
+    hyper = {
+        "name": "stidi-bp",
+        "lr": [2.0] * len(net.spiking_layers),
+        "gamma": 3.0,
+        "beta": [0.7] * len(net.spiking_layers),
+        "normalize": True,
+        "weight_decay": 1e-3 if decay else 0.0,
+        "conv_reduce": reduce,
+        "displacement": disp,
+    }
     start = snapshot(net)
     one_by_one = []
     for lo in range(0, len(t), batch_size):

@@ -1,4 +1,5 @@
-"""stidi-rs: exact, event-driven convolutional spiking networks trained with STiDi-BP.
+"""stidi-rs: exact, event-driven convolutional spiking networks trained with STiDi-BP
+(or exact spike-time gradients).
 
 The Rust engine (``backend="rust"``, the default) and the NumPy reference
 (``backend="numpy"``, module :mod:`stidi_rs.reference`) implement the same maths,
@@ -7,7 +8,7 @@ described in ``docs/algorithm.md``.
 
 from ._core import __version__, num_threads, set_num_threads, sweep_kernels
 from .layers import PSP, Conv2d, Dense, MaxPool2d, pack_signs, unpack_signs
-from .learning import Homeostasis, STiDiBP
+from .learning import ExactGradient, Homeostasis, Rule, STiDiBP, make_rule
 from .network import Network, encode
 
 __all__ = [
@@ -16,7 +17,10 @@ __all__ = [
     "MaxPool2d",
     "Dense",
     "Network",
+    "Rule",
     "STiDiBP",
+    "ExactGradient",
+    "make_rule",
     "Homeostasis",
     "encode",
     "pack_signs",

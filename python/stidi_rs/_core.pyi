@@ -31,14 +31,28 @@ class Engine:
         times: npt.NDArray[np.float64],
         labels: npt.NDArray[np.int64],
         batch_size: int,
-        rule: tuple[list[float], float, list[float], bool, float, str, str],
+        rule: dict[str, Any],
+        moments: tuple[
+            list[npt.NDArray[np.float64] | None], list[npt.NDArray[np.float64] | None]
+        ]
+        | None = None,
     ) -> dict[str, Any]:
-        """Consecutive ``train_step`` calls over ``batch_size``-row slices of ``times``
-        (the last may be smaller), in one call. ``rule`` is ``(lr, gamma, beta,
-        normalize, weight_decay, conv_reduce, displacement)``, the order
-        ``reference.updates`` takes them in. Returns ``predictions`` and ``cases``
-        of shape ``(n,)``, ``loss`` of shape ``(steps,)``, ``fired`` of shape
-        ``(steps, layers)``."""
+        """Consecutive steps of ``rule`` over ``batch_size``-row slices of ``times``
+        (the last may be smaller), in one call, updating the weights in place.
+        ``rule`` holds ``name`` (``"stidi-bp"`` or ``"exact"``) and the rule's
+        settings by name (``Rule.config()``; ``adam_step`` for the exact rule);
+        ``moments`` is Adam's ``(m, v)`` per layer, updated in place. Returns
+        ``predictions`` and ``cases`` of shape ``(n,)``, ``loss`` of shape
+        ``(steps,)``, ``fired`` of shape ``(steps, layers)`` and ``adam_step``."""
+    def gradients(
+        self,
+        weights: list[npt.NDArray[np.float64] | None],
+        packed: list[npt.NDArray[np.uint64] | None],
+        times: npt.NDArray[np.float64],
+        labels: npt.NDArray[np.int64],
+        rule: dict[str, Any],
+    ) -> tuple[float, list[npt.NDArray[np.float64] | None]]:
+        """Batch-mean loss and one flat gradient per layer (``None`` for pooling)."""
         ...
 
 def pack_signs(weight: npt.NDArray[np.float64]) -> npt.NDArray[np.uint64]: ...

@@ -51,7 +51,7 @@ def run_one(cfg: dict) -> dict:
     if cfg["backend"] == "rust":
         sr.set_num_threads(cfg["threads"])
     base = _reset_peak()
-    rule = sr.STiDiBP(net, **preset.rule)
+    rule = sr.make_rule(preset.rule_name, net, **preset.rule)
     bs = cfg["batch"]
     net.predict(x[:bs])  # warm-up: thread pool, caches
     start = time.perf_counter()

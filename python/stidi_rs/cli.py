@@ -11,7 +11,7 @@ import numpy as np
 
 from . import checkpoint, datasets, presets
 from .augment import Augment
-from .learning import Homeostasis, STiDiBP
+from .learning import RULES, Homeostasis, make_rule
 from .network import BACKENDS, encode
 from .trainer import Trainer, evaluate
 
@@ -24,6 +24,16 @@ def _learning_rates(text: str) -> float | list[float]:
         msg = f"not a number or a comma-separated list: {text!r}"
         raise argparse.ArgumentTypeError(msg) from None
     return values[0] if len(values) == 1 else values
+
+
+def _rule_setting(text: str) -> dict:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return {key: json.loads(value)}
+    except json.JSONDecodeError:
+        return {key: value}
 
 
 def _split(x, y, val_size: int, seed: int):
@@ -55,6 +65,8 @@ _RUN_FLAGS = {
     "dataset": "mnist",
     "batch_size": 1,
     "lr": None,
+    "rule": None,
+    "rule_set": None,
     "displacement": None,
     "gamma": None,
     "lr_decay": None,
@@ -98,11 +110,16 @@ def cmd_train(args) -> int:
     else:
         preset = presets.get(args.preset)
         net = preset.build(seed=args.seed, backend=args.backend)
-        rule_args = {**preset.rule, **({"lr": args.lr} if args.lr is not None else {})}
+        rule_name = args.rule or preset.rule_name
+        rule_args = dict(preset.rule) if rule_name == preset.rule_name else {}
+        if args.lr is not None:
+            rule_args["lr"] = args.lr
         if args.displacement is not None:
             rule_args["displacement"] = args.displacement
         if args.gamma is not None:
             rule_args["gamma"] = args.gamma
+        for setting in args.rule_set or []:
+            rule_args.update(setting)
         cfg = {
             "preset": args.preset,
             "dataset": args.dataset,
@@ -120,7 +137,7 @@ def cmd_train(args) -> int:
                 (out / name).unlink(missing_ok=True)
         trainer = Trainer(
             net,
-            STiDiBP(net, **rule_args),
+            make_rule(rule_name, net, **rule_args),
             epochs=args.epochs or preset.epochs,
             batch_size=args.batch_size,
             lr_decay=preset.lr_decay if args.lr_decay is None else args.lr_decay,
@@ -262,6 +279,21 @@ def main(argv=None) -> int:
         type=_learning_rates,
         default=None,
         help="learning rate, or one per spiking layer as A,B,... (default: preset's)",
+    )
+    p.add_argument(
+        "--rule",
+        choices=sorted(RULES),
+        default=None,
+        help="learning rule (default: preset's, stidi-bp); exact = exact spike-time gradients",
+    )
+    p.add_argument(
+        "--rule-set",
+        type=_rule_setting,
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="one setting of the rule by name, e.g. --rule-set loss=stidi --rule-set "
+        "silent_push=0.5 (repeatable; VALUE is read as JSON, else as text)",
     )
     p.add_argument(
         "--displacement",

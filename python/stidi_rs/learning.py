@@ -1,4 +1,4 @@
-"""The STiDi-BP learning rule (docs/algorithm.md §5)."""
+"""Learning rules (docs/algorithm.md §5 and §10) behind one interface, :class:`Rule`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from . import reference
 from .layers import Dense, _positive_float
 from .network import Network, _check_labels, _check_times
 
-__all__ = ["STiDiBP", "Homeostasis"]
+__all__ = ["Rule", "STiDiBP", "ExactGradient", "Homeostasis", "RULES", "make_rule"]
 
 
 def _per_layer(name: str, value, n: int, allow_zero: bool) -> list[float]:
@@ -29,7 +29,140 @@ def _per_layer(name: str, value, n: int, allow_zero: bool) -> list[float]:
     return out
 
 
-class STiDiBP:
+def _choice(name: str, value, choices: tuple) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+class Rule:
+    """What the trainer, checkpoints and CLI know of a learning rule.
+
+    A rule trains the :class:`Network` it was built with. ``lr`` holds one rate per
+    spiking layer and may be reassigned between calls (schedules do). ``name`` and
+    :meth:`config` rebuild it: ``make_rule(rule.name, network, **rule.config())``.
+    """
+
+    name = ""
+
+    def __init__(self, network: Network, lr):
+        if not isinstance(network, Network):
+            raise ValueError(
+                f"{type(self).__name__} needs a stidi_rs.Network, got {type(network).__name__}"
+            )
+        if not isinstance(network.layers[-1], Dense):
+            raise ValueError(
+                f"{type(self).__name__} needs a Dense output layer (one neuron per class)"
+            )
+        self.network = network
+        self.lr = _per_layer("lr", lr, len(network.spiking_layers), allow_zero=True)
+
+    def config(self) -> dict:
+        """The rule's settings by name (``lr`` included)."""
+        raise NotImplementedError
+
+    def _settings(self) -> dict:
+        """The settings the engines read, by name, with the current ``lr``."""
+        raise NotImplementedError
+
+    def _check(self, times, labels):
+        net = self.network
+        t = _check_times(times, net.input_shape, net.tmax)
+        y = _check_labels(labels, len(t), net.n_classes)
+        if len(t) == 0:
+            raise ValueError("a learning step needs a non-empty batch")
+        return t, y
+
+    def steps(self, times, labels, batch_size: int = 1) -> dict:
+        """Consecutive steps over ``batch_size`` slices of ``times`` (the last may be
+        smaller), exactly as calling :meth:`step` on each slice in order, but in one
+        engine call: per-sample updates without Python overhead per sample.
+
+        Returns ``predictions`` and ``cases`` per sample (from the forward pass of the
+        step that sample was in), ``accuracy`` over all samples, and per step
+        ``loss`` ``(steps,)`` and ``fired`` ``(steps, layers)``.
+        """
+        batch_size = int(batch_size)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        t, y = self._check(times, labels)
+        if self.network.backend == "rust":
+            out = self._rust_steps(t, y, batch_size)
+        else:
+            out = self._numpy_steps(t, y, batch_size)
+        return {**out, "accuracy": float((out["predictions"] == y).mean())}
+
+    def step(self, times, labels) -> dict:
+        """One update from a batch (its per-sample contributions averaged).
+
+        Returns statistics of the forward pass the update came from: ``loss``
+        (batch mean of the rule's loss), ``accuracy``, ``predictions``, ``cases``
+        (see ``Network.predict``) and ``fired`` (per layer, the mean fraction of
+        neurons that spiked).
+        """
+        out = self.steps(times, labels, batch_size=max(1, len(np.asarray(times))))
+        return {**out, "loss": float(out["loss"][0]), "fired": out["fired"][0].tolist()}
+
+    def gradients(self, times, labels) -> tuple[float, list[np.ndarray]]:
+        """``(loss, grads)`` of a batch without changing the weights: the batch-mean
+        loss and, per spiking layer, an array shaped like its weight such that a
+        plain SGD step at rate ``lr`` is ``w - lr * grad`` (for STiDi-BP, whose
+        update is no gradient, the direction of its step)."""
+        t, y = self._check(times, labels)
+        net = self.network
+        if net.backend == "rust":
+            weights, packed = net._params()
+            loss, grads = net._rust().gradients(
+                weights, packed, t.reshape(len(t), -1), y, self._settings()
+            )
+            grads = [
+                np.asarray(g).reshape(w.shape) for g, w in zip(grads, weights) if g is not None
+            ]
+            return float(loss), grads
+        loss, grads = self._numpy_gradients(t, y)
+        return float(loss), [g for g in grads if g is not None]
+
+    def _rust_steps(self, t, y, batch_size):
+        net = self.network
+        weights, packed = net._params()
+        out = net._rust().train_steps(
+            weights,
+            packed,
+            t.reshape(len(t), -1),
+            y,
+            batch_size,
+            self._settings(),
+            self._moments(),
+        )
+        self._after_rust(out)
+        return {k: np.asarray(out[k]) for k in ("predictions", "cases", "loss", "fired")}
+
+    def _moments(self):
+        return None
+
+    def _after_rust(self, out) -> None:
+        pass
+
+    def _numpy_steps(self, t, y, batch_size):
+        net = self.network
+        preds, case_list, loss, fired = [], [], [], []
+        for lo in range(0, len(t), batch_size):
+            xb, yb = t[lo : lo + batch_size], y[lo : lo + batch_size]
+            value, (outs, v_end) = self._numpy_update(xb, yb)
+            p, c = reference.decide(outs[-1], v_end, net.tmax)
+            preds.append(p)
+            case_list.append(c)
+            loss.append(value)
+            fired.append([(o < net.tmax).reshape(len(o), -1).mean() for o in outs])
+        return {
+            "predictions": np.concatenate(preds),
+            "cases": np.concatenate(case_list),
+            "loss": np.array(loss),
+            "fired": np.array(fired),
+        }
+
+
+class STiDiBP(Rule):
     """Spike-time-displacement backpropagation for a :class:`Network`.
 
     Parameters
@@ -46,6 +179,8 @@ class STiDiBP:
         for every earlier input, as S4NN's backward pass).
     """
 
+    name = "stidi-bp"
+
     def __init__(
         self,
         network: Network,
@@ -57,60 +192,39 @@ class STiDiBP:
         conv_reduce: str = "sum",
         displacement: str = "exact",
     ):
-        if not isinstance(network, Network):
-            raise ValueError(f"STiDiBP needs a stidi_rs.Network, got {type(network).__name__}")
-        if not isinstance(network.layers[-1], Dense):
-            raise ValueError("STiDiBP needs a Dense output layer (one neuron per class)")
+        super().__init__(network, lr)
         n = len(network.spiking_layers)
-        self.network = network
-        self.lr = _per_layer("lr", lr, n, allow_zero=True)
         self.beta = _per_layer("beta", beta, n, allow_zero=True)
         self.gamma = _positive_float("gamma", gamma)
         self.normalize = bool(normalize)
         self.weight_decay = float(weight_decay)
         if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
             raise ValueError(f"weight_decay must be finite and >= 0, got {weight_decay}")
-        if conv_reduce not in ("sum", "mean"):
-            raise ValueError(f"conv_reduce must be 'sum' or 'mean', got {conv_reduce!r}")
-        self.conv_reduce = conv_reduce
-        if displacement not in ("exact", "causal"):
-            raise ValueError(f"displacement must be 'exact' or 'causal', got {displacement!r}")
-        self.displacement = displacement
+        self.conv_reduce = _choice("conv_reduce", conv_reduce, ("sum", "mean"))
+        self.displacement = _choice("displacement", displacement, ("exact", "causal"))
 
-    def steps(self, times, labels, batch_size: int = 1) -> dict:
-        """Consecutive steps over ``batch_size`` slices of ``times`` (the last may be
-        smaller), exactly as calling :meth:`step` on each slice in order, but in one
-        engine call: per-sample updates without Python overhead per sample.
+    def config(self) -> dict:
+        return {
+            "lr": list(self.lr),
+            "gamma": self.gamma,
+            "beta": list(self.beta),
+            "normalize": self.normalize,
+            "weight_decay": self.weight_decay,
+            "conv_reduce": self.conv_reduce,
+            "displacement": self.displacement,
+        }
 
-        Returns ``predictions`` and ``cases`` per sample (from the forward pass of the
-        step that sample was in), ``accuracy`` over all samples, and per step
-        ``loss`` ``(steps,)`` and ``fired`` ``(steps, layers)``.
-        """
-        batch_size = int(batch_size)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        return self._run(times, labels, batch_size)
+    def _settings(self) -> dict:
+        return {"name": self.name, **self.config()}
 
-    def step(self, times, labels) -> dict:
-        """Apply one update from a batch (the per-sample updates are averaged).
-
-        Returns statistics of the forward pass the update came from: ``loss``
-        (mean over the batch of ``½ Σ e²`` of the output layer), ``accuracy``,
-        ``predictions``, ``cases`` (see ``Network.predict``) and ``fired``
-        (per layer, the mean fraction of neurons that spiked).
-        """
-        out = self._run(times, labels, None)
-        return {**out, "loss": float(out["loss"][0]), "fired": out["fired"][0].tolist()}
-
-    def _run(self, times, labels, batch_size: int | None) -> dict:
-        net = self.network
-        t = _check_times(times, net.input_shape, net.tmax)
-        y = _check_labels(labels, len(t), net.n_classes)
-        if len(t) == 0:
-            raise ValueError("a learning step needs a non-empty batch")
-        batch_size = batch_size or len(t)
-        hyper = (
-            self.lr,
+    def _reference(self, t, y, lr):
+        return reference.updates(
+            self.network.layers,
+            t,
+            y,
+            self.network.psp,
+            self.network.tmax,
+            lr,
             self.gamma,
             self.beta,
             self.normalize,
@@ -118,37 +232,160 @@ class STiDiBP:
             self.conv_reduce,
             self.displacement,
         )
-        if net.backend == "rust":
-            weights, packed = net._params()
-            out = net._rust().train_steps(
-                weights, packed, t.reshape(len(t), -1), y, batch_size, hyper
-            )
-            pred, cases = np.asarray(out["predictions"]), np.asarray(out["cases"])
-            loss, fired = np.asarray(out["loss"]), np.asarray(out["fired"])
-        else:
-            preds, case_list, loss, fired = [], [], [], []
-            for lo in range(0, len(t), batch_size):
-                xb, yb = t[lo : lo + batch_size], y[lo : lo + batch_size]
-                deltas, (outs, v_end), e_out = reference.updates(
-                    net.layers, xb, yb, net.psp, net.tmax, *hyper
-                )
-                for layer, delta in zip(net.layers, deltas):
-                    if delta is not None:
-                        layer.weight = layer._weight + delta
-                p, c = reference.decide(outs[-1], v_end, net.tmax)
-                preds.append(p)
-                case_list.append(c)
-                loss.append(0.5 * (e_out**2).sum(axis=1).mean())
-                fired.append([(o < net.tmax).reshape(len(o), -1).mean() for o in outs])
-            pred, cases = np.concatenate(preds), np.concatenate(case_list)
-            loss, fired = np.array(loss), np.array(fired)
+
+    def _numpy_update(self, t, y):
+        deltas, fwd, e_out = self._reference(t, y, self.lr)
+        for layer, delta in zip(self.network.layers, deltas):
+            if delta is not None:
+                layer.weight = layer._weight + delta
+        return 0.5 * (e_out**2).sum(axis=1).mean(), fwd
+
+    def _numpy_gradients(self, t, y):
+        ones = [1.0] * len(self.lr)
+        deltas, _, e_out = self._reference(t, y, ones)
+        grads = [None if d is None else -d for d in deltas]
+        return 0.5 * (e_out**2).sum(axis=1).mean(), grads
+
+
+class ExactGradient(Rule):
+    """Gradient descent on exact spike-time derivatives (docs/algorithm.md §10).
+
+    At a spike ``V_j(t_j) = θ``, ``dt_j/dw_ji = −ε(t_j − t_i)/V'_j(t_j)`` and
+    ``dt_j/dt_i = w_ji ε'(t_j − t_i)/V'_j(t_j)``, chained from the loss of the output
+    spike times down to the first layer (max-pooling routes to each window's
+    winner; binary layers pass the gradient straight through to their real weights).
+
+    Parameters
+    ----------
+    network : the network to train (its last layer must be ``Dense``).
+    loss : ``"cross_entropy"`` (softmax of ``−t_out/tau_soft``) or ``"stidi"``
+        (the relative targets of STiDi-BP, margin ``gamma``, as a squared error).
+    optimizer : ``"adam"`` or ``"sgd"``.
+    lr : learning rate, one value or one per spiking layer.
+    tau_soft : softmax temperature in time units (``"cross_entropy"``).
+    gamma : target margin in time units (``"stidi"``).
+    min_slope : floor of ``V'`` at a spike, in units of ``θ / tmax`` [ours].
+    silent_push : a silent neuron whose loss wants it earlier gets the gradient of a
+        spike at ``tmax`` with slope ``θ / tmax``, times this factor [ours]; 0 = off.
+    weight_decay : L2 decay added to the gradient, ``grad + λ w``.
+    betas, eps : Adam's moment decays and denominator term.
+    """
+
+    name = "exact"
+
+    def __init__(
+        self,
+        network: Network,
+        loss: str = "cross_entropy",
+        optimizer: str = "adam",
+        lr: float | Sequence[float] = 1e-3,
+        tau_soft: float = 16.0,
+        gamma: float = 3.0,
+        min_slope: float = 0.1,
+        silent_push: float = 0.0,
+        weight_decay: float = 0.0,
+        betas: Sequence[float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ):
+        super().__init__(network, lr)
+        self.loss = _choice("loss", loss, ("cross_entropy", "stidi"))
+        self.optimizer = _choice("optimizer", optimizer, ("adam", "sgd"))
+        self.tau_soft = _positive_float("tau_soft", tau_soft)
+        self.gamma = _positive_float("gamma", gamma)
+        for name, v in (
+            ("min_slope", min_slope),
+            ("silent_push", silent_push),
+            ("weight_decay", weight_decay),
+        ):
+            if not (math.isfinite(float(v)) and float(v) >= 0):
+                raise ValueError(f"{name} must be finite and >= 0, got {v}")
+        self.min_slope = float(min_slope)
+        self.silent_push = float(silent_push)
+        self.weight_decay = float(weight_decay)
+        b1, b2 = (float(b) for b in betas)
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise ValueError(f"betas must lie in [0, 1), got {tuple(betas)}")
+        self.betas = (b1, b2)
+        self.eps = _positive_float("eps", eps)
+        # Adam's moments, one pair per spiking layer, and its step count.
+        self.adam_step = 0
+        self._m = [np.zeros_like(layer._weight) for layer in network.spiking_layers]
+        self._v = [np.zeros_like(layer._weight) for layer in network.spiking_layers]
+
+    def config(self) -> dict:
         return {
-            "loss": loss,
-            "accuracy": float((pred == y).mean()),
-            "predictions": pred,
-            "cases": cases,
-            "fired": fired,
+            "loss": self.loss,
+            "optimizer": self.optimizer,
+            "lr": list(self.lr),
+            "tau_soft": self.tau_soft,
+            "gamma": self.gamma,
+            "min_slope": self.min_slope,
+            "silent_push": self.silent_push,
+            "weight_decay": self.weight_decay,
+            "betas": list(self.betas),
+            "eps": self.eps,
         }
+
+    def _settings(self) -> dict:
+        return {"name": self.name, **self.config(), "adam_step": self.adam_step}
+
+    def _moments(self):
+        it = iter(zip(self._m, self._v))
+        pairs = [None if layer.kind == "maxpool2d" else next(it) for layer in self.network.layers]
+        return [p and p[0] for p in pairs], [p and p[1] for p in pairs]
+
+    def _after_rust(self, out) -> None:
+        self.adam_step = int(out["adam_step"])
+
+    def _numpy_gradients(self, t, y):
+        net = self.network
+        loss, grads, fwd = reference.exact_gradients(
+            net.layers,
+            t,
+            y,
+            net.psp,
+            net.tmax,
+            self.loss,
+            self.gamma,
+            self.tau_soft,
+            self.min_slope,
+            self.silent_push,
+        )
+        grads = [
+            None if g is None else g + self.weight_decay * layer._weight
+            for g, layer in zip(grads, net.layers)
+        ]
+        self._fwd = fwd
+        return loss, grads
+
+    def _numpy_update(self, t, y):
+        loss, grads = self._numpy_gradients(t, y)
+        self.adam_step += 1
+        b1, b2 = self.betas
+        grads = [g for g in grads if g is not None]
+        for s, (layer, g) in enumerate(zip(self.network.spiking_layers, grads)):
+            if self.lr[s] == 0.0:
+                continue
+            if self.optimizer == "sgd":
+                step = g
+            else:
+                self._m[s] = b1 * self._m[s] + (1 - b1) * g
+                self._v[s] = b2 * self._v[s] + (1 - b2) * g * g
+                m_hat = self._m[s] / (1 - b1**self.adam_step)
+                v_hat = self._v[s] / (1 - b2**self.adam_step)
+                step = m_hat / (np.sqrt(v_hat) + self.eps)
+            layer.weight = layer._weight - self.lr[s] * step
+        return loss, self._fwd
+
+
+RULES = {"stidi-bp": STiDiBP, "exact": ExactGradient}
+
+
+def make_rule(name: str, network: Network, **settings) -> Rule:
+    """The rule called ``name`` (``"stidi-bp"`` or ``"exact"``) for ``network``."""
+    if name not in RULES:
+        raise ValueError(f"unknown rule {name!r}: choose one of {tuple(RULES)}")
+    return RULES[name](network, **settings)
 
 
 class Homeostasis:

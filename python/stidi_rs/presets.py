@@ -27,7 +27,8 @@ class Preset:
     description: str
     layers: tuple  # (kind, args...) tuples, binary added by `build`
     input_shape: tuple
-    rule: dict = field(default_factory=dict)
+    rule: dict = field(default_factory=dict)  # settings of the rule named rule_name
+    rule_name: str = "stidi-bp"
     homeostasis: dict | None = None  # Homeostasis(**homeostasis) in the trainer
     epochs: int = 1  # defaults of `stidi-rs train`
     lr_decay: float = 1.0

@@ -33,6 +33,9 @@ __all__ = [
     "displacement",
     "forward",
     "updates",
+    "output_loss",
+    "exact_factor",
+    "exact_gradients",
 ]
 
 # Rows of (events x outputs) floats handled at once by spike_times; bounds memory.
@@ -347,3 +350,115 @@ def updates(
             skipped[layer.skip] = e[:, n:]
             e = e[:, :n].reshape(below.shape)
     return deltas, (times, v_end), e_out
+
+
+# §10 Exact spike-time gradients ------------------------------------------------
+def output_loss(t_out, labels, tmax, loss="cross_entropy", gamma=3.0, tau_soft=16.0):
+    """Per-sample loss of the output spike times and its derivative ``dL/dt``.
+
+    ``"stidi"``: ``½ Σ_k ((target_k − t_k)/T)²`` with the relative targets of §5,
+    differentiated through the targets too (they move with the earliest spike).
+    ``"cross_entropy"``: ``−log softmax(−t/τ_soft)[label]``.
+    """
+    rows = np.arange(len(labels))
+    if loss == "cross_entropy":
+        z = -t_out / tau_soft
+        z = z - z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        value = -np.log(p[rows, labels])
+        onehot = np.zeros_like(p)
+        onehot[rows, labels] = 1.0
+        return value, -(p - onehot) / tau_soft
+    target = output_targets(t_out, labels, gamma, tmax)
+    r = (target - t_out) / tmax
+    value = 0.5 * (r**2).sum(axis=1)
+    first = np.argmin(t_out, axis=1)  # the earliest spike, lowest index among ties
+    t_min = t_out[rows, first]
+    # Targets that are t_min (the label) or t_min + γ (a rival within γ, below tmax).
+    moving = (t_out - t_min[:, None] < gamma) & (t_min[:, None] + gamma < tmax)
+    moving[rows, labels] = True
+    moving[t_min >= tmax] = False
+    dt = -r / tmax
+    dt[rows, first] += (r * moving).sum(axis=1) / tmax
+    return value, dt
+
+
+def exact_factor(t_in, t_out, delta, w_fwd, threshold, psp, tmax, min_slope, silent_push):
+    """Per neuron ``a_j = (dL/dt_j) / V'_j(t_j)`` for rows ``(R, n), (R, m)``.
+
+    ``V'`` is floored at ``min_slope · θ / T`` [ours]. A silent neuron whose loss
+    wants it earlier gets ``silent_push · (dL/dt_j) · T/θ``, as if it fired at ``T``
+    on a ramp that crosses θ over the window [ours]; others get 0.
+    Returns ``(a, a_prop)``: ``a_prop`` is ``a`` with silent neurons zeroed (a
+    spike that did not happen has no input times to move).
+    """
+    fired = t_out < tmax
+    s = t_out[:, :, None] - t_in[:, None, :]
+    slope = np.einsum("rmn,mn->rm", deps(s, psp.tau_rise, psp.tau_fall), w_fwd)
+    slope = np.maximum(slope, min_slope * threshold / tmax)
+    push = np.where(delta < 0, silent_push * delta * tmax / threshold, 0.0)
+    safe = np.where(fired, slope, 1.0)  # silent neurons' slope may be 0 with no floor
+    a = np.where(fired, delta / safe, push)
+    return a, np.where(fired, a, 0.0)
+
+
+def exact_gradients(
+    layers,
+    t_in,
+    labels,
+    psp,
+    tmax,
+    loss="cross_entropy",
+    gamma=3.0,
+    tau_soft=16.0,
+    min_slope=0.1,
+    silent_push=0.0,
+):
+    """Batch-mean loss and ``dL/dw`` of every layer (``None`` for pooling).
+
+    At a spike ``V_j(t_j) = θ``: ``dt_j/dw_ji = −ε(t_j − t_i)/V'_j`` and
+    ``dt_j/dt_i = w_ji ε'(t_j − t_i)/V'_j``, chained from the output loss to the
+    first layer through max-pooling winners and skips. Binary layers use their
+    signs forward and pass the gradient straight through to the real weights.
+    Also returns the forward pass ``(times, v_end)``.
+    """
+    times, v_end = forward(layers, t_in, psp, tmax)
+    batch = len(t_in)
+    value, delta = output_loss(times[-1], labels, tmax, loss, gamma, tau_soft)
+    grads: list = [None] * len(layers)
+    skipped: dict = {}
+    for li in reversed(range(len(layers))):
+        layer, x, y = layers[li], layer_input(layers, li, t_in, times), times[li]
+        if li in skipped:
+            delta = delta + skipped.pop(li).reshape(delta.shape)
+        if layer.kind == "maxpool2d":
+            winner = maxpool2d_forward(x, layer.kernel_size)[1]
+            delta = maxpool2d_route(delta, winner, x.shape, layer.kernel_size)
+            continue
+        w = np.asarray(layer.weight, dtype=np.float64)
+        w_fwd = _forward_weight(layer).reshape(len(w), -1)
+        if layer.kind == "conv2d":
+            c_out, c_in, k, _ = w.shape
+            rows_in = unfold(x, k).reshape(-1, c_in * k * k)
+            rows_out = y.transpose(0, 2, 3, 1).reshape(-1, c_out)
+            rows_d = delta.transpose(0, 2, 3, 1).reshape(-1, c_out)
+        else:
+            rows_in, rows_out, rows_d = x.reshape(batch, -1), y, delta
+        a, a_prop = exact_factor(
+            rows_in, rows_out, rows_d, w_fwd, layer.threshold, psp, tmax, min_slope, silent_push
+        )
+        k_eps = eps(rows_out[:, :, None] - rows_in[:, None, :], psp.tau_rise, psp.tau_fall)
+        grads[li] = (-np.einsum("rm,rmn->mn", a, k_eps) / batch).reshape(w.shape)
+        s = rows_out[:, :, None] - rows_in[:, None, :]
+        d = np.einsum("rm,mn,rmn->rn", a_prop, w_fwd, deps(s, psp.tau_rise, psp.tau_fall))
+        if layer.kind == "conv2d":
+            ho, wo = y.shape[2:]
+            d = fold(d.reshape(batch, ho, wo, -1), x.shape[1], k)
+        delta = d.reshape(x.shape)
+        if getattr(layer, "skip", None) is not None:
+            below = times[li - 1]
+            n = below[0].size
+            skipped[layer.skip] = delta[:, n:]
+            delta = delta[:, :n].reshape(below.shape)
+    return float(value.mean()), grads, (times, v_end)

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import checkpoint, reference
 from .augment import Augment
-from .learning import Homeostasis, STiDiBP
+from .learning import Homeostasis, Rule, make_rule
 from .network import Network, _check_labels, _check_times, encode
 from .progress import ProgressBar
 
@@ -116,7 +116,7 @@ class Trainer:
     def __init__(
         self,
         network: Network,
-        rule: STiDiBP,
+        rule: Rule,
         *,
         epochs: int = 1,
         batch_size: int = 1,
@@ -275,15 +275,7 @@ class Trainer:
             "augment": None if self.augment is None else dataclasses.asdict(self.augment),
             "seed": self.seed,
             "history": self.history,
-            "rule": {
-                "lr": self.base_lr,
-                "gamma": rule.gamma,
-                "beta": rule.beta,
-                "normalize": rule.normalize,
-                "weight_decay": rule.weight_decay,
-                "conv_reduce": rule.conv_reduce,
-                "displacement": rule.displacement,
-            },
+            "rule": {"name": rule.name, **rule.config(), "lr": self.base_lr},
             "config": self.config,
             "homeostasis": None if self.homeostasis is None else self.homeostasis.config(),
         }
@@ -318,7 +310,7 @@ class Trainer:
             raise checkpoint.CheckpointError(f"{path} holds weights but no trainer state")
         trainer = cls(
             net,
-            STiDiBP(net, **state["rule"]),
+            _rule_from_state(net, state["rule"]),
             epochs=epochs or state["epochs"],
             batch_size=state["batch_size"],
             lr_decay=state["lr_decay"],
@@ -338,3 +330,10 @@ class Trainer:
         )
         trainer.epoch, trainer.history = state["epoch"], state["history"]
         return trainer
+
+
+def _rule_from_state(net: Network, settings: dict) -> Rule:
+    """The rule a checkpoint's trainer state names; states without a name are
+    STiDi-BP's (they predate the exact rule)."""
+    settings = dict(settings)
+    return make_rule(settings.pop("name", "stidi-bp"), net, **settings)

@@ -726,3 +726,10 @@ thread_local! {
     /// Set by tests to run this thread's sweeps on their portable copies.
     pub(crate) static PORTABLE_SWEEPS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
+
+/// Reusable per-thread buffers of phase 1.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    pub events: Vec<Event>,
+    pub act: Vec<Active>,
+}

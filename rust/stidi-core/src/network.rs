@@ -5,12 +5,11 @@ use crate::bits::{packed_words, signs_match};
 use crate::decide::decide_with_tmax;
 use crate::engine::{
     build_events, conv_times, dense_times, pool_times, potential_at, transpose, Active, ConvGeom,
-    Event, PoolGeom, RowWeights,
+    Event, PoolGeom, RowWeights, Scratch,
 };
 use crate::error::{invalid, Result};
-use crate::learn;
 use crate::psp::Psp;
-use crate::spec::{ConvReduce, Hyper, LayerParams, LayerParamsMut, LayerSpec};
+use crate::spec::{LayerParams, LayerSpec};
 use crate::threads::current_pool;
 
 /// Result of [`Network::forward`].
@@ -20,18 +19,6 @@ pub struct ForwardOut {
     pub times: Vec<Vec<f64>>,
     /// `batch * n_out`: `V(tmax)` of the last layer if it is Dense, else empty.
     pub v_end: Vec<f64>,
-}
-
-/// Statistics of one [`Network::train_step`], from its forward pass.
-#[derive(Clone, Debug)]
-pub struct StepStats {
-    pub predictions: Vec<usize>,
-    /// 0 = unique first spike, 1 = tie, 2 = no output spike.
-    pub cases: Vec<u8>,
-    /// Mean over the batch of `0.5 * Σ_j e_j²` of the output layer (unnormalised).
-    pub loss: f64,
-    /// Per layer (pooling included): mean over the batch of the fraction of neurons that fire.
-    pub fired: Vec<f64>,
 }
 
 #[derive(Clone, Debug)]
@@ -56,7 +43,7 @@ pub(crate) enum Layer {
 
 impl Layer {
     /// `(out, rows)` of the weight viewed as in [`crate::bits`]; `None` for pooling.
-    fn weight_dims(&self) -> Option<(usize, usize)> {
+    pub(crate) fn weight_dims(&self) -> Option<(usize, usize)> {
         match self {
             Layer::Conv { g, .. } => Some((g.cout, g.rows())),
             Layer::Dense { n_in, n_out, .. } => Some((*n_out, *n_in)),
@@ -64,14 +51,14 @@ impl Layer {
         }
     }
 
-    fn is_binary(&self) -> bool {
+    pub(crate) fn is_binary(&self) -> bool {
         matches!(
             self,
             Layer::Conv { binary: true, .. } | Layer::Dense { binary: true, .. }
         )
     }
 
-    fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Layer::Conv { .. } => "Conv2d",
             Layer::Pool { .. } => "MaxPool2d",
@@ -97,7 +84,7 @@ pub struct Network {
 
 /// Parts each sample's large layers are split into: the pool's threads when
 /// there are fewer samples than threads, else 1. Results do not depend on it.
-fn split_parts(batch: usize) -> usize {
+pub(crate) fn split_parts(batch: usize) -> usize {
     let threads = rayon::current_num_threads();
     if batch < threads {
         threads
@@ -368,7 +355,7 @@ impl Network {
             let parts = split_parts(batch);
             input
                 .par_chunks_exact(self.in_size)
-                .map_init(learn::Scratch::default, |s, x| {
+                .map_init(Scratch::default, |s, x| {
                     let times =
                         self.forward_sample(&prep, x, &mut s.events, &mut s.act, None, parts);
                     let v_end = self.v_end(&prep, x, &times);
@@ -514,219 +501,7 @@ impl Network {
         }
     }
 
-    /// One STiDi-BP step on a batch: every update is computed from one forward
-    /// pass, averaged over the batch, then applied (with weight decay) in place.
-    /// Packed signs of binary layers are refreshed from the new real weights.
-    pub fn train_step(
-        &self,
-        params: &mut [LayerParamsMut],
-        input: &[f64],
-        labels: &[usize],
-        batch: usize,
-        hyper: &Hyper,
-    ) -> Result<StepStats> {
-        let pool = current_pool()?;
-        self.train_step_in(&pool, params, input, labels, batch, hyper)
-    }
-
-    pub(crate) fn train_step_in(
-        &self,
-        pool: &ThreadPool,
-        params: &mut [LayerParamsMut],
-        input: &[f64],
-        labels: &[usize],
-        batch: usize,
-        hyper: &Hyper,
-    ) -> Result<StepStats> {
-        {
-            let views: Vec<LayerParams> = params.iter().map(LayerParamsMut::as_params).collect();
-            self.check_train(&views, input, labels, batch, hyper)?;
-        }
-        Ok(pool.install(|| {
-            let mut wt = {
-                let views: Vec<LayerParams> =
-                    params.iter().map(LayerParamsMut::as_params).collect();
-                self.transpose_all(&views, false)
-            };
-            self.step(params, &mut wt, input, labels, hyper, false)
-        }))
-    }
-
-    /// Consecutive [`Network::train_step`]s over a chunk of data: step `s` trains
-    /// on samples `s * batch_size ..` (the last batch may be smaller), each from
-    /// the weights the previous step left. Bit-identical to calling
-    /// `train_step` on each batch in turn, without a call (and a transposition
-    /// of the weights) per step: with `batch_size = 1` these are per-sample
-    /// updates. Returns the statistics of every step.
-    pub fn train_steps(
-        &self,
-        params: &mut [LayerParamsMut],
-        input: &[f64],
-        labels: &[usize],
-        batch_size: usize,
-        hyper: &Hyper,
-    ) -> Result<Vec<StepStats>> {
-        let pool = current_pool()?;
-        let n = labels.len();
-        if batch_size == 0 {
-            return invalid!("train_steps needs batch_size >= 1");
-        }
-        {
-            let views: Vec<LayerParams> = params.iter().map(LayerParamsMut::as_params).collect();
-            self.check_train(&views, input, labels, n, hyper)?;
-        }
-        let n_in = self.in_size;
-        // One entry into the pool for all the steps: the steps' parallel
-        // sections then start from a worker thread.
-        Ok(pool.install(|| {
-            let mut wt = {
-                let views: Vec<LayerParams> =
-                    params.iter().map(LayerParamsMut::as_params).collect();
-                self.transpose_all(&views, false)
-            };
-            let mut out = Vec::with_capacity(n.div_ceil(batch_size));
-            for lo in (0..n).step_by(batch_size) {
-                let hi = (lo + batch_size).min(n);
-                out.push(self.step(
-                    params,
-                    &mut wt,
-                    &input[lo * n_in..hi * n_in],
-                    &labels[lo..hi],
-                    hyper,
-                    hi < n,
-                ));
-            }
-            out
-        }))
-    }
-
-    /// One checked step, run on the current rayon pool. `wt` holds the
-    /// transposed real weights (empty for Dense layers, which read their own
-    /// rows) and, if `sync`, is brought up to date with the new weights.
-    fn step(
-        &self,
-        params: &mut [LayerParamsMut],
-        wt: &mut [Vec<f64>],
-        input: &[f64],
-        labels: &[usize],
-        hyper: &Hyper,
-        sync: bool,
-    ) -> StepStats {
-        let batch = labels.len();
-        let recs: Vec<learn::SampleRec> = {
-            let views: Vec<LayerParams> = params.iter().map(LayerParamsMut::as_params).collect();
-            let prep = self.row_weights(&views, wt);
-            let weights: Vec<&[f64]> = views.iter().map(|p| p.weight).collect();
-            let n_in = self.in_size;
-            let parts = split_parts(batch);
-            (0..batch)
-                .into_par_iter()
-                .map_init(learn::Scratch::default, |s, b| {
-                    let x = &input[b * n_in..(b + 1) * n_in];
-                    learn::sample_pass(self, &prep, &weights, x, labels[b], hyper, s, parts)
-                })
-                .collect()
-        };
-        // Statistics, in sample order.
-        let mut stats = StepStats {
-            predictions: Vec::with_capacity(batch),
-            cases: Vec::with_capacity(batch),
-            loss: 0.0,
-            fired: vec![0.0; self.layers.len()],
-        };
-        for rec in &recs {
-            stats.predictions.push(rec.prediction);
-            stats.cases.push(rec.case);
-            stats.loss += rec.loss;
-            for (s, f) in stats.fired.iter_mut().zip(&rec.fired) {
-                *s += f;
-            }
-        }
-        let b = batch as f64;
-        stats.loss /= b;
-        for f in &mut stats.fired {
-            *f /= b;
-        }
-        let per_sample = 1.0 / (self.tmax * b);
-        for (si, &l) in self.spiking.iter().enumerate() {
-            let lr = hyper.lr[si];
-            if lr == 0.0 {
-                continue; // frozen (phase 1 may have left its errors out, too)
-            }
-            // Δw = −η ê (t_j/θ) ε / T per pair; phase 2 sums ê (t_j/θ) ε.
-            let mut factor = -lr * per_sample;
-            if let (Layer::Conv { g, .. }, ConvReduce::Mean) = (&self.layers[l], hyper.conv_reduce)
-            {
-                factor /= g.positions() as f64;
-            }
-            let decay = lr * hyper.weight_decay;
-            let Some((out, rows)) = self.layers[l].weight_dims() else {
-                continue;
-            };
-            // Inputs (weight columns) that may change: with no decay, a Dense
-            // layer's weights from inputs that never spiked stay as they are.
-            let sparse = decay == 0.0 && matches!(self.layers[l], Layer::Dense { .. });
-            let p = &mut params[l];
-            p.weight.par_chunks_mut(rows).enumerate().for_each_init(
-                || (vec![0.0; rows], Vec::new()),
-                |(acc, touched), (o, w)| {
-                    learn::accumulate_row(self, l, o, &recs, input, acc, touched);
-                    // Visiting only the touched weights pays when they are few
-                    // (small batches); the choice depends only on the data.
-                    if sparse && touched.iter().sum::<usize>() * 4 < rows {
-                        for (rec, &k) in recs.iter().zip(touched.iter()) {
-                            for a in &rec.active[l][..k] {
-                                let i = a.src as usize;
-                                w[i] += acc[i] * factor - decay * w[i];
-                                // Each weight is updated once; acc is left zeroed.
-                                acc[i] = 0.0;
-                            }
-                        }
-                    } else {
-                        for (w, a) in w.iter_mut().zip(acc.iter_mut()) {
-                            *w += *a * factor - decay * *w;
-                            *a = 0.0;
-                        }
-                    }
-                },
-            );
-            let binary = self.layers[l].is_binary();
-            if !binary && (!sync || wt[l].is_empty()) {
-                continue;
-            }
-            let mut changed = vec![!sparse; rows];
-            if sparse {
-                for rec in &recs {
-                    for a in &rec.active[l] {
-                        changed[a.src as usize] = true;
-                    }
-                }
-            }
-            let w: &[f64] = p.weight;
-            if binary {
-                let wpr = crate::bits::words_per_row(out);
-                p.packed
-                    .par_chunks_mut(wpr)
-                    .enumerate()
-                    .filter(|(r, _)| changed[*r])
-                    .for_each(|(r, words)| crate::bits::pack_row(w, out, rows, r, words));
-            } else {
-                // Row by row: only the changed rows are read (strided).
-                wt[l]
-                    .par_chunks_mut(out)
-                    .enumerate()
-                    .filter(|(r, _)| changed[*r])
-                    .for_each(|(r, dst)| {
-                        for (j, d) in dst.iter_mut().enumerate() {
-                            *d = w[j * rows + r];
-                        }
-                    });
-            }
-        }
-        stats
-    }
-
-    fn check_input(&self, input: &[f64], batch: usize) -> Result<()> {
+    pub(crate) fn check_input(&self, input: &[f64], batch: usize) -> Result<()> {
         if batch.checked_mul(self.in_size) != Some(input.len()) {
             return invalid!(
                 "input has {} values but batch={batch} x input size {} ({:?}) were expected",
@@ -750,7 +525,7 @@ impl Network {
     }
 
     /// Shapes (and, for training, values) of the parameters of every layer.
-    fn check_params(&self, params: &[LayerParams], training: bool) -> Result<()> {
+    pub(crate) fn check_params(&self, params: &[LayerParams], training: bool) -> Result<()> {
         if params.len() != self.layers.len() {
             return invalid!(
                 "got parameters for {} layers but the network has {}",
@@ -809,59 +584,6 @@ impl Network {
                     "layer {l} (binary {name}): packed signs do not match sign(weight); repack them with bits::pack_signs"
                 );
             }
-        }
-        Ok(())
-    }
-
-    fn check_train(
-        &self,
-        params: &[LayerParams],
-        input: &[f64],
-        labels: &[usize],
-        batch: usize,
-        hyper: &Hyper,
-    ) -> Result<()> {
-        let last = self.layers.len() - 1;
-        let Layer::Dense { n_out, .. } = self.layers[last] else {
-            return invalid!(
-                "training needs a Dense output layer, but the last layer is {}",
-                self.layers[last].name()
-            );
-        };
-        if batch == 0 {
-            return invalid!("train_step needs a batch of at least one sample");
-        }
-        self.check_params(params, true)?;
-        self.check_input(input, batch)?;
-        if labels.len() != batch {
-            return invalid!("got {} labels for a batch of {batch}", labels.len());
-        }
-        if let Some(i) = labels.iter().position(|&y| y >= n_out) {
-            return invalid!(
-                "label {} at index {i} is not a class of the {n_out} outputs",
-                labels[i]
-            );
-        }
-        let ns = self.spiking.len();
-        for (name, v) in [("lr", &hyper.lr), ("beta", &hyper.beta)] {
-            if v.len() != ns {
-                return invalid!(
-                    "hyper.{name} has {} values but the network has {ns} spiking layers",
-                    v.len()
-                );
-            }
-            if let Some(x) = v.iter().find(|x| !x.is_finite()) {
-                return invalid!("hyper.{name} must be finite, got {x}");
-            }
-        }
-        if !(hyper.gamma.is_finite() && hyper.gamma > 0.0) {
-            return invalid!("hyper.gamma must be finite and > 0, got {}", hyper.gamma);
-        }
-        if !hyper.weight_decay.is_finite() {
-            return invalid!(
-                "hyper.weight_decay must be finite, got {}",
-                hyper.weight_decay
-            );
         }
         Ok(())
     }

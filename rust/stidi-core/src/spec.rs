@@ -80,6 +80,74 @@ pub struct Hyper {
     pub displacement: Displacement,
 }
 
+/// The loss of the exact-gradient rule (contract §10).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Loss {
+    /// `−log softmax(−t/τ_soft)[label]`.
+    CrossEntropy,
+    /// `½ Σ ((target − t)/T)²` with STiDi-BP's relative targets.
+    Stidi,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Optimizer {
+    Sgd,
+    Adam,
+}
+
+impl std::str::FromStr for Loss {
+    type Err = crate::Error;
+    fn from_str(name: &str) -> crate::Result<Self> {
+        match name {
+            "cross_entropy" => Ok(Loss::CrossEntropy),
+            "stidi" => Ok(Loss::Stidi),
+            other => {
+                crate::error::invalid!("loss must be 'cross_entropy' or 'stidi', got {other:?}")
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for Optimizer {
+    type Err = crate::Error;
+    fn from_str(name: &str) -> crate::Result<Self> {
+        match name {
+            "sgd" => Ok(Optimizer::Sgd),
+            "adam" => Ok(Optimizer::Adam),
+            other => crate::error::invalid!("optimizer must be 'sgd' or 'adam', got {other:?}"),
+        }
+    }
+}
+
+/// Settings of the exact-gradient rule (contract §10).
+#[derive(Clone, Debug)]
+pub struct ExactConfig {
+    /// One per spiking layer; 0 freezes a layer.
+    pub lr: Vec<f64>,
+    pub loss: Loss,
+    pub optimizer: Optimizer,
+    /// Softmax temperature (time units) of [`Loss::CrossEntropy`].
+    pub tau_soft: f64,
+    /// Target margin of [`Loss::Stidi`].
+    pub gamma: f64,
+    /// Floor of `V'` at a spike, in units of `θ / tmax`.
+    pub min_slope: f64,
+    /// Gradient factor of a silent neuron whose loss wants it earlier.
+    pub silent_push: f64,
+    /// L2 decay added to the gradient.
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
+/// A learning rule and its settings.
+#[derive(Clone, Debug)]
+pub enum Rule {
+    StidiBp(Hyper),
+    Exact(ExactConfig),
+}
+
 /// Read-only parameters of one layer.
 ///
 /// MaxPool2d: both empty. Real layers: `weight` in PyTorch layout, `packed` empty.

@@ -3,13 +3,15 @@
 
 use numpy::ndarray::Array2;
 use numpy::{
-    IntoPyArray, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArrayDyn,
+    IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArrayDyn,
     PyReadwriteArrayDyn, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use stidi_core::{Hyper, LayerParams, LayerParamsMut, LayerSpec, Network, Psp};
+use stidi_core::{
+    ExactConfig, Hyper, LayerParams, LayerParamsMut, LayerSpec, Moments, Network, Psp, Rule,
+};
 
 fn value_error(err: stidi_core::Error) -> PyErr {
     PyValueError::new_err(err.to_string())
@@ -104,12 +106,16 @@ impl Engine {
         Ok((layers, to_2d(py, out.v_end, batch)?))
     }
 
-    /// Consecutive STiDi-BP steps over the rows of `times` in order, `batch_size`
+    /// Consecutive steps of `rule` over the rows of `times` in order, `batch_size`
     /// samples per step (the last step may be smaller), updating `weights` (and the
-    /// packed signs of binary layers) in place. One step is `batch_size = n`. Returns per-step arrays:
-    /// `predictions` and `cases` of shape `(n,)` (per sample), `loss` of shape
-    /// `(steps,)` and `fired` of shape `(steps, layers)`.
+    /// packed signs of binary layers) in place. One step is `batch_size = n`.
+    /// `rule` holds the rule's `name` and its settings by name; `moments` is
+    /// `(m, v)`, Adam's state per layer (updated in place), for the exact rule
+    /// with Adam. Returns per-step arrays: `predictions` and `cases` of shape
+    /// `(n,)` (per sample), `loss` of shape `(steps,)`, `fired` of shape
+    /// `(steps, layers)`, and `adam_step` (Adam's step count after the call).
     #[allow(clippy::too_many_arguments)] // py, the arrays, the batch size and the rule
+    #[pyo3(signature = (weights, packed, times, labels, batch_size, rule, moments=None))]
     fn train_steps<'py>(
         &self,
         py: Python<'py>,
@@ -118,16 +124,29 @@ impl Engine {
         times: PyReadonlyArray2<'py, f64>,
         labels: PyReadonlyArray1<'py, i64>,
         batch_size: usize,
-        rule: RuleArgs,
+        rule: Bound<'py, PyDict>,
+        moments: Option<MomentArrays<'py>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let input = contiguous(times.as_slice().ok(), "times")?;
         let labels = read_labels(&labels)?;
-        let hyper = rule.into_hyper()?;
+        let rule = read_rule(&rule)?;
         let mut params = write_params(&mut weights, &mut packed)?;
+        let (mut m_arrays, mut v_arrays) = moments.unwrap_or_default();
+        let mut moments = Moments {
+            m: write_slices(&mut m_arrays, "moments")?,
+            v: write_slices(&mut v_arrays, "moments")?,
+            step: rule.adam_step,
+        };
         let steps = py
-            .detach(|| {
-                self.net
-                    .train_steps(&mut params, input, &labels, batch_size, &hyper)
+            .detach(|| match &rule.rule {
+                Rule::StidiBp(h) => {
+                    self.net
+                        .train_steps(&mut params, input, &labels, batch_size, h)
+                }
+                Rule::Exact(c) => {
+                    self.net
+                        .exact_steps(&mut params, input, &labels, batch_size, c, &mut moments)
+                }
             })
             .map_err(value_error)?;
         let n_layers = self.net.layers().len();
@@ -146,8 +165,153 @@ impl Engine {
         out.set_item("cases", cases.into_pyarray(py))?;
         out.set_item("loss", loss.into_pyarray(py))?;
         out.set_item("fired", to_2d(py, fired, steps.len())?)?;
+        out.set_item("adam_step", moments.step)?;
         Ok(out)
     }
+
+    /// `(loss, grads)` of a batch under `rule` without changing the weights: the
+    /// batch-mean loss and one flat array per layer (`None` for pooling).
+    #[allow(clippy::type_complexity)]
+    fn gradients<'py>(
+        &self,
+        py: Python<'py>,
+        weights: Vec<Option<PyReadonlyArrayDyn<'py, f64>>>,
+        packed: Vec<Option<PyReadonlyArrayDyn<'py, u64>>>,
+        times: PyReadonlyArray2<'py, f64>,
+        labels: PyReadonlyArray1<'py, i64>,
+        rule: Bound<'py, PyDict>,
+    ) -> PyResult<(f64, Vec<Option<Bound<'py, PyArray1<f64>>>>)> {
+        let input = contiguous(times.as_slice().ok(), "times")?;
+        let labels = read_labels(&labels)?;
+        let rule = read_rule(&rule)?;
+        let params = read_params(&weights, &packed)?;
+        let (loss, grads) = py
+            .detach(|| self.net.gradients(&params, input, &labels, &rule.rule))
+            .map_err(value_error)?;
+        let grads = grads
+            .into_iter()
+            .zip(&weights)
+            .map(|(g, w)| w.as_ref().map(|_| g.into_pyarray(py)))
+            .collect();
+        Ok((loss, grads))
+    }
+}
+
+type MomentArrays<'py> = (
+    Vec<Option<PyReadwriteArrayDyn<'py, f64>>>,
+    Vec<Option<PyReadwriteArrayDyn<'py, f64>>>,
+);
+
+fn write_slices<'a>(
+    arrays: &'a mut [Option<PyReadwriteArrayDyn<'_, f64>>],
+    what: &str,
+) -> PyResult<Vec<&'a mut [f64]>> {
+    arrays
+        .iter_mut()
+        .map(|a| match a {
+            Some(a) => a.as_slice_mut().map_err(|_| {
+                PyValueError::new_err(format!("{what} must be C-contiguous float64 arrays"))
+            }),
+            None => Ok(&mut [][..]),
+        })
+        .collect()
+}
+
+/// A rule read from its settings by name, and Adam's step count.
+struct RuleSettings {
+    rule: Rule,
+    adam_step: u64,
+}
+
+/// The rule named by `d["name"]`, from its settings by name; a key the rule does
+/// not have is an error naming it.
+fn read_rule(d: &Bound<'_, PyDict>) -> PyResult<RuleSettings> {
+    let get = |key: &str| -> PyResult<Bound<'_, PyAny>> {
+        d.get_item(key)?
+            .ok_or_else(|| PyValueError::new_err(format!("rule settings are missing {key:?}")))
+    };
+    let name: String = get("name")?.extract()?;
+    let known: &[&str] = match name.as_str() {
+        "stidi-bp" => &[
+            "name",
+            "lr",
+            "gamma",
+            "beta",
+            "normalize",
+            "weight_decay",
+            "conv_reduce",
+            "displacement",
+        ],
+        "exact" => &[
+            "name",
+            "lr",
+            "loss",
+            "optimizer",
+            "tau_soft",
+            "gamma",
+            "min_slope",
+            "silent_push",
+            "weight_decay",
+            "betas",
+            "eps",
+            "adam_step",
+        ],
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "unknown rule {other:?}: choose 'stidi-bp' or 'exact'"
+            )))
+        }
+    };
+    for key in d.keys() {
+        let key: String = key.extract()?;
+        if !known.contains(&key.as_str()) {
+            return Err(PyValueError::new_err(format!(
+                "rule {name:?} has no setting {key:?}"
+            )));
+        }
+    }
+    let parse = |key: &str| -> PyResult<String> { get(key)?.extract() };
+    Ok(if name == "stidi-bp" {
+        RuleSettings {
+            rule: Rule::StidiBp(Hyper {
+                lr: get("lr")?.extract()?,
+                gamma: get("gamma")?.extract()?,
+                beta: get("beta")?.extract()?,
+                normalize: get("normalize")?.extract()?,
+                weight_decay: get("weight_decay")?.extract()?,
+                conv_reduce: parse("conv_reduce")?.parse().map_err(value_error)?,
+                displacement: parse("displacement")?.parse().map_err(value_error)?,
+            }),
+            adam_step: 0,
+        }
+    } else {
+        let betas: Vec<f64> = get("betas")?.extract()?;
+        let [beta1, beta2] = betas[..] else {
+            return Err(PyValueError::new_err(format!(
+                "betas needs two values, got {}",
+                betas.len()
+            )));
+        };
+        RuleSettings {
+            rule: Rule::Exact(ExactConfig {
+                lr: get("lr")?.extract()?,
+                loss: parse("loss")?.parse().map_err(value_error)?,
+                optimizer: parse("optimizer")?.parse().map_err(value_error)?,
+                tau_soft: get("tau_soft")?.extract()?,
+                gamma: get("gamma")?.extract()?,
+                min_slope: get("min_slope")?.extract()?,
+                silent_push: get("silent_push")?.extract()?,
+                weight_decay: get("weight_decay")?.extract()?,
+                beta1,
+                beta2,
+                eps: get("eps")?.extract()?,
+            }),
+            adam_step: match d.get_item("adam_step")? {
+                Some(v) => v.extract()?,
+                None => 0,
+            },
+        }
+    })
 }
 
 fn read_labels(labels: &PyReadonlyArray1<'_, i64>) -> PyResult<Vec<usize>> {
@@ -157,26 +321,6 @@ fn read_labels(labels: &PyReadonlyArray1<'_, i64>) -> PyResult<Vec<usize>> {
             usize::try_from(y).map_err(|_| PyValueError::new_err(format!("label {y} is negative")))
         })
         .collect()
-}
-
-/// The rule's settings as one tuple, in the order `reference.updates` takes them:
-/// `(lr, gamma, beta, normalize, weight_decay, conv_reduce, displacement)`.
-#[derive(FromPyObject)]
-struct RuleArgs(Vec<f64>, f64, Vec<f64>, bool, f64, String, String);
-
-impl RuleArgs {
-    fn into_hyper(self) -> PyResult<Hyper> {
-        let RuleArgs(lr, gamma, beta, normalize, weight_decay, conv_reduce, displacement) = self;
-        Ok(Hyper {
-            lr,
-            gamma,
-            beta,
-            normalize,
-            weight_decay,
-            conv_reduce: conv_reduce.parse().map_err(value_error)?,
-            displacement: displacement.parse().map_err(value_error)?,
-        })
-    }
 }
 
 fn write_params<'a>(

@@ -1,5 +1,5 @@
 use super::{close, Params};
-use crate::learn::{normalize, output_targets};
+use crate::stidibp::{normalize, output_targets};
 use crate::{
     bits, decide, decide_with_tmax, num_threads, set_num_threads, ConvReduce, Displacement, Error,
     Hyper, LayerParams, LayerSpec, Network, Psp,

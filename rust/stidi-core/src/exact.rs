@@ -1,0 +1,171 @@
+//! Exact spike-time gradients (contract §10), phase 1: per sample, the forward
+//! pass, the loss of the output spike times, and per spiking layer the factor
+//! `a_j = (dL/dt_j) / V'_j(t_j)`, chained down with
+//! `dL/dt_i = Σ_j a_j w̃_ji ε'(t_j − t_i)`. Phase 2, the batch sum of
+//! `a_j ε(t_j − t_i)` (= −dL/dw_ji), is shared with STiDi-BP.
+
+use crate::backprop::{
+    disp_conv, disp_dense, route_pool, slope_conv, slope_dense, Kern, SampleRec,
+};
+use crate::engine::{RowWeights, Scratch};
+use crate::network::{Layer, Network};
+use crate::spec::{ExactConfig, Loss};
+use crate::stidibp::output_targets;
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sample_pass(
+    net: &Network,
+    prep: &[Option<RowWeights>],
+    weights: &[&[f64]],
+    x: &[f64],
+    label: usize,
+    cfg: &ExactConfig,
+    lr: &[f64],
+    scratch: &mut Scratch,
+    parts: usize,
+) -> SampleRec {
+    let mut rec = SampleRec::forward(net, prep, x, scratch, parts);
+    (rec.loss, rec.g) = backward_sample(net, weights, x, &rec.times, label, cfg, lr);
+    rec
+}
+
+/// The loss of one sample's output spike times and `dL/dt` (contract §10).
+pub(crate) fn output_loss(
+    y: &[f64],
+    label: usize,
+    cfg: &ExactConfig,
+    tmax: f64,
+) -> (f64, Vec<f64>) {
+    match cfg.loss {
+        Loss::CrossEntropy => {
+            let tau = cfg.tau_soft;
+            let z_max = y
+                .iter()
+                .map(|&t| -t / tau)
+                .fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = y.iter().map(|&t| (-t / tau - z_max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            let loss = -(e[label] / sum).ln();
+            let dt = e
+                .iter()
+                .enumerate()
+                .map(|(k, &ek)| -(ek / sum - if k == label { 1.0 } else { 0.0 }) / tau)
+                .collect();
+            (loss, dt)
+        }
+        Loss::Stidi => {
+            let target = output_targets(y, label, cfg.gamma, tmax);
+            let r: Vec<f64> = target
+                .iter()
+                .zip(y)
+                .map(|(tt, t)| (tt - t) / tmax)
+                .collect();
+            let loss = 0.5 * r.iter().map(|e| e * e).sum::<f64>();
+            let mut dt: Vec<f64> = r.iter().map(|e| -e / tmax).collect();
+            // The targets of the label and of rivals within γ follow the earliest spike.
+            let first = (0..y.len()).fold(0, |a, k| if y[k] < y[a] { k } else { a });
+            let t_min = y[first];
+            if t_min < tmax {
+                let moving: f64 = (0..y.len())
+                    .filter(|&k| {
+                        k == label || (y[k] - t_min < cfg.gamma && t_min + cfg.gamma < tmax)
+                    })
+                    .map(|k| r[k])
+                    .sum();
+                dt[first] += moving / tmax;
+            }
+            (loss, dt)
+        }
+    }
+}
+
+/// One sample's loss and, per spiking layer, `a_j`.
+fn backward_sample(
+    net: &Network,
+    weights: &[&[f64]],
+    x: &[f64],
+    times: &[Vec<f64>],
+    label: usize,
+    cfg: &ExactConfig,
+    lr: &[f64],
+) -> (f64, Vec<Vec<f64>>) {
+    let tmax = net.tmax;
+    let kern = Kern::new(&net.psp);
+    let (loss, mut delta) = output_loss(&times[times.len() - 1], label, cfg, tmax);
+    let mut gs = vec![Vec::new(); net.spiking.len()];
+    let mut si = net.spiking.len();
+    let mut skipped: Vec<Option<Vec<f64>>> = vec![None; net.layers.len()];
+    let mut cat = Vec::new();
+    for l in (0..net.layers.len()).rev() {
+        if let Some(extra) = skipped[l].take() {
+            for (d, e) in delta.iter_mut().zip(extra) {
+                *d += e;
+            }
+        }
+        let xin = net.input_of(l, x, times, &mut cat);
+        let y = &times[l];
+        let w = weights[l];
+        let (theta, binary, slope) = match &net.layers[l] {
+            Layer::Pool { g } => {
+                delta = route_pool(&delta, xin, g);
+                continue;
+            }
+            Layer::Conv { g, theta, binary } => (
+                *theta,
+                *binary,
+                slope_conv(&kern, g, xin, y, w, *binary, tmax),
+            ),
+            Layer::Dense { theta, binary, .. } => (
+                *theta,
+                *binary,
+                slope_dense(&kern, xin, y, w, *binary, tmax),
+            ),
+        };
+        si -= 1;
+        let floor = cfg.min_slope * theta / tmax;
+        let a: Vec<f64> = delta
+            .iter()
+            .zip(y)
+            .zip(&slope)
+            .map(|((&d, &tj), &s)| {
+                if tj < tmax {
+                    d / s.max(floor)
+                } else if d < 0.0 {
+                    cfg.silent_push * d * tmax / theta
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        gs[si] = a;
+        if !lr[..si].iter().any(|&lr| lr != 0.0) {
+            break;
+        }
+        // A spike that did not happen has no input times to move.
+        let a_prop: Vec<f64> = gs[si]
+            .iter()
+            .zip(y)
+            .map(|(&a, &tj)| if tj < tmax { a } else { 0.0 })
+            .collect();
+        let mut dsum = vec![0.0; xin.len()];
+        match &net.layers[l] {
+            Layer::Conv { g: geom, .. } => disp_conv(
+                &kern,
+                geom,
+                xin,
+                y,
+                &a_prop,
+                w,
+                binary,
+                0..geom.cin,
+                &mut dsum,
+            ),
+            _ => disp_dense(&kern, xin, y, &a_prop, w, binary, &mut dsum),
+        }
+        delta = dsum;
+        if let Layer::Dense { skip: Some(k), .. } = net.layers[l] {
+            skipped[k] = Some(delta.split_off(times[l - 1].len()));
+        }
+    }
+    (loss, gs)
+}

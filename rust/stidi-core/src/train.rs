@@ -1,0 +1,595 @@
+//! Training orchestration: the steps of both rules over a batch or a chunk of
+//! data, and the gradients of a batch without a step. Phase 1 (per sample) lives
+//! in [`crate::stidibp`] and [`crate::exact`], phase 2 (per weight row) in
+//! [`crate::backprop`].
+
+use rayon::prelude::*;
+use rayon::ThreadPool;
+
+use crate::backprop::{accumulate_row, SampleRec};
+use crate::engine::Scratch;
+use crate::error::{invalid, Result};
+use crate::network::{split_parts, Layer, Network};
+use crate::spec::{ConvReduce, ExactConfig, Hyper, LayerParams, LayerParamsMut, Optimizer, Rule};
+use crate::threads::current_pool;
+use crate::{exact, stidibp};
+
+/// Statistics of one training step, from its forward pass.
+#[derive(Clone, Debug)]
+pub struct StepStats {
+    pub predictions: Vec<usize>,
+    /// 0 = unique first spike, 1 = tie, 2 = no output spike.
+    pub cases: Vec<u8>,
+    /// Mean over the batch of the rule's loss (STiDi-BP: `0.5 * Σ_j e_j²` of the
+    /// output layer, unnormalised).
+    pub loss: f64,
+    /// Per layer (pooling included): mean over the batch of the fraction of neurons that fire.
+    pub fired: Vec<f64>,
+}
+
+fn step_stats(recs: &[SampleRec], n_layers: usize) -> StepStats {
+    let mut stats = StepStats {
+        predictions: Vec::with_capacity(recs.len()),
+        cases: Vec::with_capacity(recs.len()),
+        loss: 0.0,
+        fired: vec![0.0; n_layers],
+    };
+    for rec in recs {
+        stats.predictions.push(rec.prediction);
+        stats.cases.push(rec.case);
+        stats.loss += rec.loss;
+        for (s, f) in stats.fired.iter_mut().zip(&rec.fired) {
+            *s += f;
+        }
+    }
+    let b = recs.len() as f64;
+    stats.loss /= b;
+    for f in &mut stats.fired {
+        *f /= b;
+    }
+    stats
+}
+
+/// Adam's first and second moments, one weight-sized slice per layer (empty for
+/// pooling, and for every layer under SGD), and the number of steps taken.
+#[derive(Debug, Default)]
+pub struct Moments<'a> {
+    pub m: Vec<&'a mut [f64]>,
+    pub v: Vec<&'a mut [f64]>,
+    pub step: u64,
+}
+
+impl Network {
+    /// One STiDi-BP step on a batch: every update is computed from one forward
+    /// pass, averaged over the batch, then applied (with weight decay) in place.
+    /// Packed signs of binary layers are refreshed from the new real weights.
+    pub fn train_step(
+        &self,
+        params: &mut [LayerParamsMut],
+        input: &[f64],
+        labels: &[usize],
+        batch: usize,
+        hyper: &Hyper,
+    ) -> Result<StepStats> {
+        let pool = current_pool()?;
+        self.train_step_in(&pool, params, input, labels, batch, hyper)
+    }
+
+    pub(crate) fn train_step_in(
+        &self,
+        pool: &ThreadPool,
+        params: &mut [LayerParamsMut],
+        input: &[f64],
+        labels: &[usize],
+        batch: usize,
+        hyper: &Hyper,
+    ) -> Result<StepStats> {
+        {
+            let views: Vec<LayerParams> = params.iter().map(LayerParamsMut::as_params).collect();
+            self.check_train(&views, input, labels, batch, hyper)?;
+        }
+        Ok(pool.install(|| {
+            let mut wt = {
+                let views: Vec<LayerParams> =
+                    params.iter().map(LayerParamsMut::as_params).collect();
+                self.transpose_all(&views, false)
+            };
+            self.step(params, &mut wt, input, labels, hyper, false)
+        }))
+    }
+
+    /// Consecutive [`Network::train_step`]s over a chunk of data: step `s` trains
+    /// on samples `s * batch_size ..` (the last batch may be smaller), each from
+    /// the weights the previous step left. Bit-identical to calling
+    /// `train_step` on each batch in turn, without a call (and a transposition
+    /// of the weights) per step: with `batch_size = 1` these are per-sample
+    /// updates. Returns the statistics of every step.
+    pub fn train_steps(
+        &self,
+        params: &mut [LayerParamsMut],
+        input: &[f64],
+        labels: &[usize],
+        batch_size: usize,
+        hyper: &Hyper,
+    ) -> Result<Vec<StepStats>> {
+        let pool = current_pool()?;
+        let n = labels.len();
+        if batch_size == 0 {
+            return invalid!("train_steps needs batch_size >= 1");
+        }
+        {
+            let views: Vec<LayerParams> = params.iter().map(LayerParamsMut::as_params).collect();
+            self.check_train(&views, input, labels, n, hyper)?;
+        }
+        let n_in = self.in_size;
+        // One entry into the pool for all the steps: the steps' parallel
+        // sections then start from a worker thread.
+        Ok(pool.install(|| {
+            let mut wt = {
+                let views: Vec<LayerParams> =
+                    params.iter().map(LayerParamsMut::as_params).collect();
+                self.transpose_all(&views, false)
+            };
+            let mut out = Vec::with_capacity(n.div_ceil(batch_size));
+            for lo in (0..n).step_by(batch_size) {
+                let hi = (lo + batch_size).min(n);
+                out.push(self.step(
+                    params,
+                    &mut wt,
+                    &input[lo * n_in..hi * n_in],
+                    &labels[lo..hi],
+                    hyper,
+                    hi < n,
+                ));
+            }
+            out
+        }))
+    }
+
+    /// One checked step, run on the current rayon pool. `wt` holds the
+    /// transposed real weights (empty for Dense layers, which read their own
+    /// rows) and, if `sync`, is brought up to date with the new weights.
+    fn step(
+        &self,
+        params: &mut [LayerParamsMut],
+        wt: &mut [Vec<f64>],
+        input: &[f64],
+        labels: &[usize],
+        hyper: &Hyper,
+        sync: bool,
+    ) -> StepStats {
+        let batch = labels.len();
+        let recs: Vec<SampleRec> = {
+            let views: Vec<LayerParams> = params.iter().map(LayerParamsMut::as_params).collect();
+            let prep = self.row_weights(&views, wt);
+            let weights: Vec<&[f64]> = views.iter().map(|p| p.weight).collect();
+            let n_in = self.in_size;
+            let parts = split_parts(batch);
+            (0..batch)
+                .into_par_iter()
+                .map_init(Scratch::default, |s, b| {
+                    let x = &input[b * n_in..(b + 1) * n_in];
+                    stidibp::sample_pass(self, &prep, &weights, x, labels[b], hyper, s, parts)
+                })
+                .collect()
+        };
+        let stats = step_stats(&recs, self.layers.len());
+        let b = batch as f64;
+        let per_sample = 1.0 / (self.tmax * b);
+        for (si, &l) in self.spiking.iter().enumerate() {
+            let lr = hyper.lr[si];
+            if lr == 0.0 {
+                continue; // frozen (phase 1 may have left its errors out, too)
+            }
+            // Δw = −η ê (t_j/θ) ε / T per pair; phase 2 sums ê (t_j/θ) ε.
+            let mut factor = -lr * per_sample;
+            if let (Layer::Conv { g, .. }, ConvReduce::Mean) = (&self.layers[l], hyper.conv_reduce)
+            {
+                factor /= g.positions() as f64;
+            }
+            let decay = lr * hyper.weight_decay;
+            let Some((out, rows)) = self.layers[l].weight_dims() else {
+                continue;
+            };
+            // Inputs (weight columns) that may change: with no decay, a Dense
+            // layer's weights from inputs that never spiked stay as they are.
+            let sparse = decay == 0.0 && matches!(self.layers[l], Layer::Dense { .. });
+            let p = &mut params[l];
+            p.weight.par_chunks_mut(rows).enumerate().for_each_init(
+                || (vec![0.0; rows], Vec::new()),
+                |(acc, touched), (o, w)| {
+                    accumulate_row(self, l, o, &recs, input, acc, touched);
+                    // Visiting only the touched weights pays when they are few
+                    // (small batches); the choice depends only on the data.
+                    if sparse && touched.iter().sum::<usize>() * 4 < rows {
+                        for (rec, &k) in recs.iter().zip(touched.iter()) {
+                            for a in &rec.active[l][..k] {
+                                let i = a.src as usize;
+                                w[i] += acc[i] * factor - decay * w[i];
+                                // Each weight is updated once; acc is left zeroed.
+                                acc[i] = 0.0;
+                            }
+                        }
+                    } else {
+                        for (w, a) in w.iter_mut().zip(acc.iter_mut()) {
+                            *w += *a * factor - decay * *w;
+                            *a = 0.0;
+                        }
+                    }
+                },
+            );
+            let binary = self.layers[l].is_binary();
+            if !binary && (!sync || wt[l].is_empty()) {
+                continue;
+            }
+            let mut changed = vec![!sparse; rows];
+            if sparse {
+                for rec in &recs {
+                    for a in &rec.active[l] {
+                        changed[a.src as usize] = true;
+                    }
+                }
+            }
+            let w: &[f64] = p.weight;
+            if binary {
+                let wpr = crate::bits::words_per_row(out);
+                p.packed
+                    .par_chunks_mut(wpr)
+                    .enumerate()
+                    .filter(|(r, _)| changed[*r])
+                    .for_each(|(r, words)| crate::bits::pack_row(w, out, rows, r, words));
+            } else {
+                // Row by row: only the changed rows are read (strided).
+                wt[l]
+                    .par_chunks_mut(out)
+                    .enumerate()
+                    .filter(|(r, _)| changed[*r])
+                    .for_each(|(r, dst)| {
+                        for (j, d) in dst.iter_mut().enumerate() {
+                            *d = w[j * rows + r];
+                        }
+                    });
+            }
+        }
+        stats
+    }
+
+    /// Phase 1 of `rule` over a batch, on the current rayon pool, with `lr` in
+    /// place of the rule's rates (they decide which layers need errors).
+    fn sample_recs(
+        &self,
+        params: &[LayerParams],
+        wt: &[Vec<f64>],
+        input: &[f64],
+        labels: &[usize],
+        rule: &Rule,
+        lr: &[f64],
+    ) -> Vec<SampleRec> {
+        let prep = self.row_weights(params, wt);
+        let weights: Vec<&[f64]> = params.iter().map(|p| p.weight).collect();
+        let n_in = self.in_size;
+        let parts = split_parts(labels.len());
+        let hyper = match rule {
+            Rule::StidiBp(h) => Some(Hyper {
+                lr: lr.to_vec(),
+                ..h.clone()
+            }),
+            Rule::Exact(_) => None,
+        };
+        (0..labels.len())
+            .into_par_iter()
+            .map_init(Scratch::default, |s, b| {
+                let x = &input[b * n_in..(b + 1) * n_in];
+                match (rule, &hyper) {
+                    (Rule::Exact(cfg), _) => {
+                        exact::sample_pass(self, &prep, &weights, x, labels[b], cfg, lr, s, parts)
+                    }
+                    (_, Some(h)) => {
+                        stidibp::sample_pass(self, &prep, &weights, x, labels[b], h, s, parts)
+                    }
+                    _ => unreachable!(),
+                }
+            })
+            .collect()
+    }
+
+    /// The batch-mean loss and, per layer (empty for pooling), an array shaped
+    /// like its weight such that a plain step at rate `lr` is `w − lr · grad`:
+    /// `dL/dw` for the exact rule, the direction of its update for STiDi-BP
+    /// (weight decay included in both).
+    pub fn gradients(
+        &self,
+        params: &[LayerParams],
+        input: &[f64],
+        labels: &[usize],
+        rule: &Rule,
+    ) -> Result<(f64, Vec<Vec<f64>>)> {
+        let pool = current_pool()?;
+        let batch = labels.len();
+        let (lr, wd) = match rule {
+            Rule::StidiBp(h) => {
+                self.check_train(params, input, labels, batch, h)?;
+                (vec![1.0; h.lr.len()], h.weight_decay)
+            }
+            Rule::Exact(c) => {
+                self.check_exact(params, input, labels, batch, c)?;
+                (vec![1.0; c.lr.len()], c.weight_decay)
+            }
+        };
+        Ok(pool.install(|| {
+            let wt = self.transpose_all(params, false);
+            let recs = self.sample_recs(params, &wt, input, labels, rule, &lr);
+            let b = batch as f64;
+            let loss = recs.iter().map(|r| r.loss).sum::<f64>() / b;
+            let grads = self
+                .layers
+                .iter()
+                .enumerate()
+                .map(|(l, layer)| {
+                    let Some((_, rows)) = layer.weight_dims() else {
+                        return Vec::new();
+                    };
+                    let scale = match (rule, layer) {
+                        (Rule::StidiBp(h), Layer::Conv { g, .. })
+                            if h.conv_reduce == ConvReduce::Mean =>
+                        {
+                            1.0 / (self.tmax * b * g.positions() as f64)
+                        }
+                        (Rule::StidiBp(_), _) => 1.0 / (self.tmax * b),
+                        (Rule::Exact(_), _) => -1.0 / b,
+                    };
+                    let w = params[l].weight;
+                    let mut grad = vec![0.0; w.len()];
+                    grad.par_chunks_mut(rows).enumerate().for_each_init(
+                        Vec::new,
+                        |touched, (o, acc)| {
+                            accumulate_row(self, l, o, &recs, input, acc, touched);
+                            for (a, &wi) in acc.iter_mut().zip(&w[o * rows..(o + 1) * rows]) {
+                                *a = *a * scale + wd * wi;
+                            }
+                        },
+                    );
+                    grad
+                })
+                .collect();
+            (loss, grads)
+        }))
+    }
+
+    /// Consecutive exact-gradient steps over a chunk of data, `batch_size`
+    /// samples each (the last may be smaller), as [`Network::train_steps`] does
+    /// for STiDi-BP. `moments` carries Adam's state from call to call.
+    pub fn exact_steps(
+        &self,
+        params: &mut [LayerParamsMut],
+        input: &[f64],
+        labels: &[usize],
+        batch_size: usize,
+        cfg: &ExactConfig,
+        moments: &mut Moments,
+    ) -> Result<Vec<StepStats>> {
+        let pool = current_pool()?;
+        let n = labels.len();
+        if batch_size == 0 {
+            return invalid!("exact_steps needs batch_size >= 1");
+        }
+        {
+            let views: Vec<LayerParams> = params.iter().map(LayerParamsMut::as_params).collect();
+            self.check_exact(&views, input, labels, n, cfg)?;
+        }
+        if cfg.optimizer == Optimizer::Adam {
+            if moments.m.len() != self.layers.len() || moments.v.len() != self.layers.len() {
+                return invalid!("Adam needs one moment array (or none) per layer");
+            }
+            for (l, p) in params.iter().enumerate() {
+                if moments.m[l].len() != p.weight.len() || moments.v[l].len() != p.weight.len() {
+                    return invalid!("layer {l}: Adam's moments must be shaped like its weight");
+                }
+            }
+        }
+        let n_in = self.in_size;
+        Ok(pool.install(|| {
+            let mut out = Vec::with_capacity(n.div_ceil(batch_size));
+            for lo in (0..n).step_by(batch_size) {
+                let hi = (lo + batch_size).min(n);
+                let x = &input[lo * n_in..hi * n_in];
+                out.push(self.exact_step(params, x, &labels[lo..hi], cfg, moments));
+            }
+            out
+        }))
+    }
+
+    fn exact_step(
+        &self,
+        params: &mut [LayerParamsMut],
+        input: &[f64],
+        labels: &[usize],
+        cfg: &ExactConfig,
+        moments: &mut Moments,
+    ) -> StepStats {
+        let rule = Rule::Exact(cfg.clone());
+        let recs = {
+            let views: Vec<LayerParams> = params.iter().map(LayerParamsMut::as_params).collect();
+            let wt = self.transpose_all(&views, false);
+            self.sample_recs(&views, &wt, input, labels, &rule, &cfg.lr)
+        };
+        let stats = step_stats(&recs, self.layers.len());
+        moments.step += 1;
+        let t = moments.step as i32;
+        let (b1, b2, eps) = (cfg.beta1, cfg.beta2, cfg.eps);
+        let (bc1, bc2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+        let inv_b = 1.0 / labels.len() as f64;
+        for (si, &l) in self.spiking.iter().enumerate() {
+            let lr = cfg.lr[si];
+            let Some((out, rows)) = self.layers[l].weight_dims() else {
+                continue;
+            };
+            if lr == 0.0 {
+                continue;
+            }
+            let wd = cfg.weight_decay;
+            let p = &mut params[l];
+            let update = |o: usize, w: &mut [f64], acc: &mut Vec<f64>, touched: &mut Vec<usize>| {
+                acc.resize(rows, 0.0);
+                accumulate_row(self, l, o, &recs, input, acc, touched);
+                for (a, &wi) in acc.iter_mut().zip(w.iter()) {
+                    *a = -*a * inv_b + wd * wi;
+                }
+            };
+            match cfg.optimizer {
+                Optimizer::Sgd => p.weight.par_chunks_mut(rows).enumerate().for_each_init(
+                    || (Vec::new(), Vec::new()),
+                    |(acc, touched), (o, w)| {
+                        update(o, w, acc, touched);
+                        for (wi, a) in w.iter_mut().zip(acc.iter_mut()) {
+                            *wi -= lr * *a;
+                            *a = 0.0;
+                        }
+                    },
+                ),
+                Optimizer::Adam => {
+                    let (m, v) = (&mut *moments.m[l], &mut *moments.v[l]);
+                    p.weight
+                        .par_chunks_mut(rows)
+                        .zip(m.par_chunks_mut(rows))
+                        .zip(v.par_chunks_mut(rows))
+                        .enumerate()
+                        .for_each_init(
+                            || (Vec::new(), Vec::new()),
+                            |(acc, touched), (o, ((w, m), v))| {
+                                update(o, w, acc, touched);
+                                for (((wi, a), mi), vi) in
+                                    w.iter_mut().zip(acc.iter_mut()).zip(m).zip(v)
+                                {
+                                    let g = *a;
+                                    *a = 0.0;
+                                    *mi = b1 * *mi + (1.0 - b1) * g;
+                                    *vi = b2 * *vi + (1.0 - b2) * g * g;
+                                    *wi -= lr * (*mi / bc1) / ((*vi / bc2).sqrt() + eps);
+                                }
+                            },
+                        );
+                }
+            }
+            if self.layers[l].is_binary() {
+                let w: &[f64] = p.weight;
+                let wpr = crate::bits::words_per_row(out);
+                p.packed
+                    .par_chunks_mut(wpr)
+                    .enumerate()
+                    .for_each(|(r, words)| crate::bits::pack_row(w, out, rows, r, words));
+            }
+        }
+        stats
+    }
+
+    fn check_exact(
+        &self,
+        params: &[LayerParams],
+        input: &[f64],
+        labels: &[usize],
+        batch: usize,
+        cfg: &ExactConfig,
+    ) -> Result<()> {
+        self.check_batch(params, input, labels, batch)?;
+        let ns = self.spiking.len();
+        if cfg.lr.len() != ns {
+            return invalid!(
+                "lr has {} values but the network has {ns} spiking layers",
+                cfg.lr.len()
+            );
+        }
+        if let Some(x) = cfg.lr.iter().find(|x| !(x.is_finite() && **x >= 0.0)) {
+            return invalid!("lr values must be finite and >= 0, got {x}");
+        }
+        for (name, v) in [
+            ("tau_soft", cfg.tau_soft),
+            ("gamma", cfg.gamma),
+            ("eps", cfg.eps),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return invalid!("{name} must be finite and > 0, got {v}");
+            }
+        }
+        for (name, v) in [
+            ("min_slope", cfg.min_slope),
+            ("silent_push", cfg.silent_push),
+            ("weight_decay", cfg.weight_decay),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return invalid!("{name} must be finite and >= 0, got {v}");
+            }
+        }
+        for (name, v) in [("beta1", cfg.beta1), ("beta2", cfg.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return invalid!("{name} must lie in [0, 1), got {v}");
+            }
+        }
+        Ok(())
+    }
+
+    /// What every training call needs: a Dense output, weights, input and labels.
+    fn check_batch(
+        &self,
+        params: &[LayerParams],
+        input: &[f64],
+        labels: &[usize],
+        batch: usize,
+    ) -> Result<()> {
+        let last = self.layers.len() - 1;
+        let Layer::Dense { n_out, .. } = self.layers[last] else {
+            return invalid!(
+                "training needs a Dense output layer, but the last layer is {}",
+                self.layers[last].name()
+            );
+        };
+        if batch == 0 {
+            return invalid!("train_step needs a batch of at least one sample");
+        }
+        self.check_params(params, true)?;
+        self.check_input(input, batch)?;
+        if labels.len() != batch {
+            return invalid!("got {} labels for a batch of {batch}", labels.len());
+        }
+        if let Some(i) = labels.iter().position(|&y| y >= n_out) {
+            return invalid!(
+                "label {} at index {i} is not a class of the {n_out} outputs",
+                labels[i]
+            );
+        }
+        Ok(())
+    }
+
+    fn check_train(
+        &self,
+        params: &[LayerParams],
+        input: &[f64],
+        labels: &[usize],
+        batch: usize,
+        hyper: &Hyper,
+    ) -> Result<()> {
+        self.check_batch(params, input, labels, batch)?;
+        let ns = self.spiking.len();
+        for (name, v) in [("lr", &hyper.lr), ("beta", &hyper.beta)] {
+            if v.len() != ns {
+                return invalid!(
+                    "hyper.{name} has {} values but the network has {ns} spiking layers",
+                    v.len()
+                );
+            }
+            if let Some(x) = v.iter().find(|x| !x.is_finite()) {
+                return invalid!("hyper.{name} must be finite, got {x}");
+            }
+        }
+        if !(hyper.gamma.is_finite() && hyper.gamma > 0.0) {
+            return invalid!("hyper.gamma must be finite and > 0, got {}", hyper.gamma);
+        }
+        if !hyper.weight_decay.is_finite() {
+            return invalid!(
+                "hyper.weight_decay must be finite, got {}",
+                hyper.weight_decay
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,236 @@
+"""The exact-gradient rule: its gradients against central finite differences of
+its own loss (both engines), the engines against each other, and the rule
+interface shared with STiDi-BP."""
+
+import numpy as np
+import pytest
+import stidi_rs as sr
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from stidi_rs import reference as ref
+
+TMAX = 100.0
+
+
+def _dense_net(seed, backend, psp, binary=False):
+    layers = [sr.Dense(6, 5, threshold=1.5, binary=binary), sr.Dense(5, 3, threshold=1.2)]
+    return sr.Network(layers, (6,), tmax=TMAX, psp=psp, seed=seed, backend=backend)
+
+
+def _conv_net(seed, backend, psp, binary=False):
+    layers = [
+        sr.Conv2d(1, 3, 3, threshold=1.5, binary=binary),
+        sr.MaxPool2d(2),
+        sr.Dense(12, 4, threshold=1.5),
+        sr.Dense(16, 3, threshold=1.2, skip=1),
+    ]
+    return sr.Network(layers, (1, 6, 6), tmax=TMAX, psp=psp, seed=seed, backend=backend)
+
+
+def _inputs(seed, shape, batch=4):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, TMAX, size=(batch, *shape))
+    x[rng.random(x.shape) < 0.3] = TMAX
+    return x, rng.integers(0, 3, batch)
+
+
+def _structure(net, x, gamma):
+    """What decides which smooth piece the loss is on: which input precedes each
+    spike and by how much (PSP segments), who fires, pooling winners, and the
+    output's earliest spike and rivals. Equal structures at w ± h mean no kink."""
+    psp, times = net.psp, net.forward(x)
+    parts = []
+    for li, layer in enumerate(net.layers):
+        xin = ref.layer_input(net.layers, li, x, times)
+        if layer.kind == "maxpool2d":
+            parts.append(ref.maxpool2d_forward(xin, layer.kernel_size)[1])
+            continue
+        y = times[li]
+        if layer.kind == "conv2d":
+            k = layer.kernel_size
+            rows_in = ref.unfold(xin, k).reshape(-1, layer.in_channels * k * k)
+            rows_out = y.transpose(0, 2, 3, 1).reshape(-1, layer.out_channels)
+        else:
+            rows_in, rows_out = xin.reshape(len(xin), -1), y
+        s = rows_out[:, :, None] - rows_in[:, None, :]
+        parts += [rows_out < TMAX, s > 0, s > psp.tau_rise, s > psp.tau_rise + psp.tau_fall]
+    t = times[-1]
+    t_min = t.min(axis=1, keepdims=True)
+    parts += [np.argmin(t, axis=1), t - t_min < gamma, t_min + gamma < TMAX]
+    return parts
+
+
+def _check_finite_differences(net, x, y, rule, h=1e-6, per_layer=12):
+    loss, grads = rule.gradients(x, y)
+    rng = np.random.default_rng(0)
+    checked = 0
+    for layer, grad in zip(net.spiking_layers, grads):
+        assert grad.shape == layer.weight.shape
+        w0 = layer.weight.copy()
+        flat = rng.choice(w0.size, size=min(per_layer, w0.size), replace=False)
+        for i in flat:
+            idx = np.unravel_index(i, w0.shape)
+            values, kinks = [], False
+            base = _structure(net, x, rule.gamma)
+            for sign in (1.0, -1.0):
+                w = w0.copy()
+                w[idx] += sign * h
+                layer.weight = w
+                values.append(rule.gradients(x, y)[0])
+                here = _structure(net, x, rule.gamma)
+                kinks |= not all(np.array_equal(a, b) for a, b in zip(base, here))
+            layer.weight = w0
+            if kinks:
+                continue  # a weight at a kink has no derivative to compare
+            fd = (values[0] - values[1]) / (2 * h)
+            assert fd == pytest.approx(grad[idx], rel=1e-4, abs=1e-7), (layer, idx)
+            checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("backend", ["numpy", "rust"])
+@pytest.mark.parametrize("loss", ["cross_entropy", "stidi"])
+@pytest.mark.parametrize("make", [_dense_net, _conv_net])
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**16), tau_fall=st.sampled_from([np.inf, 30.0]))
+def test_gradients_match_finite_differences(backend, loss, make, seed, tau_fall):
+    net = make(seed, backend, sr.PSP(20.0, tau_fall))
+    x, y = _inputs(seed, net.input_shape)
+    rule = sr.ExactGradient(net, loss=loss, tau_soft=10.0, min_slope=0.0, silent_push=0.0)
+    checked = _check_finite_differences(net, x, y, rule)
+    # Kinks are rare: most sampled weights must have been compared.
+    assert checked >= 0.5 * min(12, 30) if make is _dense_net else checked >= 10
+
+
+def _pool_winners(net, x):
+    times = net.forward(x)
+    return [
+        ref.maxpool2d_forward(times[i - 1], layer.kernel_size)[1]
+        for i, layer in enumerate(net.layers)
+        if layer.kind == "maxpool2d"
+    ]
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "stidi"])
+@pytest.mark.parametrize("make", [_dense_net, _conv_net])
+@pytest.mark.parametrize("binary", [False, True])
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_engines_agree(loss, make, binary, seed):
+    psp = sr.PSP(20.0, 60.0)
+    out = {}
+    for backend in ("numpy", "rust"):
+        net = make(seed, backend, psp, binary)
+        x, y = _inputs(seed, net.input_shape, batch=7)
+        out[backend] = net
+    nets = out
+    # Binary weights make exact ties between neighbouring conv neurons common; the
+    # engines' times differ in the last bits, so a pooling window may pick another
+    # winner. A tie is a kink: compare only where both engines see the same winners.
+    winners = [_pool_winners(net, x) for net in nets.values()]
+    assume(all(np.array_equal(a, b) for a, b in zip(*winners)))
+    results = {}
+    for backend, net in nets.items():
+        rule = sr.ExactGradient(
+            net,
+            loss=loss,
+            tau_soft=10.0,
+            min_slope=0.05,
+            silent_push=0.5,
+            weight_decay=0.01,
+            lr=[0.01, 0.02, 0.03, 0.04][: len(net.spiking_layers)],
+        )
+        loss_value, grads = rule.gradients(x, y)
+        # Steps change the weights; with binary layers each step may meet new ties.
+        stats = None if binary else rule.steps(x, y, batch_size=3)
+        weights = [lay.weight.copy() for lay in net.spiking_layers]
+        results[backend] = (loss_value, grads, weights, stats, rule.adam_step)
+    (l_np, g_np, w_np, s_np, n_np), (l_rs, g_rs, w_rs, s_rs, n_rs) = results.values()
+    assert l_rs == pytest.approx(l_np, rel=1e-12)
+    for a, b in zip(g_np, g_rs):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
+    for a, b in zip(w_np, w_rs):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
+    if not binary:
+        np.testing.assert_allclose(s_rs["loss"], s_np["loss"], rtol=1e-9)
+        assert np.array_equal(s_rs["predictions"], s_np["predictions"])
+        assert n_np == n_rs == 3
+
+
+def test_binary_gradient_is_the_straight_through_one():
+    """A binary layer's gradient is that of a real layer holding its signs."""
+    psp = sr.PSP(20.0)
+    binary = _conv_net(3, "rust", psp, binary=True)
+    real = _conv_net(3, "rust", psp)
+    for b, r in zip(binary.spiking_layers, real.spiking_layers):
+        r.weight = np.where(b.weight >= 0, 1.0, -1.0) if b.binary else b.weight
+    x, y = _inputs(3, binary.input_shape, batch=6)
+    _, g_bin = sr.ExactGradient(binary).gradients(x, y)
+    _, g_real = sr.ExactGradient(real).gradients(x, y)
+    assert any(np.abs(g).sum() > 0 for g in g_bin)
+    for a, b in zip(g_bin, g_real):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_results_do_not_depend_on_thread_count():
+    psp = sr.PSP(20.0)
+    weights = []
+    for threads in (1, 2):
+        sr.set_num_threads(threads)
+        try:
+            net = _conv_net(5, "rust", psp)
+            x, y = _inputs(5, net.input_shape, batch=9)
+            sr.ExactGradient(net, lr=0.01).steps(x, y, batch_size=4)
+            weights.append([lay.weight.copy() for lay in net.spiking_layers])
+        finally:
+            sr.set_num_threads(0)
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_descent_lowers_the_loss():
+    net = _conv_net(7, "rust", sr.PSP(20.0))
+    x, y = _inputs(7, net.input_shape, batch=16)
+    rule = sr.ExactGradient(net, lr=0.02)
+    before = rule.gradients(x, y)[0]
+    for _ in range(30):
+        rule.step(x, y)
+    assert rule.gradients(x, y)[0] < 0.8 * before
+
+
+@pytest.mark.parametrize("name", ["stidi-bp", "exact"])
+def test_rules_rebuild_from_name_and_config(name):
+    net = _conv_net(1, "rust", sr.PSP(20.0))
+    rule = sr.make_rule(name, net, lr=[0.5, 0.25, 0.125])
+    again = sr.make_rule(rule.name, net, **rule.config())
+    assert type(again) is type(rule) and again.config() == rule.config()
+    x, y = _inputs(1, net.input_shape)
+    loss, grads = rule.gradients(x, y)
+    assert np.isfinite(loss) and len(grads) == len(net.spiking_layers)
+
+
+def test_stidi_bp_gradients_are_the_direction_of_its_step():
+    net = _conv_net(2, "numpy", sr.PSP(20.0))
+    x, y = _inputs(2, net.input_shape)
+    rule = sr.STiDiBP(net, lr=[0.5, 0.25, 0.125], weight_decay=0.01)
+    _, grads = rule.gradients(x, y)
+    before = [lay.weight.copy() for lay in net.spiking_layers]
+    rule.step(x, y)
+    for w0, g, lr, lay in zip(before, grads, rule.lr, net.spiking_layers):
+        np.testing.assert_allclose(lay.weight, w0 - lr * g, rtol=1e-12, atol=1e-15)
+
+
+def test_bad_rule_settings_are_named():
+    net = _dense_net(0, "rust", sr.PSP(20.0))
+    with pytest.raises(ValueError, match="loss"):
+        sr.ExactGradient(net, loss="hinge")
+    with pytest.raises(ValueError, match="optimizer"):
+        sr.ExactGradient(net, optimizer="rmsprop")
+    with pytest.raises(ValueError, match="unknown rule"):
+        sr.make_rule("hebb", net)
+    with pytest.raises(ValueError, match="min_slope"):
+        sr.ExactGradient(net, min_slope=-1)
+    weights, packed = net._params()
+    x, y = _inputs(0, net.input_shape)
+    with pytest.raises(ValueError, match='no setting "momentum"'):
+        net._rust().gradients(weights, packed, x, y, {"name": "exact", "momentum": 0.9})
