@@ -234,3 +234,21 @@ def test_bad_rule_settings_are_named():
     x, y = _inputs(0, net.input_shape)
     with pytest.raises(ValueError, match='no setting "momentum"'):
         net._rust().gradients(weights, packed, x, y, {"name": "exact", "momentum": 0.9})
+
+
+def test_silent_push_makes_a_silent_label_neuron_fire():
+    """With every output silent the loss has no gradient; the push raises the
+    weights of the label's neuron until it fires."""
+    net = _dense_net(4, "rust", sr.PSP(20.0))
+    out = net.layers[-1]
+    out.weight = np.full(out.weight.shape, -0.5)
+    x, _ = _inputs(4, net.input_shape, batch=8)
+    y = np.zeros(8, dtype=np.int64)
+    assert (net.forward(x)[-1] >= TMAX).all()
+    assert sr.ExactGradient(net, lr=0.05).gradients(x, y)[1][-1].max() == 0.0
+    rule = sr.ExactGradient(net, lr=0.05, silent_push=1.0)
+    for _ in range(50):
+        rule.step(x, y)
+    fired = net.forward(x)[-1] < TMAX
+    assert fired[:, 0].any()
+    assert (out.weight[0] > -0.5).all() and (out.weight[1:] == -0.5).all()

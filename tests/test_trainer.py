@@ -588,3 +588,37 @@ def test_cli_info_names_threads_kernels_and_every_preset(capsys):
     assert sr.sweep_kernels() in ("avx2", "portable")
     for name in presets.PRESETS:
         assert f"preset {name} " in out
+
+
+def test_an_exact_gradient_run_records_its_rule_and_resumes_exactly(tmp_path):
+    """The trainer drives any rule; the checkpoint names it, and a resumed SGD run
+    (no optimiser state) equals an uninterrupted one."""
+    x, y = fake_images(60)
+    settings = {"optimizer": "sgd", "lr": 0.5, "loss": "stidi", "silent_push": 0.5}
+    full_net = tiny()
+    Trainer(
+        full_net,
+        sr.ExactGradient(full_net, **settings),
+        epochs=2,
+        batch_size=4,
+        seed=5,
+        progress=False,
+    ).fit(x, y)
+    net = tiny()
+    Trainer(
+        net,
+        sr.ExactGradient(net, **settings),
+        epochs=1,
+        batch_size=4,
+        seed=5,
+        out_dir=tmp_path,
+        progress=False,
+    ).fit(x, y)
+    _, config = checkpoint.load(tmp_path / "last.npz")
+    assert config["trainer"]["rule"]["name"] == "exact"
+    resumed = Trainer.resume(tmp_path / "last.npz", epochs=2, progress=False)
+    assert isinstance(resumed.rule, sr.ExactGradient)
+    assert resumed.rule.config() == {**sr.ExactGradient(net, **settings).config(), "lr": [0.5, 0.5]}
+    resumed.fit(x, y)
+    for a, b in zip(full_net.spiking_layers, resumed.net.spiking_layers):
+        assert np.array_equal(a.weight, b.weight)

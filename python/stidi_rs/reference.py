@@ -388,8 +388,9 @@ def exact_factor(t_in, t_out, delta, w_fwd, threshold, psp, tmax, min_slope, sil
     """Per neuron ``a_j = (dL/dt_j) / V'_j(t_j)`` for rows ``(R, n), (R, m)``.
 
     ``V'`` is floored at ``min_slope · θ / T`` [ours]. A silent neuron whose loss
-    wants it earlier gets ``silent_push · (dL/dt_j) · T/θ``, as if it fired at ``T``
-    on a ramp that crosses θ over the window [ours]; others get 0.
+    wants it earlier (``dL/dt_j > 0``: descent lowers ``t_j``) gets
+    ``silent_push · (dL/dt_j) · T/θ``, as if it fired at ``T`` on a ramp that
+    crosses θ over the window [ours]; others get 0.
     Returns ``(a, a_prop)``: ``a_prop`` is ``a`` with silent neurons zeroed (a
     spike that did not happen has no input times to move).
     """
@@ -397,7 +398,7 @@ def exact_factor(t_in, t_out, delta, w_fwd, threshold, psp, tmax, min_slope, sil
     s = t_out[:, :, None] - t_in[:, None, :]
     slope = np.einsum("rmn,mn->rm", deps(s, psp.tau_rise, psp.tau_fall), w_fwd)
     slope = np.maximum(slope, min_slope * threshold / tmax)
-    push = np.where(delta < 0, silent_push * delta * tmax / threshold, 0.0)
+    push = np.where(delta > 0, silent_push * delta * tmax / threshold, 0.0)
     safe = np.where(fired, slope, 1.0)  # silent neurons' slope may be 0 with no floor
     a = np.where(fired, delta / safe, push)
     return a, np.where(fired, a, 0.0)

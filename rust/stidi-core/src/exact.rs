@@ -130,7 +130,7 @@ fn backward_sample(
             .map(|((&d, &tj), &s)| {
                 if tj < tmax {
                     d / s.max(floor)
-                } else if d < 0.0 {
+                } else if d > 0.0 {
                     cfg.silent_push * d * tmax / theta
                 } else {
                     0.0
