@@ -622,3 +622,25 @@ def test_an_exact_gradient_run_records_its_rule_and_resumes_exactly(tmp_path):
     resumed.fit(x, y)
     for a, b in zip(full_net.spiking_layers, resumed.net.spiking_layers):
         assert np.array_equal(a.weight, b.weight)
+
+
+@needs_data
+def test_cli_trains_with_the_exact_rule_and_its_settings(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--preset", "dense", "--rule", "exact", "--lr", "0.01"]
+    args += ["--rule-set", "silent_push=1", "--rule-set", "loss=stidi"]
+    args += ["--train-size", "1000", "--test-size", "500", "--epochs", "2"]
+    assert main([*args, "--out", str(out), "--no-progress"]) == 0
+    _, config = checkpoint.load(out / "last.npz")
+    rule = config["trainer"]["rule"]
+    assert (rule["name"], rule["silent_push"], rule["loss"]) == ("exact", 1.0, "stidi")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["test"]["accuracy"] > 0.5
+    with pytest.raises(SystemExit):  # argparse: not KEY=VALUE
+        main(["train", "--rule-set", "nonsense", "--out", str(tmp_path / "b")])
+
+
+def test_cli_names_an_unknown_rule_setting(tmp_path, capsys):
+    args = ["train", "--rule", "exact", "--rule-set", "momentum=0.9", "--out", str(tmp_path)]
+    assert main(args) != 0
+    assert "momentum" in capsys.readouterr().err

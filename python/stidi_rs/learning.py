@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 
@@ -385,6 +386,13 @@ def make_rule(name: str, network: Network, **settings) -> Rule:
     """The rule called ``name`` (``"stidi-bp"`` or ``"exact"``) for ``network``."""
     if name not in RULES:
         raise ValueError(f"unknown rule {name!r}: choose one of {tuple(RULES)}")
+    known = set(inspect.signature(RULES[name]).parameters) - {"network"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(
+            f"rule {name!r} has no setting {', '.join(map(repr, unknown))}; "
+            f"its settings are {', '.join(sorted(known))}"
+        )
     return RULES[name](network, **settings)
 
 
