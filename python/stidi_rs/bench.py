@@ -80,6 +80,17 @@ def run_one(cfg: dict) -> dict:
             start = time.perf_counter()
             model.predict(x, batch_size=256)
             extra[key] = n / (time.perf_counter() - start)
+    if cfg["backend"] == "rust":
+        # Both rules on the same fresh net and batches, in one engine call each.
+        for key, name, settings in (
+            ("train_stidi", preset.rule_name, preset.rule),
+            ("train_exact", "exact", {"lr": 1e-3}),
+        ):
+            fresh = preset.build(seed=0, backend="rust")
+            fresh_rule = sr.make_rule(name, fresh, **settings)
+            start = time.perf_counter()
+            fresh_rule.steps(x, y, batch_size=bs)
+            extra[key] = n / (time.perf_counter() - start)
     return {
         **extra,
         **cfg,
@@ -146,7 +157,15 @@ def main(argv=None) -> int:
         # Rust runs take seconds: repeat them and keep the median of each rate.
         runs = [measure(cfg) for _ in range(1 if cfg["backend"] == "numpy" else args.repeat)]
         row = dict(runs[0])
-        for key in ("infer", "train", "train1", "infer_bits", "infer_floats"):
+        for key in (
+            "infer",
+            "train",
+            "train1",
+            "infer_bits",
+            "infer_floats",
+            "train_stidi",
+            "train_exact",
+        ):
             if key in row:
                 row[key] = float(np.median([r[key] for r in runs]))
         row["peak_mib"] = max(r["peak_mib"] for r in runs)
@@ -200,6 +219,19 @@ def main(argv=None) -> int:
             print(
                 f"| {r['model']} | {r['threads']} | {r['infer_bits']:,.0f} | "
                 f"{r['infer_floats']:,.0f} | {r['infer_bits'] / r['infer_floats']:.2f} |"
+            )
+    print(
+        f"\nExact spike-time gradients (Adam) against STiDi-BP on the same net and "
+        f"batches of {rows[0]['batch']}, training img/s:\n"
+    )
+    print("| model | weights | threads | STiDi-BP | exact | exact / STiDi-BP |")
+    print("|---|---|---:|---:|---:|---:|")
+    for r in rows:
+        if "train_exact" in r:
+            print(
+                f"| {r['model']} | {'binary' if r['binary'] else 'real'} | {r['threads']} | "
+                f"{r['train_stidi']:,.0f} | {r['train_exact']:,.0f} | "
+                f"{r['train_exact'] / r['train_stidi']:.2f} |"
             )
     return 0
 
