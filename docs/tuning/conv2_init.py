@@ -1,5 +1,5 @@
 """How a conv2 stacked on a checkpoint's conv1 fires at its initial weights, as recorded in
-docs/results.md (session 27).
+docs/results.md.
 
 With every weight drawn from U(0, 1), a conv2 neuron sums hundreds of positive weights
 over its 5x5 window of conv1 channels, so every channel is the same detector of early

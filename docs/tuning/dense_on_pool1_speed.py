@@ -1,4 +1,4 @@
-"""Training speed of a Dense hidden layer on a frozen conv1's pool1 (session 17).
+"""Training speed of a Dense hidden layer on a frozen conv1's pool1.
 
 conv1 and its weights come from a shipped one-conv-layer checkpoint; a fresh
 Dense(4,608 -> H) -> Dense(10) sits on its pool1, and the engine trains both Dense

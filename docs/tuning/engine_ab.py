@@ -10,7 +10,7 @@ images/s of CPU time per build (less skewed by other processes than wall time;
 with one rayon thread it is the engine's time) and the ratio of each build's
 median to the first build's.
 
-    git worktree add /tmp/old-src 65a882b   # the engine before session 22
+    git worktree add /tmp/old-src 65a882b   # the engine before per-position conv sweeps
     (cd /tmp/old-src && maturin build --release -o /tmp/old-whl)
     pip install --no-deps --target /tmp/old /tmp/old-whl/*.whl
     STIDI_RS_DATA=../shared/datasets RAYON_NUM_THREADS=1 python docs/tuning/engine_ab.py \\

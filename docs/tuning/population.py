@@ -1,7 +1,7 @@
 """A population output: K spiking output neurons per class, the first to fire decides.
 
-One output neuron per class is a linear read-out of the layer below (session 16's
-`readout_capacity.py`: on the shipped Fashion-MNIST nets the max of 4 linear units per
+One output neuron per class is a linear read-out of the layer below
+(`readout_capacity.py`: on the shipped Fashion-MNIST nets the max of 4 linear units per
 class reads pool1 0.8-1.1 points better than one). Here the output layer of a shipped
 one-conv-layer checkpoint is retrained on its frozen conv1 -> pool1 spike times with
 K neurons per class (class-major: class c owns neurons cK .. cK + K - 1). The rule is

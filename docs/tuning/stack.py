@@ -1,7 +1,7 @@
 """Stack a conv2 on a trained, frozen conv1 (greedy layer-wise training), as recorded in
-docs/results.md (session 14).
+docs/results.md.
 
-Jointly trained, conv2 loses what conv1 found (sessions 7, 10, 12). Here conv1 comes
+Jointly trained, conv2 loses what conv1 found. Here conv1 comes
 from a shipped one-conv-layer checkpoint and never changes, and conv2 is trained directly
 under the output, where the rule trained conv1 well. Each line of the grid file is
 keyword arguments of `run`. Training and validation images are the checkpoint's own

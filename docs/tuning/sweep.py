@@ -116,7 +116,7 @@ def connection_table(shape, fan, seed=1):
     """A 0/1 mask for conv weights of `shape` (out, in, k, k) that connects every output
     channel to `fan` random input channels (LeNet-5's connection table). With positive
     random weights on every input channel, all channels start as the same blurred
-    detector of early input activity (session 15)."""
+    detector of early input activity."""
     rng = np.random.default_rng(seed)
     mask = np.zeros(shape[:2])
     for row in mask:

@@ -1,5 +1,5 @@
 """Validation accuracy of a trained checkpoint with one layer's threshold scaled, the
-others as trained, as recorded in docs/results.md (session 15).
+others as trained, as recorded in docs/results.md.
 
 BS4NN learns a per-layer scale of its binary weights during training, which is a
 learned threshold (docs/algorithm.md §3: a fixed scale is the threshold). If a trained
