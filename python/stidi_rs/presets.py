@@ -60,10 +60,10 @@ _DENSE_RULE = {"lr": 12.8, "displacement": "causal"}
 _DENSE_SCHEDULE = {"epochs": 7, "lr_decay": 0.8, "readout_epochs": 1}
 # Trained longer the dense net keeps fitting: on MNIST 60 epochs at x0.97 and the
 # read-out epoch gave 97.38 % validation against 96.90 % (96.10 against 94.96 % with
-# binary weights; docs/results.md, session 9).
+# binary weights; docs/results.md).
 _DENSE_LONG_SCHEDULE = {"epochs": 61, "lr_decay": 0.97, "readout_epochs": 1}
 # 1,000 binary hidden neurons for 30 epochs at x0.95: 97.10 % validation on MNIST
-# against 96.10 % for dense-binary-long (docs/results.md, session 10).
+# against 96.10 % for dense-binary-long (docs/results.md).
 _DENSE_WIDE_LONG_SCHEDULE = {"epochs": 31, "lr_decay": 0.95, "readout_epochs": 1}
 
 
@@ -82,11 +82,11 @@ _CSNN = _conv_layers(16, 32)
 
 
 # One conv layer read out directly. conv2 is where Fashion-MNIST loses information
-# (session 7); without it, 82.95 % validation after 2 + 1 epochs against 76.80 % with
+# (docs/results.md); without it, 82.95 % validation after 2 + 1 epochs against 76.80 % with
 # it. On MNIST, 20 + 1 epochs at x0.85 give 97.52 % validation (97.58 % with 32
-# channels) against 97.16 % for csnn-wide (docs/results.md, session 10); on
+# channels) against 97.16 % for csnn-wide (docs/results.md); on
 # Fashion-MNIST (--lr 6.4,6.4) 86.32 % with 32 channels against 85.54 % for
-# dense-wide (session 11).
+# dense-wide.
 def _shallow_layers(c1: int, th1: float = 4.0, th_out: float = 100.0) -> tuple:
     """conv5x5(c1), θ th1 -> pool2 -> dense(10), θ th_out; the defaults 4 and 100 suit
     τ1 = 40 and the 12x12xc1 fan-in."""
@@ -101,7 +101,7 @@ _CSNN_SHALLOW_WIDE = _shallow_layers(32)
 # Fashion-MNIST, 5 + 1 epochs: 85.55 % validation against 83.10 % with τ1 = 40. Full
 # runs: MNIST 97.87 % mean validation over three seeds against 97.37 %; Fashion-MNIST
 # only with halved rates (--lr 3.2,3.2 --epochs 16: 86.85 % mean validation over three
-# seeds against 85.82 %). Binary weights lost with it (docs/results.md, session 12);
+# seeds against 85.82 %). Binary weights lost with it (docs/results.md);
 # the binary preset stays so its rows reproduce.
 _CSNN_SHALLOW_WIDE_TAU80 = _shallow_layers(32, th1=2.0, th_out=50.0)
 _CSNN_WIDE = _conv_layers(32, 64)
@@ -259,9 +259,9 @@ PRESETS = {
             lr_decay=0.85,
             tau_rise=80.0,
         ),
-        # Binary forward weights take csnn-binary's x0.5 (x0.75 swung, session 10). On
+        # Binary forward weights take csnn-binary's x0.5 (x0.75 swung). On
         # Fashion-MNIST 83.83 % mean validation over three seeds after 5 + 1 epochs,
-        # against 83.40 % for dense-xwide-binary (docs/results.md, session 11).
+        # against 83.40 % for dense-xwide-binary (docs/results.md).
         _csnn(
             "csnn-shallow-wide-binary",
             "csnn-shallow-wide with binary forward weights",
@@ -300,19 +300,19 @@ def _widen(base: Preset, name: str, c1: int, how: str) -> Preset:
     return replace(base, name=name, description=description, layers=layers)
 
 
-# 64 channels: width stopped paying at τ1 80 without augmentation (session 13), but with
+# 64 channels: width stopped paying at τ1 80 without augmentation, but with
 # training images shifted by up to a pixel (--augment-shift 1) the 32-channel net no
 # longer overfits, and 64 tested 98.48 ± 0.07 % against 98.35 ± 0.10 % on MNIST over
-# three seeds (docs/results.md, session 18). Binary weights at τ1 40 take width too:
+# three seeds (docs/results.md). Binary weights at τ1 40 take width too:
 # with four read-out epochs, 64 channels validated 97.04 % against 95.70 % for 32 on
 # MNIST (images shifted by up to a pixel, which only pay from 64 channels on) and
 # 86.00 against 85.58 % on Fashion-MNIST. 128 channels with one-pixel shifts, seed 0
 # on MNIST: 98.92 % validation against 98.86 for 64 (real, τ1 80) and 97.78 against
-# 97.04 % (binary); one seed each (session 19).
+# 97.04 % (binary); one seed each.
 # On Fashion-MNIST (no shifts: they lose there), 64 real channels validated 88.38 %
-# against 86.92 % for 32 (session 20, one seed), and 128 a validation mean of 87.77
-# against 87.42 % for 64 over three seeds (sessions 27-28). 256 binary channels on
-# MNIST (shifts, seed 0) validated 98.06 % against 97.78 % for 128 (session 20).
+# against 86.92 % for 32 (one seed), and 128 a validation mean of 87.77
+# against 87.42 % for 64 over three seeds. 256 binary channels on
+# MNIST (shifts, seed 0) validated 98.06 % against 97.78 % for 128.
 for _base, _name, _c1, _how in [
     (
         "csnn-shallow-wide-tau80",

@@ -104,7 +104,7 @@ class Trainer:
     decaying through them; ``readout_lr`` restarts it there instead: read-out epoch
     ``r`` (from 0) trains the output at ``readout_lr * lr_decay**r``, so a run can
     fit its output to the finished features at a rate the long decay has left far
-    behind (docs/results.md, session 16). ``readout_average`` = ``k`` averages only
+    behind (docs/results.md). ``readout_average`` = ``k`` averages only
     the last ``k`` read-out epochs; those before them train plainly, so an average
     is not weighed down by weights from a high restarted rate (default: all).
 
