@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -170,6 +171,9 @@ class Trainer:
         self.augment = augment if augment is not None and augment.active else None
         self.epoch = 0
         self.history: list[dict] = []
+        # Called with the path of every checkpoint fit() writes (the CLI uses the
+        # first one to drop the run a --force replaced).
+        self.on_checkpoint = None
 
     def _encode(self, images: np.ndarray) -> np.ndarray:
         return encode(images.reshape(len(images), *self.net.input_shape), tmax=self.net.tmax)
@@ -180,6 +184,7 @@ class Trainer:
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         val_times = None if val is None else self._encode(np.asarray(val[0]))
+        self._reconcile_log()
         while self.epoch < self.epochs:
             e = self.epoch
             readout_only = e >= self.epochs - self.readout_epochs
@@ -250,9 +255,13 @@ class Trainer:
                 record["val"] = evaluate(self.net, val_times, np.asarray(val[1], dtype=np.int64))
             self.epoch += 1
             self.history.append(record)
-            self._log(record)
             if self.out_dir is not None:
-                self.save(self.out_dir / "last.npz")
+                # The checkpoint first: a crash between the two leaves a log one
+                # epoch short, which the next fit() fills in from the checkpoint.
+                path = self.save(self.out_dir / "last.npz")
+                self._log(record)
+                if self.on_checkpoint is not None:
+                    self.on_checkpoint(path)
         return self.history
 
     def _log(self, record: dict) -> None:
@@ -261,6 +270,31 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+
+    def _reconcile_log(self) -> None:
+        """Make ``metrics.jsonl`` agree with the state being continued after a crash
+        between a checkpoint and its log line: drop epoch lines the checkpoint does
+        not hold (and a torn last line), add the epochs it holds that the log lacks."""
+        path = None if self.out_dir is None else self.out_dir / "metrics.jsonl"
+        if self.epoch == 0 or path is None or not path.is_file():
+            return
+        lines = path.read_text().splitlines()
+        kept, last = [], 0
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+                if record["epoch"] > self.epoch:
+                    continue
+                last = max(last, record["epoch"])
+            kept.append(line)
+        kept += [json.dumps(r) for r in self.history if r["epoch"] > last]
+        if kept != lines:
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, path)
 
     def state(self) -> dict:
         rule = self.rule
