@@ -6,11 +6,24 @@ docs/reliability.md lists what is guaranteed; each guarantee names its test here
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 import stidi_rs as sr
+from stidi_rs import checkpoint
+from stidi_rs.cli import main
 from stidi_rs.trainer import Trainer
+
+needs_data = pytest.mark.skipif(
+    not os.environ.get("STIDI_RS_DATA"), reason="STIDI_RS_DATA is not set (see README)"
+)
+
+# A run of a few seconds: the smallest preset on 100 images.
+TINY = [
+    *"train --preset dense --train-size 100 --test-size 50 --readout-epochs 0".split(),
+    "--no-progress",
+]
 
 
 def tiny(binary=False, seed=0):
@@ -27,9 +40,100 @@ def fake_images(n=40, seed=0):
     return rng.integers(0, 256, (n, 8, 8)).astype(np.uint8), rng.integers(0, 4, n)
 
 
+def snapshot(directory):
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
 def logged_epochs(directory):
     lines = (directory / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line)["epoch"] for line in lines if "epoch" in json.loads(line)]
+
+
+# --- run directories --------------------------------------------------------------
+
+
+@needs_data
+def test_resume_writes_only_into_the_checkpoints_own_run(tmp_path, capsys):
+    a, b, c = tmp_path / "A", tmp_path / "B", tmp_path / "C"
+    assert main([*TINY, "--epochs", "1", "--seed", "1", "--out", str(a)]) == 0
+    assert main([*TINY, "--epochs", "1", "--seed", "2", "--out", str(b)]) == 0
+    (a / "backup.npz").write_bytes((b / "last.npz").read_bytes())
+    before = snapshot(a)
+    capsys.readouterr()
+    # a copy is not a run directory's last.npz: it would have mixed B into A
+    assert main(["train", "--resume", str(a / "backup.npz"), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a run directory's last.npz: pass --out" in err and err.count("\n") == 1
+    assert main(["train", "--resume", str(a / "backup.npz"), "--out", str(a)]) == 2
+    assert f"{a} already holds a run" in capsys.readouterr().err
+    assert snapshot(a) == before
+    resume = ["train", "--resume", str(a / "backup.npz"), "--epochs", "2", "--test-size", "50"]
+    assert main([*resume, "--out", str(c), "--no-progress"]) == 0
+    assert snapshot(a) == before
+    assert checkpoint.load(c / "last.npz")[1]["trainer"]["epoch"] == 2
+    assert logged_epochs(c) == [2]  # the epochs before it are in the checkpoint's history
+    # its own last.npz continues in place
+    assert main(["train", "--resume", str(c / "last.npz"), "--epochs", "3", "--no-progress"]) == 0
+    assert logged_epochs(c) == [2, 3]
+
+
+@needs_data
+def test_force_checks_everything_before_replacing_a_run(tmp_path, capsys):
+    out = tmp_path / "F"
+    assert main([*TINY, "--epochs", "1", "--out", str(out)]) == 0
+    before = snapshot(out)
+    capsys.readouterr()
+    assert main([*TINY, "--epochs", "1", "--val-size", "100", "--out", str(out), "--force"]) == 2
+    assert "--val-size 100 leaves no training images" in capsys.readouterr().err
+    assert snapshot(out) == before
+    assert main([*TINY, "--epochs", "1", "--lr", "1,2,3", "--out", str(out), "--force"]) == 2
+    assert snapshot(out) == before
+    # a good --force replaces the run and leaves nothing of the old one behind
+    assert main([*TINY, "--epochs", "1", "--seed", "3", "--out", str(out), "--force"]) == 0
+    after = snapshot(out)
+    assert sorted(after) == ["last.npz", "metrics.jsonl"]
+    assert after["last.npz"] != before["last.npz"]
+    assert checkpoint.load(out / "last.npz")[1]["trainer"]["seed"] == 3
+
+
+@needs_data
+def test_force_puts_the_old_run_back_if_the_new_one_dies_before_its_checkpoint(
+    tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "F"
+    assert main([*TINY, "--epochs", "1", "--out", str(out)]) == 0
+    before = snapshot(out)
+
+    def disk_full(self, path):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(Trainer, "save", disk_full)
+    capsys.readouterr()
+    assert main([*TINY, "--epochs", "1", "--seed", "3", "--out", str(out), "--force"]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert snapshot(out) == before
+
+
+@needs_data
+def test_output_folder_is_checked_before_any_training(tmp_path, capsys, monkeypatch):
+    (tmp_path / "f").write_text("a file, not a folder")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started before the output folder was checked")
+
+    monkeypatch.setattr(Trainer, "fit", no_training)
+    assert main([*TINY, "--epochs", "2", "--out", str(tmp_path / "f" / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot create --out {tmp_path / 'f' / 'sub'}: " in err and "not a directory" in err
+    assert main([*TINY, "--epochs", "2", "--out", str(tmp_path / "f")]) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+
+
+def test_data_folder_that_does_not_exist_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*TINY, "--data", "/nonexistent/stidi-rs-data"])
+    assert exit_info.value.code == 2
+    assert "--data /nonexistent/stidi-rs-data is not a directory" in capsys.readouterr().err
 
 
 def _trainer(out, epochs):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -77,9 +79,60 @@ _RUN_FLAGS = {
     "train_size": 0,
     "val_size": 0,
     "seed": 0,
-    "out": None,
     "no_homeostasis": None,
 }
+
+# What a run directory holds, and where --force keeps the replaced run's files
+# until the new run's first checkpoint is written.
+_RUN_FILES = ("last.npz", "metrics.jsonl")
+
+
+def _aside(out: Path, name: str) -> Path:
+    return out / f".{name}.replaced"
+
+
+def _holds_run(out: Path) -> bool:
+    return any((out / n).exists() or _aside(out, n).exists() for n in _RUN_FILES)
+
+
+def _check_out_dir(out: Path) -> None:
+    """Refuse a run directory that cannot be created or written, before training."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+    base = out
+    while not base.exists():  # the nearest existing ancestor must take new entries
+        base = base.parent
+    if not base.is_dir():
+        raise ValueError(f"cannot create --out {out}: {base} is not a directory")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot create --out {out}: {base} is not writable")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):  # also catches read-only file systems
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot write in --out {out}: {err.strerror or err}") from None
+
+
+def _resume_out(args) -> Path:
+    """The directory a resumed run writes to: --out, else the checkpoint's own run
+    directory if the checkpoint is its last.npz (never a folder it was copied to)."""
+    ckpt = Path(args.resume)
+    own = ckpt.parent if ckpt.name == "last.npz" else None
+    if args.out is None and own is None:
+        raise ValueError(
+            f"--resume {ckpt} is not a run directory's last.npz: pass --out DIR for the "
+            f"continued run (it would otherwise write into {ckpt.parent})"
+        )
+    out = own if args.out is None else Path(args.out)
+    if own is not None and out.resolve() == own.resolve():
+        if args.force:
+            raise ValueError(
+                f"--force would replace {out}, the run --resume continues: drop --force"
+            )
+    elif _holds_run(out) and not args.force:
+        raise ValueError(f"{out} already holds a run: pass another --out, or --force to replace it")
+    return out
 
 
 def _given(value) -> bool:
@@ -99,10 +152,12 @@ def cmd_train(args) -> int:
         if getattr(args, name) is None:
             setattr(args, name, default)
     if args.resume:
+        out = _resume_out(args)
         trainer = Trainer.resume(
             args.resume,
             backend=args.backend,
             epochs=args.epochs,
+            out_dir=out,
             progress=False if args.no_progress else None,
             readout_epochs=args.readout_epochs,
         )
@@ -127,14 +182,11 @@ def cmd_train(args) -> int:
             "val_size": args.val_size,
         }
         out = Path(args.out) if args.out else Path("runs") / f"{args.preset}-{args.dataset}"
-        if (out / "last.npz").exists() or (out / "metrics.jsonl").exists():
-            if not args.force:
-                raise ValueError(
-                    f"{out} already holds a run: pass --resume {out / 'last.npz'}, "
-                    "another --out, or --force to start over"
-                )
-            for name in ("last.npz", "metrics.jsonl"):
-                (out / name).unlink(missing_ok=True)
+        if _holds_run(out) and not args.force:
+            raise ValueError(
+                f"{out} already holds a run: pass --resume {out / 'last.npz'}, "
+                "another --out, or --force to start over"
+            )
         trainer = Trainer(
             net,
             make_rule(rule_name, net, **rule_args),
@@ -155,10 +207,15 @@ def cmd_train(args) -> int:
             if args.no_homeostasis or preset.homeostasis is None
             else Homeostasis(**preset.homeostasis),
         )
+    # Everything the run needs is checked before the old run (if any) is touched.
     x, y = datasets.load(cfg["dataset"], "train", root=args.data)
+    xt, yt = datasets.load(cfg["dataset"], "test", root=args.data)
     if cfg["train_size"]:
         x, y = x[: cfg["train_size"]], y[: cfg["train_size"]]
+    if args.test_size:
+        xt, yt = xt[: args.test_size], yt[: args.test_size]
     train, val = _split(x, y, cfg["val_size"], trainer.seed)
+    _check_out_dir(out)
     net = trainer.net
     print(
         f"{cfg['preset']} on {cfg['dataset']}: {len(train[0])} train, "
@@ -166,7 +223,7 @@ def cmd_train(args) -> int:
         f"run in {trainer.out_dir}",
         file=sys.stderr,
     )
-    trainer.fit(*train, val=val)
+    _fit_replacing(trainer, out, train, val, replace=args.force)
     for record in trainer.history:
         line = (
             f"epoch {record['epoch']}: train (running) "
@@ -177,14 +234,39 @@ def cmd_train(args) -> int:
         if record.get("readout_only"):
             line += "  (read-out only)"
         print(line)
-    xt, yt = datasets.load(cfg["dataset"], "test", root=args.data)
-    if args.test_size:
-        xt, yt = xt[: args.test_size], yt[: args.test_size]
     metrics = evaluate(net, encode(xt.reshape(len(xt), *net.input_shape), tmax=net.tmax), yt)
     print(_summary(f"test ({len(xt)} images)", metrics))
     with open(trainer.out_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"test": metrics, "test_size": len(xt)}) + "\n")
     return 0
+
+
+def _fit_replacing(trainer: Trainer, out: Path, train, val, replace: bool) -> None:
+    """``trainer.fit``; with ``replace``, the run in ``out`` is set aside first and
+    deleted once the new run's first checkpoint exists, or put back if it fails
+    before then."""
+    moved = []
+    if replace:
+        for name in _RUN_FILES:
+            if (out / name).exists():
+                os.replace(out / name, _aside(out, name))
+                moved.append(name)
+
+    def drop_replaced(_path) -> None:
+        for name in _RUN_FILES:
+            _aside(out, name).unlink(missing_ok=True)
+        moved.clear()
+        trainer.on_checkpoint = None
+
+    if replace:
+        trainer.on_checkpoint = drop_replaced
+    try:
+        trainer.fit(*train, val=val)
+    except BaseException:
+        for name in moved:
+            if not (out / name).exists():
+                os.replace(_aside(out, name), out / name)
+        raise
 
 
 def cmd_eval(args) -> int:
@@ -363,7 +445,11 @@ def main(argv=None) -> int:
         help="continue the run saved in CHECKPOINT (its last.npz)",
     )
     p.add_argument("--data", default=None, help="dataset root (default: $STIDI_RS_DATA, cache)")
-    p.add_argument("--force", action="store_true", help="start over in an existing --out")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the run in --out (kept until the new run's first checkpoint)",
+    )
     p.add_argument(
         "--no-homeostasis",
         action="store_true",
@@ -417,6 +503,7 @@ def main(argv=None) -> int:
         "readout_epochs",
         "readout_average",
         "augment_shift",
+        "seed",
     ):
         value = getattr(args, name, None)
         if value is not None and value < (1 if name in ("epochs", "batch_size") else 0):
@@ -424,9 +511,12 @@ def main(argv=None) -> int:
                 f"--{name.replace('_', '-')} must be at least "
                 f"{1 if name in ('epochs', 'batch_size') else 0}"
             )
+    if getattr(args, "data", None) is not None and not Path(args.data).expanduser().is_dir():
+        # else the loader would quietly search $STIDI_RS_DATA and the cache instead
+        parser.error(f"--data {args.data} is not a directory")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ImportError) as err:
+    except (ValueError, OSError, ImportError) as err:
         print(f"stidi-rs: error: {err}", file=sys.stderr)
         return 2
 
