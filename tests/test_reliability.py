@@ -163,3 +163,40 @@ def test_metrics_log_agrees_with_the_checkpoint_after_a_crash(tmp_path, crash):
     assert logged_epochs(run) == [1, 2, 3]
     losses = [json.loads(line)["train_loss"] for line in log.read_text().splitlines()]
     assert losses == [json.loads(line)["train_loss"] for line in ref]
+
+
+# --- divergence -------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # the NumPy rule's maths
+@pytest.mark.parametrize("backend", ["rust", "numpy"])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_a_diverging_step_raises_and_leaves_the_weights_as_they_were(backend, batch_size):
+    x, y = fake_images(6)
+    net = tiny(binary=True)
+    net.backend = backend
+    times = sr.encode(x.reshape(-1, 1, 8, 8))
+    sr.STiDiBP(net, lr=1.0).steps(times, y, batch_size)  # finite: it trains
+    before = [(layer.weight.copy(), layer.packed.copy()) for layer in net.spiking_layers]
+    with pytest.raises(sr.DivergenceError, match=r"^layer 0 \(Conv2d\): step 0 .* non-finite"):
+        sr.STiDiBP(net, lr=10.0, weight_decay=1e308).steps(times, y, batch_size)
+    for layer, (w, p) in zip(net.spiking_layers, before):
+        assert np.array_equal(layer.weight, w) and np.array_equal(layer.packed, p)
+    assert issubclass(sr.DivergenceError, ValueError)
+
+
+def test_training_stops_on_divergence_and_keeps_the_last_good_checkpoint(tmp_path):
+    x, y = fake_images(40)
+    trainer = _trainer(tmp_path, 1)
+    trainer.fit(x, y)
+    good = (tmp_path / "last.npz").read_bytes()
+    trainer.epochs, trainer.rule.weight_decay = 2, 1e308  # lr 3: decay 3e308 = inf
+    with pytest.raises(sr.DivergenceError) as info:
+        trainer.fit(x, y)
+    message = str(info.value)
+    assert message.startswith("training diverged in epoch 2: layer 0 (Conv2d)")
+    assert message.endswith(f"stopped, {tmp_path / 'last.npz'} keeps epoch 1")
+    assert (tmp_path / "last.npz").read_bytes() == good
+    net, _ = checkpoint.load(tmp_path / "last.npz")
+    assert all(np.isfinite(layer.weight).all() for layer in net.spiking_layers)
+    assert logged_epochs(tmp_path) == [1]

@@ -8,7 +8,7 @@ described in ``docs/algorithm.md``.
 
 from ._core import __version__, num_threads, set_num_threads, sweep_kernels
 from .layers import PSP, Conv2d, Dense, MaxPool2d, pack_signs, unpack_signs
-from .learning import ExactGradient, Homeostasis, Rule, STiDiBP, make_rule
+from .learning import DivergenceError, ExactGradient, Homeostasis, Rule, STiDiBP, make_rule
 from .network import Network, encode
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "ExactGradient",
     "make_rule",
     "Homeostasis",
+    "DivergenceError",
     "encode",
     "pack_signs",
     "unpack_signs",

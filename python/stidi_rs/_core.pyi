@@ -7,6 +7,8 @@ import numpy.typing as npt
 
 __version__: str
 
+class DivergenceError(ValueError): ...
+
 class Engine:
     """An architecture compiled for the Rust engine; weights are passed per call."""
 

@@ -9,10 +9,19 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import reference
+from ._core import DivergenceError
 from .layers import Dense, _positive_float
 from .network import Network, _check_labels, _check_times
 
-__all__ = ["Rule", "STiDiBP", "ExactGradient", "Homeostasis", "RULES", "make_rule"]
+__all__ = [
+    "Rule",
+    "STiDiBP",
+    "ExactGradient",
+    "Homeostasis",
+    "RULES",
+    "make_rule",
+    "DivergenceError",
+]
 
 
 def _per_layer(name: str, value, n: int, allow_zero: bool) -> list[float]:
@@ -34,6 +43,10 @@ def _choice(name: str, value, choices: tuple) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
+
+
+class _NonFinite(Exception):
+    """A step's new weight of layer ``args[0]`` (``args[1]``) is not finite."""
 
 
 class Rule:
@@ -144,12 +157,36 @@ class Rule:
     def _after_rust(self, out) -> None:
         pass
 
+    def _set(self, layer, weight) -> None:
+        """Assign a step's new weight, refusing a non-finite one (see _numpy_steps)."""
+        if not np.isfinite(weight).all():
+            raise _NonFinite(self.network.layers.index(layer), weight)
+        layer.weight = weight
+
     def _numpy_steps(self, t, y, batch_size):
         net = self.network
         preds, case_list, loss, fired = [], [], [], []
-        for lo in range(0, len(t), batch_size):
+        # A diverging step puts back the weights and the rule's own state (Adam's
+        # moments) the call started from, as the Rust engine does.
+        weights = [getattr(layer, "_weight", None) for layer in net.layers]
+        state = {k: list(v) if isinstance(v, list) else v for k, v in vars(self).items()}
+        for step, lo in enumerate(range(0, len(t), batch_size)):
             xb, yb = t[lo : lo + batch_size], y[lo : lo + batch_size]
-            value, (outs, v_end) = self._numpy_update(xb, yb)
+            try:
+                value, (outs, v_end) = self._numpy_update(xb, yb)
+            except _NonFinite as err:
+                for layer, w in zip(net.layers, weights):
+                    if w is not None:
+                        layer.weight = w
+                vars(self).update(state)
+                i, w = err.args
+                bad = int(np.argmax(~np.isfinite(w.reshape(-1))))
+                raise DivergenceError(
+                    f"layer {i} ({type(net.layers[i]).__name__}): step {step} of this call "
+                    f"would make weight {w.reshape(-1)[bad]} at index {bad} non-finite "
+                    "(learning rate or weight decay too large?); the weights are left as "
+                    "they were before the call"
+                ) from None
             p, c = reference.decide(outs[-1], v_end, net.tmax)
             preds.append(p)
             case_list.append(c)
@@ -238,7 +275,7 @@ class STiDiBP(Rule):
         deltas, fwd, e_out = self._reference(t, y, self.lr)
         for layer, delta in zip(self.network.layers, deltas):
             if delta is not None:
-                layer.weight = layer._weight + delta
+                self._set(layer, layer._weight + delta)
         return 0.5 * (e_out**2).sum(axis=1).mean(), fwd
 
     def _numpy_gradients(self, t, y):
@@ -375,7 +412,7 @@ class ExactGradient(Rule):
                 m_hat = self._m[s] / (1 - b1**self.adam_step)
                 v_hat = self._v[s] / (1 - b2**self.adam_step)
                 step = m_hat / (np.sqrt(v_hat) + self.eps)
-            layer.weight = layer._weight - self.lr[s] * step
+            self._set(layer, layer._weight - self.lr[s] * step)
         return loss, self._fwd
 
 

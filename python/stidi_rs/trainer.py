@@ -13,7 +13,7 @@ import numpy as np
 
 from . import checkpoint, reference
 from .augment import Augment
-from .learning import Homeostasis, Rule, make_rule
+from .learning import DivergenceError, Homeostasis, Rule, make_rule
 from .network import Network, _check_labels, _check_times, encode
 from .progress import ProgressBar
 
@@ -225,7 +225,18 @@ class Trainer:
                     if draws is not None:
                         batch = self.augment.apply(batch, draws[lo : lo + chunk])
                     times = self._encode(batch)
-                    stats = self.rule.steps(times, labels[idx], self.batch_size)
+                    try:
+                        stats = self.rule.steps(times, labels[idx], self.batch_size)
+                    except DivergenceError as err:
+                        last = None if self.out_dir is None else self.out_dir / "last.npz"
+                        kept = (
+                            f"{last} keeps epoch {self.epoch}"
+                            if last is not None and last.is_file()
+                            else "no checkpoint was written"
+                        )
+                        raise DivergenceError(
+                            f"training diverged in epoch {e + 1}: {err}; stopped, {kept}"
+                        ) from None
                     if self.homeostasis is not None and not readout_only:
                         nudged += self.homeostasis(self.net, times)
                     correct += int((stats["predictions"] == labels[idx]).sum())

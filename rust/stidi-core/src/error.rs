@@ -5,6 +5,9 @@ use std::fmt;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Error {
     Invalid(String),
+    /// A training step would have made a weight non-finite (too high a learning
+    /// rate or weight decay); the weights were left as they were before the call.
+    Diverged(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -12,7 +15,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Invalid(msg) => f.write_str(msg),
+            Error::Invalid(msg) | Error::Diverged(msg) => f.write_str(msg),
         }
     }
 }

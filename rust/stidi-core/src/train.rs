@@ -3,12 +3,14 @@
 //! in [`crate::stidibp`] and [`crate::exact`], phase 2 (per weight row) in
 //! [`crate::backprop`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use rayon::prelude::*;
 use rayon::ThreadPool;
 
 use crate::backprop::{accumulate_row, SampleRec};
 use crate::engine::Scratch;
-use crate::error::{invalid, Result};
+use crate::error::{invalid, Error, Result};
 use crate::network::{split_parts, Layer, Network};
 use crate::spec::{ConvReduce, ExactConfig, Hyper, LayerParams, LayerParamsMut, Optimizer, Rule};
 use crate::threads::current_pool;
@@ -50,6 +52,41 @@ fn step_stats(recs: &[SampleRec], n_layers: usize) -> StepStats {
     stats
 }
 
+/// The weights (and packed signs) a training call started from, put back if a
+/// step diverges: one copy per call, small next to the steps' own work.
+struct Saved(Vec<(Vec<f64>, Vec<u64>)>);
+
+impl Saved {
+    fn new(params: &[LayerParamsMut]) -> Saved {
+        Saved(
+            params
+                .iter()
+                .map(|p| (p.weight.to_vec(), p.packed.to_vec()))
+                .collect(),
+        )
+    }
+
+    /// Restores every layer and names the first non-finite weight of layer `l`.
+    fn restore(self, net: &Network, params: &mut [LayerParamsMut], l: usize, step: usize) -> Error {
+        let (i, w) = params[l]
+            .weight
+            .iter()
+            .enumerate()
+            .find(|(_, w)| !w.is_finite())
+            .map_or((0, f64::NAN), |(i, &w)| (i, w));
+        for (p, (w, b)) in params.iter_mut().zip(self.0) {
+            p.weight.copy_from_slice(&w);
+            p.packed.copy_from_slice(&b);
+        }
+        Error::Diverged(format!(
+            "layer {l} ({}): step {step} of this call would make weight {w} at index {i} \
+             non-finite (learning rate or weight decay too large?); the weights are left \
+             as they were before the call",
+            net.layers[l].name()
+        ))
+    }
+}
+
 /// Adam's first and second moments, one weight-sized slice per layer (empty for
 /// pooling, and for every layer under SGD), and the number of steps taken.
 #[derive(Debug, Default)]
@@ -88,14 +125,16 @@ impl Network {
             let views: Vec<LayerParams> = params.iter().map(LayerParamsMut::as_params).collect();
             self.check_train(&views, input, labels, batch, hyper)?;
         }
-        Ok(pool.install(|| {
+        let saved = Saved::new(params);
+        pool.install(|| {
             let mut wt = {
                 let views: Vec<LayerParams> =
                     params.iter().map(LayerParamsMut::as_params).collect();
                 self.transpose_all(&views, false)
             };
             self.step(params, &mut wt, input, labels, hyper, false)
-        }))
+        })
+        .map_err(|l| saved.restore(self, params, l, 0))
     }
 
     /// Consecutive [`Network::train_step`]s over a chunk of data: step `s` trains
@@ -122,33 +161,39 @@ impl Network {
             self.check_train(&views, input, labels, n, hyper)?;
         }
         let n_in = self.in_size;
+        let saved = Saved::new(params);
         // One entry into the pool for all the steps: the steps' parallel
         // sections then start from a worker thread.
-        Ok(pool.install(|| {
+        pool.install(|| {
             let mut wt = {
                 let views: Vec<LayerParams> =
                     params.iter().map(LayerParamsMut::as_params).collect();
                 self.transpose_all(&views, false)
             };
             let mut out = Vec::with_capacity(n.div_ceil(batch_size));
-            for lo in (0..n).step_by(batch_size) {
+            for (s, lo) in (0..n).step_by(batch_size).enumerate() {
                 let hi = (lo + batch_size).min(n);
-                out.push(self.step(
-                    params,
-                    &mut wt,
-                    &input[lo * n_in..hi * n_in],
-                    &labels[lo..hi],
-                    hyper,
-                    hi < n,
-                ));
+                out.push(
+                    self.step(
+                        params,
+                        &mut wt,
+                        &input[lo * n_in..hi * n_in],
+                        &labels[lo..hi],
+                        hyper,
+                        hi < n,
+                    )
+                    .map_err(|l| (l, s))?,
+                );
             }
-            out
-        }))
+            Ok(out)
+        })
+        .map_err(|(l, s)| saved.restore(self, params, l, s))
     }
 
     /// One checked step, run on the current rayon pool. `wt` holds the
     /// transposed real weights (empty for Dense layers, which read their own
     /// rows) and, if `sync`, is brought up to date with the new weights.
+    /// `Err(l)` if layer `l` got a non-finite weight: the caller restores them.
     fn step(
         &self,
         params: &mut [LayerParamsMut],
@@ -157,7 +202,7 @@ impl Network {
         labels: &[usize],
         hyper: &Hyper,
         sync: bool,
-    ) -> StepStats {
+    ) -> std::result::Result<StepStats, usize> {
         let batch = labels.len();
         let recs: Vec<SampleRec> = {
             let views: Vec<LayerParams> = params.iter().map(LayerParamsMut::as_params).collect();
@@ -195,10 +240,14 @@ impl Network {
             // layer's weights from inputs that never spiked stay as they are.
             let sparse = decay == 0.0 && matches!(self.layers[l], Layer::Dense { .. });
             let p = &mut params[l];
+            // Every new weight is checked as it is written (one compare each);
+            // on a non-finite one the caller puts back the weights it saved.
+            let finite = AtomicBool::new(true);
             p.weight.par_chunks_mut(rows).enumerate().for_each_init(
                 || (vec![0.0; rows], Vec::new()),
                 |(acc, touched), (o, w)| {
                     accumulate_row(self, l, o, &recs, input, acc, touched);
+                    let mut ok = true;
                     // Visiting only the touched weights pays when they are few
                     // (small batches); the choice depends only on the data.
                     if sparse && touched.iter().sum::<usize>() * 4 < rows {
@@ -206,6 +255,7 @@ impl Network {
                             for a in &rec.active[l][..k] {
                                 let i = a.src as usize;
                                 w[i] += acc[i] * factor - decay * w[i];
+                                ok &= w[i].is_finite();
                                 // Each weight is updated once; acc is left zeroed.
                                 acc[i] = 0.0;
                             }
@@ -213,11 +263,18 @@ impl Network {
                     } else {
                         for (w, a) in w.iter_mut().zip(acc.iter_mut()) {
                             *w += *a * factor - decay * *w;
+                            ok &= w.is_finite();
                             *a = 0.0;
                         }
                     }
+                    if !ok {
+                        finite.store(false, Ordering::Relaxed);
+                    }
                 },
             );
+            if !finite.into_inner() {
+                return Err(l);
+            }
             let binary = self.layers[l].is_binary();
             if !binary && (!sync || wt[l].is_empty()) {
                 continue;
@@ -251,7 +308,7 @@ impl Network {
                     });
             }
         }
-        stats
+        Ok(stats)
     }
 
     /// Phase 1 of `rule` over a batch, on the current rayon pool, with `lr` in

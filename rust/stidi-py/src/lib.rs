@@ -13,8 +13,19 @@ use stidi_core::{
     ExactConfig, Hyper, LayerParams, LayerParamsMut, LayerSpec, Moments, Network, Psp, Rule,
 };
 
+// A ValueError, so that callers catching bad input catch it too.
+pyo3::create_exception!(
+    _core,
+    DivergenceError,
+    PyValueError,
+    "A training step would have made a weight non-finite; the weights were left as they were."
+);
+
 fn value_error(err: stidi_core::Error) -> PyErr {
-    PyValueError::new_err(err.to_string())
+    match err {
+        stidi_core::Error::Diverged(msg) => DivergenceError::new_err(msg),
+        other => PyValueError::new_err(other.to_string()),
+    }
 }
 
 fn contiguous<'a, T>(slice: Option<&'a [T]>, what: &str) -> PyResult<&'a [T]> {
@@ -423,6 +434,7 @@ fn sweep_kernels() -> &'static str {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<Engine>()?;
+    m.add("DivergenceError", m.py().get_type::<DivergenceError>())?;
     m.add_function(wrap_pyfunction!(pack_signs, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;

@@ -277,6 +277,7 @@ fn hyper(lr: f64) -> Hyper {
 fn message<T: std::fmt::Debug>(r: crate::Result<T>) -> String {
     match r {
         Err(Error::Invalid(m)) => m,
+        Err(e) => panic!("expected Error::Invalid, got {e:?}"),
         Ok(v) => panic!("expected an error, got {v:?}"),
     }
 }
@@ -396,6 +397,34 @@ fn train_step_updates_and_repacks() {
         bits::unpack_signs(&params.p[0], 2, 2),
         vec![-1.0, -1.0, 1.0, 1.0]
     );
+}
+
+#[test]
+fn a_diverging_step_is_an_error_and_leaves_the_weights_as_they_were() {
+    let (net, mut params) = tiny();
+    let x = [1.0, 2.0, 3.0, 3.0, 2.0, 1.0];
+    let mut h = hyper(100.0);
+    net.train_steps(&mut params.views_mut(), &x, &[0, 1], 1, &h)
+        .unwrap();
+    let before = params.w.clone();
+    // A decay of lr * 1e307 per step sends every weight past f64::MAX.
+    h.weight_decay = 1e307;
+    for batch_size in [1, 2] {
+        let err = net
+            .train_steps(&mut params.views_mut(), &x, &[0, 1], batch_size, &h)
+            .unwrap_err();
+        let Error::Diverged(m) = err else {
+            panic!("expected Error::Diverged, got {err:?}")
+        };
+        assert!(m.starts_with("layer 0 (Dense): step 0 of this call"), "{m}");
+        assert_eq!(params.w, before);
+    }
+    // The output layer diverges: the update of the layer below is undone too.
+    h.weight_decay = 10.0;
+    h.lr = vec![0.1, 1e308];
+    let err = net.train_step(&mut params.views_mut(), &x[..3], &[0], 1, &h);
+    assert!(matches!(err, Err(Error::Diverged(ref m)) if m.starts_with("layer 1 (Dense)")));
+    assert_eq!(params.w, before);
 }
 
 #[test]
