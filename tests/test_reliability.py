@@ -5,8 +5,13 @@ docs/reliability.md lists what is guaranteed; each guarantee names its test here
 
 from __future__ import annotations
 
+import copy
+import io
 import json
 import os
+import tracemalloc
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -200,3 +205,176 @@ def test_training_stops_on_divergence_and_keeps_the_last_good_checkpoint(tmp_pat
     net, _ = checkpoint.load(tmp_path / "last.npz")
     assert all(np.isfinite(layer.weight).all() for layer in net.spiking_layers)
     assert logged_epochs(tmp_path) == [1]
+
+
+# --- checkpoints ------------------------------------------------------------------
+
+SHIPPED = Path(__file__).parents[1] / "checkpoints" / "csnn-binary-mnist.npz"
+
+
+def _same(a, b) -> bool:
+    (net_a, config_a), (net_b, config_b) = a, b
+    return (
+        config_a == config_b
+        and repr(net_a) == repr(net_b)
+        and all(
+            np.array_equal(x.weight, y.weight) and np.array_equal(x.packed, y.packed)
+            for x, y in zip(net_a.spiking_layers, net_b.spiking_layers)
+        )
+    )
+
+
+def _outcome(path, reference) -> str:
+    """``"refused"`` (a CheckpointError naming the file) or ``"same"``; anything
+    else (another exception, a different network) fails the test."""
+    try:
+        loaded = checkpoint.load(path, backend="numpy")
+    except checkpoint.CheckpointError as err:
+        assert str(path) in str(err), err
+        return "refused"
+    assert _same(loaded, reference), "a damaged file loaded as a different network"
+    return "same"
+
+
+def _structure(data: bytes) -> list[int]:
+    """Offsets of the zip's bookkeeping: every member's local header and the start of
+    its .npy header, the central directory and its end record."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        infos = zf.infolist()
+    out = list(range(data.index(b"PK\x01\x02", infos[-1].header_offset + 30), len(data)))
+    for info in infos:
+        out += range(info.header_offset, info.header_offset + 30 + len(info.filename) + 64)
+    return out
+
+
+@pytest.mark.parametrize("source", ["shipped", "trained"])
+def test_fuzzed_checkpoints_load_identically_or_raise_checkpoint_error(tmp_path, source):
+    if source == "shipped":
+        data = SHIPPED.read_bytes()
+    else:  # real weights, packed signs and a trainer state
+        trainer = _trainer(tmp_path, 1)
+        trainer.fit(*fake_images(8))
+        data = (tmp_path / "last.npz").read_bytes()
+    good = tmp_path / "good.npz"
+    good.write_bytes(data)
+    reference = checkpoint.load(good, backend="numpy")
+    rng = np.random.default_rng(41)
+    # one bit of every byte of the zip's bookkeeping, and of 500 random bytes
+    spots = [*_structure(data), *rng.integers(0, len(data), 500)]
+    seen = {"refused": 0, "same": 0}
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(data)
+    fd = os.open(bad, os.O_WRONLY)
+    try:
+        for pos in spots:  # flip the byte in place, then put it back (rewrites are slow)
+            os.pwrite(fd, bytes([data[pos] ^ 1 << int(rng.integers(8))]), pos)
+            seen[_outcome(bad, reference)] += 1
+            os.pwrite(fd, data[pos : pos + 1], pos)
+    finally:
+        os.close(fd)
+    for end in [0, 1, 4, 29, *rng.integers(30, len(data), 40)]:
+        bad.write_bytes(data[:end])
+        assert _outcome(bad, reference) == "refused"
+    assert seen["refused"] > 0.5 * len(spots), seen
+    byte0 = bytearray(data)
+    byte0[0] ^= 1
+    bad.write_bytes(byte0)
+    with pytest.raises(checkpoint.CheckpointError, match="not a .npz file") as info:
+        checkpoint.load(bad)
+    assert "pickle" not in str(info.value)
+
+
+def _with_config(path, config, arrays) -> None:
+    raw = config if isinstance(config, bytes) else json.dumps(config).encode()
+    np.savez(path, config=np.frombuffer(raw, dtype=np.uint8), **arrays)
+
+
+def _edits(config):
+    """Damaged copies of a checkpoint's config, each with what it tests."""
+
+    def edit(change):
+        c = copy.deepcopy(config)
+        change(c)
+        return c
+
+    dense = {"kind": "dense", "in_features": 512, "out_features": 10, "threshold": 40.0}
+    yield "a list", [config]
+    yield "a number", 3
+    yield "no network", edit(lambda c: c.pop("network"))
+    yield "no tmax", edit(lambda c: c["network"].pop("tmax"))
+    yield "an extra layer key", edit(lambda c: c["network"]["layers"][0].update(bias=1))
+    yield "a missing layer key", edit(lambda c: c["network"]["layers"][0].pop("binary"))
+    yield "an unknown kind", edit(lambda c: c["network"]["layers"][1].update(kind="avgpool"))
+    yield "a layer that is a list", edit(lambda c: c["network"]["layers"].__setitem__(0, [1]))
+    yield "layers that are a dict", edit(lambda c: c["network"].update(layers={}))
+    yield "no layers", edit(lambda c: c["network"].update(layers=[]))
+    yield "a string threshold", edit(lambda c: c["network"]["layers"][0].update(threshold="4"))
+    yield "a float size", edit(lambda c: c["network"]["layers"][0].update(kernel_size=5.0))
+    yield "a bool size", edit(lambda c: c["network"]["layers"][0].update(out_channels=True))
+    yield "a string binary", edit(lambda c: c["network"]["layers"][0].update(binary="yes"))
+    yield "a negative tmax", edit(lambda c: c["network"].update(tmax=-1.0))
+    yield "a 2-D input", edit(lambda c: c["network"].update(input_shape=[28, 28]))
+    yield "a mismatched geometry", edit(lambda c: c["network"].update(input_shape=[3, 28, 28]))
+    yield "a bad psp", edit(lambda c: c["network"].update(psp={"tau_rise": 40.0}))
+    yield "another format", edit(lambda c: c.update(format="stidi-rs/0"))
+    yield "signs_only a string", edit(lambda c: c.update(signs_only="true"))
+    # 2,000,000 hidden units: refused by the cap before anything is allocated
+    yield (
+        "2e6 hidden units",
+        edit(lambda c: c["network"]["layers"][4].update(out_features=2_000_000, binary=False)),
+    )
+    # under the cap, but the file holds none of those weights: refused by shape
+    yield (
+        "a huge dense layer",
+        edit(
+            lambda c: c["network"]["layers"].__setitem__(
+                4, {**dense, "out_features": 100_000, "binary": False}
+            )  # fmt: skip
+        ),
+    )
+    yield "deep nesting", b"[" * 100_000 + b"]" * 100_000
+    yield "not UTF-8", b"\xff\xfe{}"
+    yield "not JSON", b"{'format': 1}"
+
+
+def test_damaged_configs_are_checkpoint_errors_before_any_allocation(tmp_path):
+    with np.load(SHIPPED) as data:
+        arrays = {k: data[k] for k in data.files if k != "config"}
+        config = json.loads(data["config"].tobytes())
+    bad = tmp_path / "bad.npz"
+    for what, damaged in _edits(config):
+        _with_config(bad, damaged, arrays)
+        tracemalloc.start()
+        try:
+            with pytest.raises(checkpoint.CheckpointError, match="bad.npz") as info:
+                checkpoint.load(bad, backend="numpy")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 50 * 2**20, f"{what}: {peak:,} bytes allocated"
+        assert "\n" not in str(info.value), what
+    _with_config(bad, config, {**arrays, "layer9.weight": np.zeros(3)})
+    with pytest.raises(checkpoint.CheckpointError, match="holds layer9.weight"):
+        checkpoint.load(bad)
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    os.replace(tmp_path / "array.npy", bad)  # a .npy renamed .npz
+    with pytest.raises(checkpoint.CheckpointError, match="not a .npz file"):
+        checkpoint.load(bad)
+    with pytest.raises(checkpoint.CheckpointError, match="missing.npz does not exist"):
+        checkpoint.load(tmp_path / "missing.npz")
+    with pytest.raises(FileNotFoundError):  # still one, for callers catching that
+        checkpoint.load(tmp_path / "missing.npz")
+
+
+def test_a_damaged_trainer_state_is_a_checkpoint_error(tmp_path):
+    trainer = _trainer(tmp_path, 1)
+    trainer.fit(*fake_images(8))
+    with np.load(tmp_path / "last.npz") as data:
+        arrays = {k: data[k] for k in data.files if k != "config"}
+        config = json.loads(data["config"].tobytes())
+    for key, value in [("history", {}), ("epoch", "1"), ("rule", None), ("batch_size", 0)]:
+        damaged = copy.deepcopy(config)
+        damaged["trainer"][key] = value
+        _with_config(tmp_path / "bad.npz", damaged, arrays)
+        with pytest.raises(checkpoint.CheckpointError, match=f"damaged trainer state: bad {key}"):
+            Trainer.resume(tmp_path / "bad.npz", progress=False)

@@ -353,6 +353,7 @@ class Trainer:
         state = config.get("trainer")
         if state is None:
             raise checkpoint.CheckpointError(f"{path} holds weights but no trainer state")
+        _check_state(state, path)
         trainer = cls(
             net,
             _rule_from_state(net, state["rule"]),
@@ -382,3 +383,31 @@ def _rule_from_state(net: Network, settings: dict) -> Rule:
     STiDi-BP's (they predate the exact rule)."""
     settings = dict(settings)
     return make_rule(settings.pop("name", "stidi-bp"), net, **settings)
+
+
+def _check_state(state: dict, path) -> None:
+    """The types of a checkpoint's trainer state, so that a damaged one is a
+    CheckpointError rather than a KeyError or TypeError (the values are checked by
+    the constructors)."""
+
+    def is_int(v, low):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    checks = {
+        "epoch": is_int(state.get("epoch"), 0),
+        "epochs": is_int(state.get("epochs"), 1),
+        "batch_size": is_int(state.get("batch_size"), 1),
+        "seed": is_int(state.get("seed"), 0),
+        "lr_decay": isinstance(state.get("lr_decay"), (int, float)),
+        "rule": isinstance(state.get("rule"), dict),
+        "history": isinstance(state.get("history"), list)
+        and all(isinstance(r, dict) and is_int(r.get("epoch"), 1) for r in state["history"]),
+    }
+    checks.update(
+        {k: isinstance(state.get(k), dict | None) for k in ("homeostasis", "augment", "config")}
+    )
+    bad = [k for k, ok in checks.items() if not ok]
+    if bad:
+        raise checkpoint.CheckpointError(
+            f"checkpoint {path} has a damaged trainer state: bad {', '.join(bad)}"
+        )
