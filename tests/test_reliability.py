@@ -9,6 +9,8 @@ import copy
 import io
 import json
 import os
+import subprocess
+import sys
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -378,3 +380,37 @@ def test_a_damaged_trainer_state_is_a_checkpoint_error(tmp_path):
         _with_config(tmp_path / "bad.npz", damaged, arrays)
         with pytest.raises(checkpoint.CheckpointError, match=f"damaged trainer state: bad {key}"):
             Trainer.resume(tmp_path / "bad.npz", progress=False)
+
+
+# --- thread counts ----------------------------------------------------------------
+
+
+def test_absurd_thread_counts_are_refused_with_the_cap():
+    cap = sr.max_threads()
+    assert cap >= 64
+    before = sr.num_threads()
+    for n in (cap + 1, 2**64 - 1, 2**64, -1):
+        with pytest.raises(ValueError, match=str(cap)):
+            sr.set_num_threads(n)
+    assert sr.num_threads() == before
+    sr.set_num_threads(cap)  # the cap itself is allowed
+    assert sr.num_threads() == cap
+    sr.set_num_threads(0)
+    assert sr.num_threads() == before
+
+
+def test_an_absurd_rayon_num_threads_is_refused_not_spawned():
+    code = (
+        "import numpy as np, stidi_rs as sr\n"
+        "net = sr.Network([sr.Dense(2, 2, 1.0)], (2,))\n"
+        "try:\n"
+        "    net.forward(np.zeros((1, 2)))\n"
+        "except ValueError as err:\n"
+        "    print(err)\n"
+    )
+    env = {**os.environ, "RAYON_NUM_THREADS": "100000"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"RAYON_NUM_THREADS=100000 is more than the cap of {sr.max_threads()}" in proc.stdout

@@ -6,7 +6,7 @@ The Rust engine (``backend="rust"``, the default) and the NumPy reference
 described in ``docs/algorithm.md``.
 """
 
-from ._core import __version__, num_threads, set_num_threads, sweep_kernels
+from ._core import __version__, max_threads, num_threads, set_num_threads, sweep_kernels
 from .layers import PSP, Conv2d, Dense, MaxPool2d, pack_signs, unpack_signs
 from .learning import DivergenceError, ExactGradient, Homeostasis, Rule, STiDiBP, make_rule
 from .network import Network, encode
@@ -28,6 +28,7 @@ __all__ = [
     "unpack_signs",
     "set_num_threads",
     "num_threads",
+    "max_threads",
     "sweep_kernels",
     "__version__",
 ]

@@ -30,5 +30,5 @@ pub use spec::{
     ConvReduce, Displacement, ExactConfig, Hyper, LayerParams, LayerParamsMut, LayerSpec, Loss,
     Optimizer, Rule,
 };
-pub use threads::{num_threads, set_num_threads};
+pub use threads::{max_threads, num_threads, set_num_threads};
 pub use train::{Moments, StepStats};

@@ -13,8 +13,32 @@ fn lock() -> MutexGuard<'static, Option<Arc<ThreadPool>>> {
     POOL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Most threads a pool may have: 4 per available core, at least 64. Results never
+/// depend on the count, so more only costs memory and start-up time (and a typo
+/// such as `RAYON_NUM_THREADS=100000` would otherwise bring the machine down).
+pub fn max_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores.saturating_mul(4).max(64)
+}
+
 /// `n = 0` lets rayon choose: `RAYON_NUM_THREADS` if set, else the available cores.
 pub(crate) fn build_pool(n: usize) -> Result<ThreadPool> {
+    let cap = max_threads();
+    if n > cap {
+        return Err(Error::Invalid(format!(
+            "{n} threads is more than the cap of {cap} (4 per core, at least 64)"
+        )));
+    }
+    if n == 0 {
+        let env = std::env::var("RAYON_NUM_THREADS").unwrap_or_default();
+        // rayon ignores a value that is not a count; a count above the cap is refused
+        if env.trim().parse::<u128>().is_ok_and(|v| v > cap as u128) {
+            return Err(Error::Invalid(format!(
+                "RAYON_NUM_THREADS={env} is more than the cap of {cap} threads \
+                 (4 per core, at least 64); results do not depend on the count"
+            )));
+        }
+    }
     ThreadPoolBuilder::new()
         .num_threads(n)
         .thread_name(|i| format!("stidi-{i}"))

@@ -410,11 +410,24 @@ fn pack_signs<'py>(
     Ok(array.into_pyarray(py))
 }
 
-/// Set the number of engine threads (0 = `RAYON_NUM_THREADS`, else every core).
-/// Results do not depend on it.
+/// Set the number of engine threads (0 = `RAYON_NUM_THREADS`, else every core),
+/// at most `max_threads()`. Results do not depend on it.
 #[pyfunction]
-fn set_num_threads(n: usize) -> PyResult<()> {
-    stidi_core::set_num_threads(n).map_err(value_error)
+fn set_num_threads(n: &Bound<'_, PyAny>) -> PyResult<()> {
+    // Any int (also a negative or huge one) gets a ValueError, not an OverflowError.
+    let count = n.extract::<usize>().map_err(|_| {
+        PyValueError::new_err(format!(
+            "set_num_threads needs a thread count in 0..={}, got {n}",
+            stidi_core::max_threads()
+        ))
+    })?;
+    stidi_core::set_num_threads(count).map_err(value_error)
+}
+
+/// Most threads the engine may use: 4 per available core, at least 64.
+#[pyfunction]
+fn max_threads() -> usize {
+    stidi_core::max_threads()
 }
 
 /// Number of threads the engine uses.
@@ -438,6 +451,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pack_signs, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(max_threads, m)?)?;
     m.add_function(wrap_pyfunction!(sweep_kernels, m)?)?;
     Ok(())
 }

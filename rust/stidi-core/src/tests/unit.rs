@@ -435,6 +435,12 @@ fn thread_pool_is_configurable() {
     assert_eq!(num_threads(), 2);
     set_num_threads(0).unwrap();
     assert!(num_threads() >= 1);
+    let cap = crate::max_threads();
+    assert!(cap >= 64);
+    let m = message(set_num_threads(cap + 1));
+    assert!(m.contains("more than the cap"), "{m}");
+    assert!(set_num_threads(usize::MAX).is_err());
+    assert!(num_threads() >= 1); // the pool before the refused calls stays
 }
 
 #[test]
