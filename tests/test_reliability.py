@@ -414,3 +414,64 @@ def test_an_absurd_rayon_num_threads_is_refused_not_spawned():
     )
     assert proc.returncode == 0, proc.stderr
     assert f"RAYON_NUM_THREADS=100000 is more than the cap of {sr.max_threads()}" in proc.stdout
+
+
+# --- small ones -------------------------------------------------------------------
+
+
+def test_a_batch_larger_than_the_data_is_one_step_even_past_2_to_the_64():
+    x, y = fake_images(6)
+    times = sr.encode(x.reshape(-1, 1, 8, 8))
+    nets = [tiny(), tiny()]
+    sr.STiDiBP(nets[0], lr=3.0).steps(times, y, 6)
+    sr.STiDiBP(nets[1], lr=3.0).steps(times, y, 2**64)
+    for a, b in zip(*(net.spiking_layers for net in nets)):
+        assert np.array_equal(a.weight, b.weight)
+
+
+@needs_data
+def test_cli_takes_a_batch_size_past_2_to_the_64(tmp_path):
+    args = [*TINY, "--epochs", "1", "--batch-size", str(2**64), "--out", str(tmp_path / "r")]
+    assert main(args) == 0
+    assert checkpoint.load(tmp_path / "r" / "last.npz")[1]["trainer"]["batch_size"] == 2**64
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench", "--repeat", "0"], "--repeat must be at least 1"),
+        ([*TINY, "--seed", "-1"], "--seed must be at least 0"),
+    ],
+)
+def test_cli_refuses_bad_counts_naming_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_predict_refuses_a_batch_size_of_zero():
+    net = tiny()
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
+        net.predict(np.zeros((2, 1, 8, 8)), batch_size=0)
+
+
+@pytest.mark.parametrize(
+    "value", [np.full((4, 27), 1 + 1j), np.full((4, 27), "0.5"), np.ones((4, 27), dtype=bool)]
+)
+def test_weight_setter_takes_only_real_numbers(value):
+    layer = tiny().layers[-1]
+    before = layer.weight.copy()
+    with pytest.raises(ValueError, match="weight must be a real numeric array"):
+        layer.weight = value
+    assert np.array_equal(layer.weight, before)
+
+
+def test_saving_removes_temp_files_that_killed_saves_left_behind(tmp_path):
+    stale = tmp_path / ".last.npz.k1ll3d_x.tmp"
+    other = tmp_path / ".other.npz.k1ll3d_x.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    other.write_bytes(b"another file's")
+    checkpoint.save(tmp_path / "last.npz", tiny())
+    assert not stale.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.npz.k1ll3d_x.tmp", "last.npz"]

@@ -13,6 +13,7 @@ real weights that training updates are gone and it cannot be resumed.
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -88,6 +89,9 @@ def save(path, net: Network, signs_only: bool = False, **extra) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    # Temp files of saves to this path that were killed before they could clean up.
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     return path
 
 

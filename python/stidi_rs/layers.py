@@ -105,7 +105,13 @@ class _Spiking:
 
     @weight.setter
     def weight(self, value) -> None:
-        w = np.array(value, dtype=np.float64, order="C", copy=True)
+        given = np.asarray(value)
+        # float64 would take strings ("1.5") and complex values (dropping the
+        # imaginary part) without complaint
+        if given.dtype == bool or given.dtype.kind not in "iuf":
+            name = type(self).__name__
+            raise ValueError(f"{name} weight must be a real numeric array, got dtype {given.dtype}")
+        w = np.array(given, dtype=np.float64, order="C", copy=True)
         if w.shape != self._weight.shape:
             raise ValueError(
                 f"{type(self).__name__} weight must have shape {self._weight.shape}, got {w.shape}"

@@ -100,6 +100,8 @@ class Rule:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         t, y = self._check(times, labels)
+        # a batch larger than the data is one step over all of it (and fits a usize)
+        batch_size = min(batch_size, len(t))
         if self.network.backend == "rust":
             out = self._rust_steps(t, y, batch_size)
         else:

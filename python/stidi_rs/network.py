@@ -201,6 +201,8 @@ class Network:
             raise ValueError("predict needs a Dense output layer")
         t = _check_times(times, self.input_shape, self.tmax)
         batch_size = int(batch_size)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         preds, cases = [], []
         for lo in range(0, len(t), batch_size):
             out, v_end = self._forward(t[lo : lo + batch_size])
