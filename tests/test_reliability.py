@@ -9,6 +9,7 @@ import copy
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tracemalloc
@@ -286,6 +287,43 @@ def test_fuzzed_checkpoints_load_identically_or_raise_checkpoint_error(tmp_path,
     assert "pickle" not in str(info.value)
 
 
+def test_an_interrupted_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    path = tmp_path / "last.npz"
+    checkpoint.save(path, tiny(seed=1))
+    before = path.read_bytes()
+
+    def killed(f, **arrays):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", killed)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(path, tiny(seed=2))
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.npz"]
+
+
+class _Bomb:
+    """Unpickling it would leave a marker file: proof that a loader ran code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_pickled_members_are_refused_without_being_unpickled(tmp_path):
+    with np.load(SHIPPED) as data:
+        arrays = {k: data[k] for k in data.files}
+    marker = tmp_path / "ran"
+    arrays["layer0.packed"] = np.array([_Bomb(marker)], dtype=object)
+    np.savez(tmp_path / "bomb.npz", **arrays)
+    with pytest.raises(checkpoint.CheckpointError, match=r"layer0.packed.npy holds \|O"):
+        checkpoint.load(tmp_path / "bomb.npz")
+    assert not marker.exists()
+
+
 def _with_config(path, config, arrays) -> None:
     raw = config if isinstance(config, bytes) else json.dumps(config).encode()
     np.savez(path, config=np.frombuffer(raw, dtype=np.uint8), **arrays)
@@ -475,3 +513,11 @@ def test_saving_removes_temp_files_that_killed_saves_left_behind(tmp_path):
     checkpoint.save(tmp_path / "last.npz", tiny())
     assert not stale.exists() and other.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.npz.k1ll3d_x.tmp", "last.npz"]
+
+
+def test_reliability_doc_names_only_tests_that_exist():
+    root = Path(__file__).parents[1]
+    names = re.findall(r"\*(?:\w+\.py::)?(\w+)\*", (root / "docs" / "reliability.md").read_text())
+    sources = [*root.glob("tests/*.py"), *root.glob("rust/stidi-core/src/tests/*.rs")]
+    defined = set(re.findall(r"(?:def|fn) (\w+)\(", "".join(p.read_text() for p in sources)))
+    assert len(names) > 20 and not set(names) - defined, set(names) - defined
