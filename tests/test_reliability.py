@@ -193,6 +193,31 @@ def test_a_diverging_step_raises_and_leaves_the_weights_as_they_were(backend, ba
     assert issubclass(sr.DivergenceError, ValueError)
 
 
+@pytest.mark.parametrize("backend", ["rust", "numpy"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_diverging_exact_step_restores_weights_and_optimiser_state(backend, optimizer):
+    x, y = fake_images(6)
+    net = tiny(binary=True)
+    net.backend = backend
+    times = sr.encode(x.reshape(-1, 1, 8, 8))
+    rule = sr.ExactGradient(net, lr=0.01, optimizer=optimizer, silent_push=1.0)
+    rule.steps(times, y, 2)  # finite: it trains
+    before = [(layer.weight.copy(), layer.packed.copy()) for layer in net.spiking_layers]
+    moments = [m.copy() for m in rule._m + rule._v]
+    step = rule.adam_step
+    # Adam's steps are about lr in size whatever the gradient: only a huge rate overflows.
+    if optimizer == "adam":
+        rule.lr = [1e308] * len(rule.lr)
+    else:
+        rule.weight_decay, rule.lr = 1e308, [10.0] * len(rule.lr)
+    with pytest.raises(sr.DivergenceError, match=r"step \d+ of this call .* non-finite"):
+        rule.steps(times, y, 2)
+    for layer, (w, p) in zip(net.spiking_layers, before):
+        assert np.array_equal(layer.weight, w) and np.array_equal(layer.packed, p)
+    assert all(np.array_equal(a, b) for a, b in zip(rule._m + rule._v, moments))
+    assert rule.adam_step == step
+
+
 def test_training_stops_on_divergence_and_keeps_the_last_good_checkpoint(tmp_path):
     x, y = fake_images(40)
     trainer = _trainer(tmp_path, 1)

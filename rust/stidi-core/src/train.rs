@@ -445,15 +445,37 @@ impl Network {
             }
         }
         let n_in = self.in_size;
-        Ok(pool.install(|| {
+        let saved = Saved::new(params);
+        let saved_moments: Vec<(Vec<f64>, Vec<f64>)> = moments
+            .m
+            .iter()
+            .zip(&moments.v)
+            .map(|(m, v)| (m.to_vec(), v.to_vec()))
+            .collect();
+        let start_step = moments.step;
+        pool.install(|| {
             let mut out = Vec::with_capacity(n.div_ceil(batch_size));
-            for lo in (0..n).step_by(batch_size) {
+            for (s, lo) in (0..n).step_by(batch_size).enumerate() {
                 let hi = (lo + batch_size).min(n);
                 let x = &input[lo * n_in..hi * n_in];
-                out.push(self.exact_step(params, x, &labels[lo..hi], cfg, moments));
+                let stats = self.exact_step(params, x, &labels[lo..hi], cfg, moments);
+                out.push(stats.map_err(|l| (l, s))?);
             }
-            out
-        }))
+            Ok(out)
+        })
+        .map_err(|(l, s)| {
+            for ((m, v), (m0, v0)) in moments
+                .m
+                .iter_mut()
+                .zip(moments.v.iter_mut())
+                .zip(saved_moments)
+            {
+                m.copy_from_slice(&m0);
+                v.copy_from_slice(&v0);
+            }
+            moments.step = start_step;
+            saved.restore(self, params, l, s)
+        })
     }
 
     fn exact_step(
@@ -463,7 +485,7 @@ impl Network {
         labels: &[usize],
         cfg: &ExactConfig,
         moments: &mut Moments,
-    ) -> StepStats {
+    ) -> std::result::Result<StepStats, usize> {
         let rule = Rule::Exact(cfg.clone());
         let recs = {
             let views: Vec<LayerParams> = params.iter().map(LayerParamsMut::as_params).collect();
@@ -528,6 +550,10 @@ impl Network {
                         );
                 }
             }
+            // A diverging step is undone by the caller, from the weights it saved.
+            if !p.weight.par_iter().all(|w| w.is_finite()) {
+                return Err(l);
+            }
             if self.layers[l].is_binary() {
                 let w: &[f64] = p.weight;
                 let wpr = crate::bits::words_per_row(out);
@@ -537,7 +563,7 @@ impl Network {
                     .for_each(|(r, words)| crate::bits::pack_row(w, out, rows, r, words));
             }
         }
-        stats
+        Ok(stats)
     }
 
     fn check_exact(
