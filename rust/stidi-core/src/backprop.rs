@@ -295,20 +295,22 @@ pub(crate) fn accumulate_row(
 }
 
 /// `V'_j(t_j) = Σ_i w̃_ji ε'(t_j − t_i)` of every neuron of a Dense layer that
-/// fires (0 for the silent ones).
+/// fires and has an error `delta_j ≠ 0` (0 for the others: nothing uses it).
 pub(crate) fn slope_dense(
     kern: &Kern,
     x: &[f64],
     y: &[f64],
+    delta: &[f64],
     w: &[f64],
     binary: bool,
     tmax: f64,
 ) -> Vec<f64> {
     let n_in = x.len();
     y.iter()
+        .zip(delta)
         .enumerate()
-        .map(|(j, &tj)| {
-            if tj >= tmax {
+        .map(|(j, (&tj, &d))| {
+            if tj >= tmax || d == 0.0 {
                 return 0.0;
             }
             let row = &w[j * n_in..(j + 1) * n_in];
@@ -320,21 +322,25 @@ pub(crate) fn slope_dense(
         .collect()
 }
 
-/// The same for a Conv2d, over each neuron's receptive field.
+/// The same for a Conv2d, over each neuron's receptive field (below a pooling
+/// layer only the windows' winners have errors).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn slope_conv(
     kern: &Kern,
     geom: &ConvGeom,
     x: &[f64],
     y: &[f64],
+    delta: &[f64],
     w: &[f64],
     binary: bool,
     tmax: f64,
 ) -> Vec<f64> {
     let (k, rows, positions) = (geom.k, geom.rows(), geom.positions());
     y.iter()
+        .zip(delta)
         .enumerate()
-        .map(|(j, &tj)| {
-            if tj >= tmax {
+        .map(|(j, (&tj, &d))| {
+            if tj >= tmax || d == 0.0 {
                 return 0.0;
             }
             let (o, p) = (j / positions, j % positions);

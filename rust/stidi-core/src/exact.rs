@@ -113,12 +113,12 @@ fn backward_sample(
             Layer::Conv { g, theta, binary } => (
                 *theta,
                 *binary,
-                slope_conv(&kern, g, xin, y, w, *binary, tmax),
+                slope_conv(&kern, g, xin, y, &delta, w, *binary, tmax),
             ),
             Layer::Dense { theta, binary, .. } => (
                 *theta,
                 *binary,
-                slope_dense(&kern, xin, y, w, *binary, tmax),
+                slope_dense(&kern, xin, y, &delta, w, *binary, tmax),
             ),
         };
         si -= 1;
@@ -128,7 +128,9 @@ fn backward_sample(
             .zip(y)
             .zip(&slope)
             .map(|((&d, &tj), &s)| {
-                if tj < tmax {
+                if d == 0.0 {
+                    0.0 // its slope was not computed (and may be 0 with no floor)
+                } else if tj < tmax {
                     d / s.max(floor)
                 } else if d > 0.0 {
                     cfg.silent_push * d * tmax / theta
