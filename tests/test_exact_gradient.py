@@ -54,6 +54,8 @@ def _structure(net, x, gamma):
             rows_in, rows_out = xin.reshape(len(xin), -1), y
         s = rows_out[:, :, None] - rows_in[:, None, :]
         parts += [rows_out < TMAX, s > 0, s > psp.tau_rise, s > psp.tau_rise + psp.tau_fall]
+        w = ref._forward_weight(layer).reshape(len(layer.weight), -1)
+        parts.append(w.sum(axis=1) < layer.threshold)  # the sum hinge's kink
     t = times[-1]
     t_min = t.min(axis=1, keepdims=True)
     parts += [np.argmin(t, axis=1), t - t_min < gamma, t_min + gamma < TMAX]
@@ -96,7 +98,9 @@ def _check_finite_differences(net, x, y, rule, h=1e-6, per_layer=12):
 def test_gradients_match_finite_differences(backend, loss, make, seed, tau_fall):
     net = make(seed, backend, sr.PSP(20.0, tau_fall))
     x, y = _inputs(seed, net.input_shape)
-    rule = sr.ExactGradient(net, loss=loss, tau_soft=10.0, min_slope=0.0, silent_push=0.0)
+    rule = sr.ExactGradient(
+        net, loss=loss, tau_soft=10.0, min_slope=0.0, silent_push=0.0, sum_hinge=0.05
+    )
     checked = _check_finite_differences(net, x, y, rule)
     # Kinks are rare: most sampled weights must have been compared.
     assert checked >= 0.5 * min(12, 30) if make is _dense_net else checked >= 10
@@ -138,6 +142,7 @@ def test_engines_agree(loss, make, binary, seed):
             min_slope=0.05,
             silent_push=0.5,
             weight_decay=0.01,
+            sum_hinge=0.2,
             lr=[0.01, 0.02, 0.03, 0.04][: len(net.spiking_layers)],
         )
         loss_value, grads = rule.gradients(x, y)
@@ -252,3 +257,21 @@ def test_silent_push_makes_a_silent_label_neuron_fire():
     fired = net.forward(x)[-1] < TMAX
     assert fired[:, 0].any()
     assert (out.weight[0] > -0.5).all() and (out.weight[1:] == -0.5).all()
+
+
+@pytest.mark.parametrize("backend", ["numpy", "rust"])
+def test_sum_hinge_adds_its_penalty_and_gradient(backend):
+    net = _dense_net(6, backend, sr.PSP(20.0))
+    hidden = net.layers[0]
+    w = hidden.weight.copy()
+    w[:2] = -0.1  # rows 0 and 1 sum below θ: they cannot fire
+    hidden.weight = w
+    x, y = _inputs(6, net.input_shape)
+    base_loss, base = sr.ExactGradient(net).gradients(x, y)
+    loss, grads = sr.ExactGradient(net, sum_hinge=0.3).gradients(x, y)
+    gaps = np.maximum(hidden.threshold - w.sum(axis=1), 0)
+    gaps_out = np.maximum(net.layers[1].threshold - net.layers[1].weight.sum(axis=1), 0)
+    assert loss == pytest.approx(base_loss + 0.3 * (gaps.sum() + gaps_out.sum()), rel=1e-12)
+    expected = np.where((gaps > 0)[:, None], -0.3, 0.0) * np.ones_like(w)
+    np.testing.assert_allclose(grads[0] - base[0], expected, atol=1e-12)
+    assert (grads[0][:2] < base[0][:2]).all()

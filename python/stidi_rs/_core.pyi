@@ -34,9 +34,7 @@ class Engine:
         labels: npt.NDArray[np.int64],
         batch_size: int,
         rule: dict[str, Any],
-        moments: tuple[
-            list[npt.NDArray[np.float64] | None], list[npt.NDArray[np.float64] | None]
-        ]
+        moments: tuple[list[npt.NDArray[np.float64] | None], list[npt.NDArray[np.float64] | None]]
         | None = None,
     ) -> dict[str, Any]:
         """Consecutive steps of ``rule`` over ``batch_size``-row slices of ``times``

@@ -308,6 +308,8 @@ class ExactGradient(Rule):
     silent_push : a silent neuron whose loss wants it earlier gets the gradient of a
         spike at ``tmax`` with slope ``θ / tmax``, times this factor [ours]; 0 = off.
     weight_decay : L2 decay added to the gradient, ``grad + λ w``.
+    sum_hinge : weight ``λ`` of ``max(0, θ − Σ_i w̃_ji)`` per neuron, added to the
+        loss, so that every neuron keeps weights that can make it fire [ours]; 0 = off.
     betas, eps : Adam's moment decays and denominator term.
     """
 
@@ -324,6 +326,7 @@ class ExactGradient(Rule):
         min_slope: float = 0.1,
         silent_push: float = 0.0,
         weight_decay: float = 0.0,
+        sum_hinge: float = 0.0,
         betas: Sequence[float] = (0.9, 0.999),
         eps: float = 1e-8,
     ):
@@ -336,12 +339,14 @@ class ExactGradient(Rule):
             ("min_slope", min_slope),
             ("silent_push", silent_push),
             ("weight_decay", weight_decay),
+            ("sum_hinge", sum_hinge),
         ):
             if not (math.isfinite(float(v)) and float(v) >= 0):
                 raise ValueError(f"{name} must be finite and >= 0, got {v}")
         self.min_slope = float(min_slope)
         self.silent_push = float(silent_push)
         self.weight_decay = float(weight_decay)
+        self.sum_hinge = float(sum_hinge)
         b1, b2 = (float(b) for b in betas)
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
             raise ValueError(f"betas must lie in [0, 1), got {tuple(betas)}")
@@ -362,6 +367,7 @@ class ExactGradient(Rule):
             "min_slope": self.min_slope,
             "silent_push": self.silent_push,
             "weight_decay": self.weight_decay,
+            "sum_hinge": self.sum_hinge,
             "betas": list(self.betas),
             "eps": self.eps,
         }
@@ -391,10 +397,12 @@ class ExactGradient(Rule):
             self.min_slope,
             self.silent_push,
         )
+        penalty, hinge = reference.sum_hinge(net.layers, self.sum_hinge)
         grads = [
-            None if g is None else g + self.weight_decay * layer._weight
-            for g, layer in zip(grads, net.layers)
+            None if g is None else g + self.weight_decay * layer._weight + h
+            for g, h, layer in zip(grads, hinge, net.layers)
         ]
+        loss += penalty
         self._fwd = fwd
         return loss, grads
 

@@ -36,6 +36,7 @@ __all__ = [
     "output_loss",
     "exact_factor",
     "exact_gradients",
+    "sum_hinge",
 ]
 
 # Rows of (events x outputs) floats handled at once by spike_times; bounds memory.
@@ -463,3 +464,20 @@ def exact_gradients(
             skipped[layer.skip] = delta[:, n:]
             delta = delta[:, :n].reshape(below.shape)
     return float(value.mean()), grads, (times, v_end)
+
+
+def sum_hinge(layers, lam):
+    """``λ Σ_j max(0, θ − Σ_i w̃_ji)`` over every spiking layer's neurons (a Conv2d's
+    channels), and its gradient per layer (``None`` for pooling): a neuron whose
+    forward weights sum below θ cannot fire even when all its inputs do."""
+    value, grads = 0.0, []
+    for layer in layers:
+        if layer.kind == "maxpool2d":
+            grads.append(None)
+            continue
+        w = _forward_weight(layer).reshape(len(layer.weight), -1)
+        gap = layer.threshold - w.sum(axis=1)
+        value += lam * np.maximum(gap, 0.0).sum()
+        g = np.where(gap > 0, -lam, 0.0)[:, None] * np.ones_like(w)
+        grads.append(g.reshape(layer.weight.shape))
+    return value, grads

@@ -136,6 +136,8 @@ pub struct ExactConfig {
     pub silent_push: f64,
     /// L2 decay added to the gradient.
     pub weight_decay: f64,
+    /// Weight of the hinge `max(0, θ − Σ_i w̃_ji)` per neuron (0 = off).
+    pub sum_hinge: f64,
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,

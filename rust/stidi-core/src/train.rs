@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rayon::prelude::*;
 use rayon::ThreadPool;
 
-use crate::backprop::{accumulate_row, SampleRec};
+use crate::backprop::{accumulate_row, forward_weight, SampleRec};
 use crate::engine::Scratch;
 use crate::error::{invalid, Error, Result};
 use crate::network::{split_parts, Layer, Network};
@@ -363,21 +363,22 @@ impl Network {
     ) -> Result<(f64, Vec<Vec<f64>>)> {
         let pool = current_pool()?;
         let batch = labels.len();
-        let (lr, wd) = match rule {
+        let (lr, wd, hinge) = match rule {
             Rule::StidiBp(h) => {
                 self.check_train(params, input, labels, batch, h)?;
-                (vec![1.0; h.lr.len()], h.weight_decay)
+                (vec![1.0; h.lr.len()], h.weight_decay, 0.0)
             }
             Rule::Exact(c) => {
                 self.check_exact(params, input, labels, batch, c)?;
-                (vec![1.0; c.lr.len()], c.weight_decay)
+                (vec![1.0; c.lr.len()], c.weight_decay, c.sum_hinge)
             }
         };
         Ok(pool.install(|| {
             let wt = self.transpose_all(params, false);
             let recs = self.sample_recs(params, &wt, input, labels, rule, &lr);
             let b = batch as f64;
-            let loss = recs.iter().map(|r| r.loss).sum::<f64>() / b;
+            let loss =
+                recs.iter().map(|r| r.loss).sum::<f64>() / b + self.hinge_penalty(params, hinge);
             let grads = self
                 .layers
                 .iter()
@@ -401,8 +402,10 @@ impl Network {
                         Vec::new,
                         |touched, (o, acc)| {
                             accumulate_row(self, l, o, &recs, input, acc, touched);
-                            for (a, &wi) in acc.iter_mut().zip(&w[o * rows..(o + 1) * rows]) {
-                                *a = *a * scale + wd * wi;
+                            let row = &w[o * rows..(o + 1) * rows];
+                            let h = self.hinge_grad(l, row, hinge);
+                            for (a, &wi) in acc.iter_mut().zip(row) {
+                                *a = *a * scale + wd * wi + h;
                             }
                         },
                     );
@@ -492,7 +495,11 @@ impl Network {
             let wt = self.transpose_all(&views, false);
             self.sample_recs(&views, &wt, input, labels, &rule, &cfg.lr)
         };
-        let stats = step_stats(&recs, self.layers.len());
+        let mut stats = step_stats(&recs, self.layers.len());
+        {
+            let views: Vec<LayerParams> = params.iter().map(LayerParamsMut::as_params).collect();
+            stats.loss += self.hinge_penalty(&views, cfg.sum_hinge);
+        }
         moments.step += 1;
         let t = moments.step as i32;
         let (b1, b2, eps) = (cfg.beta1, cfg.beta2, cfg.eps);
@@ -511,8 +518,9 @@ impl Network {
             let update = |o: usize, w: &mut [f64], acc: &mut Vec<f64>, touched: &mut Vec<usize>| {
                 acc.resize(rows, 0.0);
                 accumulate_row(self, l, o, &recs, input, acc, touched);
+                let h = self.hinge_grad(l, w, cfg.sum_hinge);
                 for (a, &wi) in acc.iter_mut().zip(w.iter()) {
-                    *a = -*a * inv_b + wd * wi;
+                    *a = -*a * inv_b + wd * wi + h;
                 }
             };
             match cfg.optimizer {
@@ -566,6 +574,48 @@ impl Network {
         Ok(stats)
     }
 
+    /// `λ Σ_j max(0, θ − Σ_i w̃_ji)` over the neurons (conv: channels) of every
+    /// spiking layer: a neuron whose weights sum below θ cannot fire even when
+    /// all its inputs do (contract §10, `sum_hinge`).
+    fn hinge_penalty(&self, params: &[LayerParams], lam: f64) -> f64 {
+        if lam == 0.0 {
+            return 0.0;
+        }
+        let mut total = 0.0;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let (
+                Some((_, rows)),
+                Layer::Conv { theta, binary, .. } | Layer::Dense { theta, binary, .. },
+            ) = (layer.weight_dims(), layer)
+            else {
+                continue;
+            };
+            for row in params[l].weight.chunks(rows) {
+                let sum: f64 = row.iter().map(|&w| forward_weight(w, *binary)).sum();
+                total += lam * (theta - sum).max(0.0);
+            }
+        }
+        total
+    }
+
+    /// The hinge's gradient for every weight of one row of layer `l`.
+    fn hinge_grad(&self, l: usize, row: &[f64], lam: f64) -> f64 {
+        if lam == 0.0 {
+            return 0.0;
+        }
+        let (Layer::Conv { theta, binary, .. } | Layer::Dense { theta, binary, .. }) =
+            &self.layers[l]
+        else {
+            return 0.0;
+        };
+        let sum: f64 = row.iter().map(|&w| forward_weight(w, *binary)).sum();
+        if sum < *theta {
+            -lam
+        } else {
+            0.0
+        }
+    }
+
     fn check_exact(
         &self,
         params: &[LayerParams],
@@ -598,6 +648,7 @@ impl Network {
             ("min_slope", cfg.min_slope),
             ("silent_push", cfg.silent_push),
             ("weight_decay", cfg.weight_decay),
+            ("sum_hinge", cfg.sum_hinge),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return invalid!("{name} must be finite and >= 0, got {v}");
