@@ -99,7 +99,13 @@ def test_gradients_match_finite_differences(backend, loss, make, seed, tau_fall)
     net = make(seed, backend, sr.PSP(20.0, tau_fall))
     x, y = _inputs(seed, net.input_shape)
     rule = sr.ExactGradient(
-        net, loss=loss, tau_soft=10.0, min_slope=0.0, silent_push=0.0, sum_hinge=0.05
+        net,
+        loss=loss,
+        tau_soft=10.0,
+        min_slope=0.0,
+        silent_push=0.0,
+        sum_hinge=0.05,
+        activity=0.5,
     )
     checked = _check_finite_differences(net, x, y, rule)
     # Kinks are rare: most sampled weights must have been compared.
@@ -143,6 +149,7 @@ def test_engines_agree(loss, make, binary, seed):
             silent_push=0.5,
             weight_decay=0.01,
             sum_hinge=0.2,
+            activity=0.3,
             lr=[0.01, 0.02, 0.03, 0.04][: len(net.spiking_layers)],
         )
         loss_value, grads = rule.gradients(x, y)

@@ -310,6 +310,9 @@ class ExactGradient(Rule):
     weight_decay : L2 decay added to the gradient, ``grad + λ w``.
     sum_hinge : weight ``λ`` of ``max(0, θ − Σ_i w̃_ji)`` per neuron, added to the
         loss, so that every neuron keeps weights that can make it fire [ours]; 0 = off.
+    activity : weight of each hidden spiking layer's mean spike time ``t/T`` (silent
+        neurons at ``T``) in the loss: it asks every hidden neuron to fire earlier,
+        and with ``silent_push`` wakes silent ones [ours]; 0 = off.
     betas, eps : Adam's moment decays and denominator term.
     """
 
@@ -327,6 +330,7 @@ class ExactGradient(Rule):
         silent_push: float = 0.0,
         weight_decay: float = 0.0,
         sum_hinge: float = 0.0,
+        activity: float = 0.0,
         betas: Sequence[float] = (0.9, 0.999),
         eps: float = 1e-8,
     ):
@@ -340,6 +344,7 @@ class ExactGradient(Rule):
             ("silent_push", silent_push),
             ("weight_decay", weight_decay),
             ("sum_hinge", sum_hinge),
+            ("activity", activity),
         ):
             if not (math.isfinite(float(v)) and float(v) >= 0):
                 raise ValueError(f"{name} must be finite and >= 0, got {v}")
@@ -347,6 +352,7 @@ class ExactGradient(Rule):
         self.silent_push = float(silent_push)
         self.weight_decay = float(weight_decay)
         self.sum_hinge = float(sum_hinge)
+        self.activity = float(activity)
         b1, b2 = (float(b) for b in betas)
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
             raise ValueError(f"betas must lie in [0, 1), got {tuple(betas)}")
@@ -368,6 +374,7 @@ class ExactGradient(Rule):
             "silent_push": self.silent_push,
             "weight_decay": self.weight_decay,
             "sum_hinge": self.sum_hinge,
+            "activity": self.activity,
             "betas": list(self.betas),
             "eps": self.eps,
         }
@@ -396,6 +403,7 @@ class ExactGradient(Rule):
             self.tau_soft,
             self.min_slope,
             self.silent_push,
+            self.activity,
         )
         penalty, hinge = reference.sum_hinge(net.layers, self.sum_hinge)
         grads = [

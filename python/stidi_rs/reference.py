@@ -416,6 +416,7 @@ def exact_gradients(
     tau_soft=16.0,
     min_slope=0.1,
     silent_push=0.0,
+    activity=0.0,
 ):
     """Batch-mean loss and ``dL/dw`` of every layer (``None`` for pooling).
 
@@ -428,6 +429,9 @@ def exact_gradients(
     times, v_end = forward(layers, t_in, psp, tmax)
     batch = len(t_in)
     value, delta = output_loss(times[-1], labels, tmax, loss, gamma, tau_soft)
+    hidden = [i for i, layer in enumerate(layers[:-1]) if layer.kind != "maxpool2d"]
+    for i in hidden:  # the activity term: mean hidden spike time, silent ones at T
+        value = value + activity * times[i].reshape(batch, -1).mean(axis=1) / tmax
     grads: list = [None] * len(layers)
     skipped: dict = {}
     for li in reversed(range(len(layers))):
@@ -440,6 +444,8 @@ def exact_gradients(
             continue
         w = np.asarray(layer.weight, dtype=np.float64)
         w_fwd = _forward_weight(layer).reshape(len(w), -1)
+        if li in hidden:
+            delta = delta + activity / (tmax * y[0].size)
         if layer.kind == "conv2d":
             c_out, c_in, k, _ = w.shape
             rows_in = unfold(x, k).reshape(-1, c_in * k * k)

@@ -91,7 +91,17 @@ fn backward_sample(
 ) -> (f64, Vec<Vec<f64>>) {
     let tmax = net.tmax;
     let kern = Kern::new(&net.psp);
-    let (loss, mut delta) = output_loss(&times[times.len() - 1], label, cfg, tmax);
+    let (mut loss, mut delta) = output_loss(&times[times.len() - 1], label, cfg, tmax);
+    // The activity term: the mean spike time (in units of T) of every hidden
+    // spiking layer, silent neurons counted at T.
+    let last = net.layers.len() - 1;
+    if cfg.activity > 0.0 {
+        for (l, t) in times[..last].iter().enumerate() {
+            if !matches!(net.layers[l], Layer::Pool { .. }) {
+                loss += cfg.activity * t.iter().sum::<f64>() / (tmax * t.len() as f64);
+            }
+        }
+    }
     let mut gs = vec![Vec::new(); net.spiking.len()];
     let mut si = net.spiking.len();
     let mut skipped: Vec<Option<Vec<f64>>> = vec![None; net.layers.len()];
@@ -105,6 +115,12 @@ fn backward_sample(
         let xin = net.input_of(l, x, times, &mut cat);
         let y = &times[l];
         let w = weights[l];
+        if cfg.activity > 0.0 && l < last && !matches!(net.layers[l], Layer::Pool { .. }) {
+            let c = cfg.activity / (tmax * y.len() as f64);
+            for d in delta.iter_mut() {
+                *d += c;
+            }
+        }
         let (theta, binary, slope) = match &net.layers[l] {
             Layer::Pool { g } => {
                 delta = route_pool(&delta, xin, g);

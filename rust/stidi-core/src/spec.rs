@@ -138,6 +138,8 @@ pub struct ExactConfig {
     pub weight_decay: f64,
     /// Weight of the hinge `max(0, θ − Σ_i w̃_ji)` per neuron (0 = off).
     pub sum_hinge: f64,
+    /// Weight of the mean hidden spike time `t/T` in the loss (0 = off).
+    pub activity: f64,
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,

@@ -649,6 +649,7 @@ impl Network {
             ("silent_push", cfg.silent_push),
             ("weight_decay", cfg.weight_decay),
             ("sum_hinge", cfg.sum_hinge),
+            ("activity", cfg.activity),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return invalid!("{name} must be finite and >= 0, got {v}");
