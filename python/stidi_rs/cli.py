@@ -347,7 +347,10 @@ def cmd_info(args) -> int:
 
 
 def main(argv=None) -> int:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="stidi-rs", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"stidi-rs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a preset, evaluating on the test set at the end")
     p.add_argument("--preset", default=None, choices=sorted(presets.PRESETS), help="default dense")
