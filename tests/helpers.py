@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import stidi_rs as sr
 from stidi_rs import reference as R
 
 
@@ -45,3 +46,18 @@ def toeplitz(w: np.ndarray, h: int, width: int) -> np.ndarray:
         for x in range(wo):
             big[:, y, x, :, y : y + k, x : x + k] = w
     return big.reshape(c_out * ho * wo, c_in * h * width)
+
+
+def tiny(binary=False, seed=0):
+    """A conv-pool-dense net on 8x8 images: the smallest trainer-level case."""
+    layers = [
+        sr.Conv2d(1, 3, 3, 2.0, binary=binary),
+        sr.MaxPool2d(2),
+        sr.Dense(3 * 3 * 3, 4, 2.0, binary=binary),
+    ]
+    return sr.Network(layers, (1, 8, 8), seed=seed)
+
+
+def fake_images(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 8, 8)).astype(np.uint8), rng.integers(0, 4, n)

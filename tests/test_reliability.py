@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import stidi_rs as sr
+from helpers import fake_images, tiny
 from stidi_rs import checkpoint
 from stidi_rs.cli import main
 from stidi_rs.trainer import Trainer
@@ -32,20 +33,6 @@ TINY = [
     *"train --preset dense --train-size 100 --test-size 50 --readout-epochs 0".split(),
     "--no-progress",
 ]
-
-
-def tiny(binary=False, seed=0):
-    layers = [
-        sr.Conv2d(1, 3, 3, 2.0, binary=binary),
-        sr.MaxPool2d(2),
-        sr.Dense(3 * 3 * 3, 4, 2.0, binary=binary),
-    ]
-    return sr.Network(layers, (1, 8, 8), seed=seed)
-
-
-def fake_images(n=40, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (n, 8, 8)).astype(np.uint8), rng.integers(0, 4, n)
 
 
 def snapshot(directory):

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import stidi_rs as sr
-from helpers import toeplitz
+from helpers import fake_images, tiny, toeplitz
 from stidi_rs import checkpoint, presets
 from stidi_rs.cli import main
 from stidi_rs.trainer import Trainer, evaluate, synaptic_fanout
@@ -17,20 +17,6 @@ from stidi_rs.trainer import Trainer, evaluate, synaptic_fanout
 needs_data = pytest.mark.skipif(
     not os.environ.get("STIDI_RS_DATA"), reason="STIDI_RS_DATA is not set (see README)"
 )
-
-
-def tiny(binary=False, seed=0):
-    layers = [
-        sr.Conv2d(1, 3, 3, 2.0, binary=binary),
-        sr.MaxPool2d(2),
-        sr.Dense(3 * 3 * 3, 4, 2.0, binary=binary),
-    ]
-    return sr.Network(layers, (1, 8, 8), seed=seed)
-
-
-def fake_images(n=40, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (n, 8, 8)).astype(np.uint8), rng.integers(0, 4, n)
 
 
 @pytest.mark.parametrize("binary", [False, True])
