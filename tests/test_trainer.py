@@ -1,6 +1,5 @@
 """Checkpoints, resume, evaluation metrics and the command line."""
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -357,75 +356,6 @@ def test_evaluate_reports_consistent_metrics():
     out = net.forward(sr.encode(x[:, None]))
     assert m["spikes_per_layer"][2] == pytest.approx((out[2] < 256).sum() / 30)
     assert m["silent_fraction"][0] == pytest.approx(1 - (out[0] < 256).any(axis=0).mean())
-
-
-def test_presets_build():
-    for name, preset in presets.PRESETS.items():
-        net = preset.build()
-        assert net.n_classes == 10, name
-        assert all(layer.binary == preset.binary for layer in net.spiking_layers)
-    with pytest.raises(ValueError, match="unknown preset"):
-        presets.get("nope")
-
-
-@pytest.mark.parametrize(
-    "short, epochs, decay",
-    [("dense", 61, 0.97), ("dense-binary", 61, 0.97), ("dense-wide-binary", 31, 0.95)],
-)
-def test_long_presets_only_lengthen_the_schedule(short, epochs, decay):
-    """docs/results.md ran the *-long rows as `--preset SHORT --epochs E --lr-decay D`."""
-    long = presets.get(f"{short}-long")
-    assert (long.epochs, long.lr_decay, long.readout_epochs) == (epochs, decay, 1)
-    same = dict(epochs=epochs, lr_decay=decay, name=long.name, description=long.description)
-    assert dataclasses.replace(presets.get(short), **same) == long
-
-
-@pytest.mark.parametrize(
-    "wide, xwide, c",
-    [
-        ("csnn-shallow-wide-tau80", "csnn-shallow-xwide-tau80", 64),
-        ("csnn-shallow-wide-tau80", "csnn-shallow-xxwide-tau80", 128),
-        ("csnn-shallow-wide-binary", "csnn-shallow-xwide-binary", 64),
-        ("csnn-shallow-wide-binary", "csnn-shallow-xxwide-binary", 128),
-        ("csnn-shallow-wide-binary", "csnn-shallow-xxxwide-binary", 256),
-    ],
-)
-def test_xwide_presets_are_the_tuning_scripts_wider_nets(wide, xwide, c):
-    """docs/results.md ran each wider preset as `docs/tuning/conv1_width.py WIDE DATASET C`:
-    the 32-channel preset with conv1 widened to C channels."""
-    wide, xwide = presets.get(wide), presets.get(xwide)
-    conv, pool, dense = wide.layers
-    layers = ((*conv[:2], c, *conv[3:]), pool, (dense[0], dense[1] // conv[2] * c, *dense[2:]))
-    same = dict(layers=layers, name=xwide.name, description=xwide.description)
-    assert dataclasses.replace(wide, **same) == xwide
-
-
-@pytest.mark.parametrize(
-    "name, binary, tau",
-    [
-        ("csnn-shallow", False, 40.0),
-        ("csnn-shallow-wide", False, 40.0),
-        ("csnn-shallow-wide-binary", True, 40.0),
-        ("csnn-shallow-wide-tau80", False, 80.0),
-        ("csnn-shallow-xwide-tau80", False, 80.0),
-        ("csnn-shallow-xwide-binary", True, 40.0),
-        ("csnn-shallow-xxwide-tau80", False, 80.0),
-        ("csnn-shallow-xxwide-binary", True, 40.0),
-        ("csnn-shallow-xxxwide-binary", True, 40.0),
-        ("csnn-shallow-wide-binary-tau80", True, 80.0),
-    ],
-)
-def test_shallow_presets_are_conv1_and_its_pool_read_out_directly(name, binary, tau):
-    """docs/results.md tuned them as the sweep's `conv2=False` net: conv1, pool1, output,
-    with thresholds 4 and 100 at tau1 = 40 and scaled by 40 / tau1 for a slower rise."""
-    net = presets.get(name).build()
-    conv, pool, out = net.layers
-    assert (type(conv), type(pool), type(out)) == (sr.Conv2d, sr.MaxPool2d, sr.Dense)
-    assert net.psp == sr.PSP(tau)
-    assert (conv.in_channels, conv.kernel_size, conv.threshold) == (1, 5, 4.0 * 40 / tau)
-    assert out.in_features == conv.out_channels * 12 * 12 and out.threshold == 100.0 * 40 / tau
-    assert out.skip is None and net.spiking_layers == [conv, out]
-    assert conv.binary == out.binary == binary
 
 
 def test_cli_rejects_bad_flags_with_one_line_reason():

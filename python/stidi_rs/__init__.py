@@ -10,6 +10,7 @@ from ._core import __version__, max_threads, num_threads, set_num_threads, sweep
 from .layers import PSP, Conv2d, Dense, MaxPool2d, pack_signs, unpack_signs
 from .learning import DivergenceError, ExactGradient, Homeostasis, Rule, STiDiBP, make_rule
 from .network import Network, encode
+from .shipped import pretrained
 
 __all__ = [
     "PSP",
@@ -24,6 +25,7 @@ __all__ = [
     "Homeostasis",
     "DivergenceError",
     "encode",
+    "pretrained",
     "pack_signs",
     "unpack_signs",
     "set_num_threads",

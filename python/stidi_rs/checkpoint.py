@@ -8,7 +8,10 @@ read with ``allow_pickle=False``, so loading a file runs no code.
 A *signs-only* checkpoint (``save(..., signs_only=True)``, ``stidi-rs export``)
 keeps only ``layer{i}.packed`` of its binary layers: the forward pass reads
 nothing else, so it evaluates exactly as the full one at 1/64 of the size, but the
-real weights that training updates are gone and it cannot be resumed.
+real weights that training updates are gone and it cannot be resumed. Likewise a
+*float32* checkpoint (``save(..., float32=True)``, ``stidi-rs export --float32``)
+stores real weights rounded to float32, half the size; spike times move by the
+rounding, so check its accuracy (``stidi-rs eval``) before shipping it.
 """
 
 from __future__ import annotations
@@ -59,22 +62,28 @@ def network_from_config(config: dict, backend: str = "rust") -> Network:
     )
 
 
-def save(path, net: Network, signs_only: bool = False, **extra) -> Path:
+def save(path, net: Network, signs_only: bool = False, float32: bool = False, **extra) -> Path:
     """Write ``net`` (and any JSON-serialisable ``extra`` state) atomically to ``path``.
 
-    ``signs_only`` drops the real weights of binary layers (see the module doc).
+    ``signs_only`` drops the real weights of binary layers, ``float32`` rounds the
+    real weights it keeps to float32 (see the module doc).
     """
     path = Path(path)
     if signs_only and not any(layer.binary for layer in net.spiking_layers):
         raise ValueError("signs_only needs a network with binary layers")
     config = {"format": FORMAT, "network": network_config(net), **extra}
+    config.pop("signs_only", None)
+    config.pop("float32", None)
     if signs_only:
         config["signs_only"] = True
+    if float32:
+        config["float32"] = True
     arrays = {"config": np.frombuffer(json.dumps(config).encode(), dtype=np.uint8)}
     for i, layer in enumerate(net.layers):
         if hasattr(layer, "weight"):
             if not (signs_only and layer.binary):
-                arrays[f"layer{i}.weight"] = layer.weight
+                w = layer.weight
+                arrays[f"layer{i}.weight"] = w.astype(np.float32) if float32 else w
             if layer.binary:
                 arrays[f"layer{i}.packed"] = layer.packed
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -230,8 +239,9 @@ def _check_config(config, bad) -> None:
         raise bad(f"config is a JSON {type(config).__name__}, not an object")
     if config.get("format") != FORMAT:
         raise bad(f"format {config.get('format')!r}, expected {FORMAT!r}")
-    if not isinstance(config.get("signs_only", False), bool):
-        raise bad("config signs_only is not true or false")
+    for flag in ("signs_only", "float32"):
+        if not isinstance(config.get(flag, False), bool):
+            raise bad(f"config {flag} is not true or false")
     if not isinstance(config.get("trainer", {}), dict):
         raise bad("config trainer is not an object")
     net = config.get("network")
@@ -297,7 +307,7 @@ def _expected_arrays(config: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
             continue
         shape = _weight_shape(spec)
         if not (config.get("signs_only") and spec["binary"]):
-            out[f"layer{i}.weight"] = ("<f8", shape)
+            out[f"layer{i}.weight"] = ("<f4" if config.get("float32") else "<f8", shape)
         if spec["binary"]:
             out[f"layer{i}.packed"] = ("<u8", (math.prod(shape[1:]), -(-shape[0] // 64)))
     return out

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint, datasets, presets
+from . import checkpoint, config, datasets, presets, shipped
 from .augment import Augment
 from .learning import RULES, Homeostasis, make_rule
 from .network import BACKENDS, encode
@@ -26,6 +26,35 @@ def _learning_rates(text: str) -> float | list[float]:
         msg = f"not a number or a comma-separated list: {text!r}"
         raise argparse.ArgumentTypeError(msg) from None
     return values[0] if len(values) == 1 else values
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of sizes: {text!r}") from None
+
+
+def _numbers(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        msg = f"not a comma-separated list of numbers: {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
+def _or_word(kind, word: str):
+    def parse(text: str):
+        if text == word:
+            return word
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a number or {word!r}, got {text!r}"
+            ) from None
+
+    return parse
 
 
 def _rule_setting(text: str) -> dict:
@@ -61,26 +90,22 @@ def _summary(name: str, m: dict) -> str:
 
 
 # Flags that define a new run. With --resume the checkpoint holds them, so giving one
-# would be silently ignored: refuse instead. None means "not given".
-_RUN_FLAGS = {
-    "preset": "dense",
-    "dataset": "mnist",
-    "batch_size": 1,
-    "lr": None,
-    "rule": None,
-    "rule_set": None,
-    "displacement": None,
-    "gamma": None,
-    "lr_decay": None,
-    "readout_lr": None,
-    "readout_average": None,
-    "augment_shift": 0,
-    "augment_flip": None,
-    "train_size": 0,
-    "val_size": 0,
-    "seed": 0,
-    "no_homeostasis": None,
-}
+# would be silently ignored: refuse instead.
+# --epochs and --readout-epochs extend a resumed run; the test set and backend may change.
+_RESUMABLE = ("epochs", "readout_epochs", "test_size", "backend")
+_RUN_FLAGS = tuple(k for k in config.SETTINGS if k not in _RESUMABLE)
+
+
+def _flag_settings(args) -> dict:
+    """The train settings given as flags (None: not given)."""
+    flags = {k: getattr(args, k) for k in config.SETTINGS}
+    if flags["rule_set"] is not None:
+        merged = {}
+        for setting in flags["rule_set"]:
+            merged.update(setting)
+        flags["rule_set"] = merged
+    return flags
+
 
 # What a run directory holds, and where --force keeps the replaced run's files
 # until the new run's first checkpoint is written.
@@ -141,81 +166,55 @@ def _given(value) -> bool:
 
 
 def cmd_train(args) -> int:
-    given = [n for n in _RUN_FLAGS if _given(getattr(args, n))]
-    if args.resume and given:
-        flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise ValueError(
-            f"--resume continues the checkpoint's run with its own settings; {flags} "
-            "would be ignored: drop them, or start a new run with --out"
-        )
-    for name, default in _RUN_FLAGS.items():
-        if getattr(args, name) is None:
-            setattr(args, name, default)
+    flags = _flag_settings(args)
     if args.resume:
+        given = [n for n in _RUN_FLAGS if _given(flags[n])]
+        if args.config:
+            given.insert(0, "config")
+        if given:
+            names = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise ValueError(
+                f"--resume continues the checkpoint's run with its own settings; {names} "
+                "would be ignored: drop them, or start a new run with --out"
+            )
         out = _resume_out(args)
         trainer = Trainer.resume(
             args.resume,
-            backend=args.backend,
+            backend=flags["backend"] or "rust",
             epochs=args.epochs,
             out_dir=out,
             progress=False if args.no_progress else None,
             readout_epochs=args.readout_epochs,
         )
         cfg = trainer.config
+        test_size = flags["test_size"] or 0
+        resolved = None
     else:
-        preset = presets.get(args.preset)
-        net = preset.build(seed=args.seed, backend=args.backend)
-        rule_name = args.rule or preset.rule_name
-        rule_args = dict(preset.rule) if rule_name == preset.rule_name else {}
-        if args.lr is not None:
-            rule_args["lr"] = args.lr
-        if args.displacement is not None:
-            rule_args["displacement"] = args.displacement
-        if args.gamma is not None:
-            rule_args["gamma"] = args.gamma
-        for setting in args.rule_set or []:
-            rule_args.update(setting)
-        cfg = {
-            "preset": args.preset,
-            "dataset": args.dataset,
-            "train_size": args.train_size,
-            "val_size": args.val_size,
-        }
-        out = Path(args.out) if args.out else Path("runs") / f"{args.preset}-{args.dataset}"
+        resolved = config.resolve(config.load(args.config) if args.config else None, flags)
+        out = (
+            Path(args.out)
+            if args.out
+            else Path("runs") / f"{resolved['preset']}-{resolved['dataset']}"
+        )
         if _holds_run(out) and not args.force:
             raise ValueError(
                 f"{out} already holds a run: pass --resume {out / 'last.npz'}, "
                 "another --out, or --force to start over"
             )
-        trainer = Trainer(
-            net,
-            make_rule(rule_name, net, **rule_args),
-            epochs=args.epochs or preset.epochs,
-            batch_size=args.batch_size,
-            lr_decay=preset.lr_decay if args.lr_decay is None else args.lr_decay,
-            seed=args.seed,
-            out_dir=out,
-            progress=False if args.no_progress else None,
-            config=cfg,
-            readout_epochs=preset.readout_epochs
-            if args.readout_epochs is None
-            else args.readout_epochs,
-            readout_lr=args.readout_lr,
-            readout_average=args.readout_average,
-            augment=Augment(args.augment_shift, bool(args.augment_flip)),
-            homeostasis=None
-            if args.no_homeostasis or preset.homeostasis is None
-            else Homeostasis(**preset.homeostasis),
-        )
+        trainer = _new_trainer(resolved, out, progress=False if args.no_progress else None)
+        cfg = trainer.config
+        test_size = resolved.get("test_size", 0)
     # Everything the run needs is checked before the old run (if any) is touched.
     x, y = datasets.load(cfg["dataset"], "train", root=args.data)
     xt, yt = datasets.load(cfg["dataset"], "test", root=args.data)
     if cfg["train_size"]:
         x, y = x[: cfg["train_size"]], y[: cfg["train_size"]]
-    if args.test_size:
-        xt, yt = xt[: args.test_size], yt[: args.test_size]
+    if test_size:
+        xt, yt = xt[:test_size], yt[:test_size]
     train, val = _split(x, y, cfg["val_size"], trainer.seed)
     _check_out_dir(out)
+    if resolved is not None:
+        config.dump(resolved, out / "config.toml")
     net = trainer.net
     print(
         f"{cfg['preset']} on {cfg['dataset']}: {len(train[0])} train, "
@@ -239,6 +238,47 @@ def cmd_train(args) -> int:
     with open(trainer.out_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"test": metrics, "test_size": len(xt)}) + "\n")
     return 0
+
+
+def _unset(s: dict, key: str):
+    value = s.get(key)
+    return None if value == config.UNSET[key] else value
+
+
+def _new_trainer(s: dict, out: Path, progress=None) -> Trainer:
+    """A trainer for a new run of resolved settings ``s`` (see :mod:`stidi_rs.config`)."""
+    preset = presets.get(s["preset"])
+    net = preset.build(
+        seed=s["seed"],
+        backend=s["backend"],
+        dataset=s["dataset"],
+        **{k: s[k] for k in ("widths", "thresholds", "tau_rise", "tau_fall") if k in s},
+    )
+    rule_args = dict(s.get("rule_set", {}))
+    rule_args.update({k: s[k] for k in ("lr", "displacement", "gamma") if k in s})
+    homeostasis = preset.homeostasis if not s.get("no_homeostasis") else None
+    return Trainer(
+        net,
+        make_rule(s["rule"], net, **rule_args),
+        epochs=s.get("epochs", 1),
+        batch_size=s.get("batch_size", 1),
+        lr_decay=s.get("lr_decay", 1.0),
+        seed=s["seed"],
+        out_dir=out,
+        progress=progress,
+        config={
+            "preset": s["preset"],
+            "dataset": s["dataset"],
+            "train_size": s.get("train_size", 0),
+            "val_size": s.get("val_size", 0),
+            "settings": s,
+        },
+        readout_epochs=s.get("readout_epochs", 0),
+        readout_lr=_unset(s, "readout_lr"),
+        readout_average=_unset(s, "readout_average"),
+        augment=Augment(s.get("augment_shift", 0), s.get("augment_flip", False)),
+        homeostasis=None if homeostasis is None else Homeostasis(**homeostasis),
+    )
 
 
 def _fit_replacing(trainer: Trainer, out: Path, train, val, replace: bool) -> None:
@@ -270,7 +310,13 @@ def _fit_replacing(trainer: Trainer, out: Path, train, val, replace: bool) -> No
 
 
 def cmd_eval(args) -> int:
-    net, config = checkpoint.load(args.checkpoint, backend=args.backend)
+    if (args.checkpoint is None) == (args.pretrained is None):
+        raise ValueError("give a checkpoint file or --pretrained PRESET (not both)")
+    if args.pretrained is not None:
+        path = shipped.pretrained_path(args.pretrained, args.dataset or "mnist")
+    else:
+        path = args.checkpoint
+    net, config = checkpoint.load(path, backend=args.backend)
     dataset = args.dataset or config.get("trainer", {}).get("config", {}).get("dataset")
     if dataset is None:
         raise ValueError("the checkpoint does not name its dataset: pass --dataset")
@@ -287,15 +333,23 @@ def cmd_export(args) -> int:
     if out.exists() and not args.force:
         raise ValueError(f"{out} exists: pass --force to overwrite it")
     net, config = checkpoint.load(args.checkpoint)
-    if not any(layer.binary for layer in net.spiking_layers):
-        raise ValueError(f"{args.checkpoint} has no binary layers: there are no signs to keep")
-    extra = {k: v for k, v in config.items() if k not in ("format", "network", "signs_only")}
+    binary = any(layer.binary for layer in net.spiking_layers)
+    real = any(not layer.binary for layer in net.spiking_layers)
+    if not binary and not args.float32:
+        raise ValueError(
+            f"{args.checkpoint} has no binary layers: there are no signs to keep "
+            "(--float32 halves the size of real weights)"
+        )
+    if args.float32 and not real:
+        raise ValueError(f"{args.checkpoint} has no real-valued layers for --float32")
+    extra = {k: v for k, v in config.items() if k not in ("format", "network")}
     before = Path(args.checkpoint).stat().st_size  # before: OUT may be the same file
-    checkpoint.save(out, net, signs_only=True, **extra)
+    checkpoint.save(out, net, signs_only=binary, float32=args.float32, **extra)
     after = out.stat().st_size
     print(
-        f"wrote {out}: {after:,} bytes (from {before:,}); it evaluates like "
-        f"{args.checkpoint} but cannot be resumed"
+        f"wrote {out}: {after:,} bytes (from {before:,}); it is for inference only "
+        "and cannot be resumed"
+        + (": check its accuracy with stidi-rs eval (float32 rounding)" if args.float32 else "")
     )
     return 0
 
@@ -340,10 +394,27 @@ def cmd_info(args) -> int:
     print(
         f"stidi-rs {__version__}, engine threads: {num_threads()}, sweep kernels: {sweep_kernels()}"
     )
+    print(
+        "presets (stidi-rs train --preset NAME --dataset D): what each is for, then its "
+        "test accuracy and training time (one thread, on a shared 2-core machine)"
+    )
     width = max(map(len, presets.PRESETS))
     for name, p in presets.PRESETS.items():
+        runs = "; ".join(
+            f"{dataset} {acc:.2f} % in {_minutes(minutes)}"
+            for dataset, (acc, minutes) in p.headline.items()
+        )
         print(f"  preset {name:{width}s} {p.description}")
+        print(f"  {'':{width + 7}s} {runs}")
+    nets = shipped.available()
+    print(f"pretrained networks (stidi-rs eval --pretrained PRESET --dataset D): {len(nets)}")
+    for name, dataset, acc in nets:
+        print(f"  {name} {dataset}: test {acc:.2f} %")
     return 0
+
+
+def _minutes(m: float) -> str:
+    return f"{m:.0f} min" if m < 90 else f"{m / 60:.1f} h"
 
 
 def main(argv=None) -> int:
@@ -353,9 +424,39 @@ def main(argv=None) -> int:
     parser.add_argument("--version", action="version", version=f"stidi-rs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a preset, evaluating on the test set at the end")
-    p.add_argument("--preset", default=None, choices=sorted(presets.PRESETS), help="default dense")
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="TOML",
+        help="read train settings from a TOML file (the flags' names; flags given "
+        "override it); every run writes its own as RUN/config.toml",
+    )
+    p.add_argument(
+        "--preset",
+        default=None,
+        choices=sorted(presets.PRESETS),
+        help="a complete recipe, per dataset (default dense; stidi-rs info lists them)",
+    )
     p.add_argument(
         "--dataset", default=None, choices=["mnist", "fashion-mnist"], help="default mnist"
+    )
+    p.add_argument(
+        "--widths",
+        type=_sizes,
+        default=None,
+        metavar="N[,N...]",
+        help="sizes of the hidden spiking layers: conv channels or dense neurons, in order",
+    )
+    p.add_argument(
+        "--thresholds",
+        type=_numbers,
+        default=None,
+        metavar="TH[,TH...]",
+        help="firing thresholds, one per spiking layer (default: preset's)",
+    )
+    p.add_argument("--tau-rise", type=float, default=None, help="PSP rise time (default: preset's)")
+    p.add_argument(
+        "--tau-fall", type=float, default=None, help="PSP fall time (default: preset's, inf)"
     )
     p.add_argument("--epochs", type=int, default=None, help="total epochs (default: preset's)")
     p.add_argument("--batch-size", type=int, default=None, help="1 = per-sample updates (default)")
@@ -401,17 +502,17 @@ def main(argv=None) -> int:
     )
     p.add_argument(
         "--readout-lr",
-        type=float,
+        type=_or_word(float, "decay"),
         default=None,
-        help="restart the output's lr at this value for the read-out epochs "
-        "(default: it keeps decaying)",
+        help="restart the output's lr at this value for the read-out epochs; "
+        "'decay': it keeps decaying (the default)",
     )
     p.add_argument(
         "--readout-average",
-        type=int,
+        type=_or_word(int, "all"),
         default=None,
-        help="average the output's weights over only the last K read-out epochs; "
-        "the earlier ones train plainly (default: every read-out epoch is averaged)",
+        help="average the output's weights over only the last K read-out epochs, the "
+        "earlier ones train plainly; 'all' (the default): every read-out epoch is averaged",
     )
     p.add_argument(
         "--augment-shift",
@@ -437,9 +538,9 @@ def main(argv=None) -> int:
         default=None,
         help="carve a seeded validation split of N images from the training set",
     )
-    p.add_argument("--test-size", type=int, default=0, help="use the first N test images")
+    p.add_argument("--test-size", type=int, default=None, help="use the first N test images")
     p.add_argument("--seed", type=int, default=None, help="default 0")
-    p.add_argument("--backend", default="rust", choices=BACKENDS)
+    p.add_argument("--backend", default=None, choices=BACKENDS, help="default rust")
     p.add_argument("--out", default=None, help="run directory (default runs/PRESET-DATASET)")
     p.add_argument(
         "--resume",
@@ -456,12 +557,20 @@ def main(argv=None) -> int:
     p.add_argument(
         "--no-homeostasis",
         action="store_true",
+        default=None,
         help="turn off the preset's guard against silent hidden layers",
     )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("eval", help="evaluate a checkpoint on a test set")
-    p.add_argument("checkpoint")
+    p = sub.add_parser("eval", help="evaluate a checkpoint or a shipped network on a test set")
+    p.add_argument("checkpoint", nargs="?", default=None)
+    p.add_argument(
+        "--pretrained",
+        default=None,
+        choices=sorted(presets.PRESETS),
+        metavar="PRESET",
+        help="the network shipped for PRESET and --dataset (default mnist) instead of a file",
+    )
     p.add_argument("--dataset", default=None, choices=["mnist", "fashion-mnist"])
     p.add_argument("--test-size", type=int, default=0)
     p.add_argument("--backend", default="rust", choices=BACKENDS)
@@ -470,11 +579,17 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser(
         "export",
-        help="write a checkpoint for inference only: binary layers keep just their signs",
+        help="write a checkpoint for inference only: binary layers keep just their signs, "
+        "real ones optionally float32",
     )
     p.add_argument("checkpoint")
     p.add_argument("out")
     p.add_argument("--force", action="store_true", help="overwrite OUT")
+    p.add_argument(
+        "--float32",
+        action="store_true",
+        help="store real weights as float32 (half the size; spike times move by the rounding)",
+    )
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("plot", help="plot a run: curves, confusion, spike maps, raster")
     p.add_argument("run", help="run directory (holds metrics.jsonl and last.npz)")
@@ -509,7 +624,7 @@ def main(argv=None) -> int:
         "seed",
     ):
         value = getattr(args, name, None)
-        if value is not None and value < (1 if name in ("epochs", "batch_size") else 0):
+        if isinstance(value, int) and value < (1 if name in ("epochs", "batch_size") else 0):
             parser.error(
                 f"--{name.replace('_', '-')} must be at least "
                 f"{1 if name in ('epochs', 'batch_size') else 0}"

@@ -350,6 +350,11 @@ class Trainer:
                 "it evaluates like the run it came from but cannot be resumed; "
                 "resume from that run's last.npz"
             )
+        if config.get("float32"):
+            raise checkpoint.CheckpointError(
+                f"{path} holds weights rounded to float32 (stidi-rs export --float32): "
+                "it is for inference and cannot be resumed; resume from that run's last.npz"
+            )
         state = config.get("trainer")
         if state is None:
             raise checkpoint.CheckpointError(f"{path} holds weights but no trainer state")

@@ -1,0 +1,85 @@
+"""The networks shipped in the package reproduce their presets' headline accuracies,
+which docs/results.md and `stidi-rs info` print."""
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import stidi_rs as sr
+from stidi_rs import checkpoint, presets, shipped
+from stidi_rs.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIRS = [(name, d) for name, p in presets.PRESETS.items() for d in p.headline]
+needs_data = pytest.mark.skipif(
+    not os.environ.get("STIDI_RS_DATA"), reason="STIDI_RS_DATA is not set"
+)
+
+
+def test_every_preset_ships_a_network_per_dataset_in_at_most_10_mib():
+    files = sorted((Path(shipped.__file__).parent / "networks").glob("*.npz"))
+    assert sorted(f"{n}-{d}.npz" for n, d in PAIRS) == [f.name for f in files]
+    assert sum(f.stat().st_size for f in files) <= 10 * 2**20
+    assert [(n, d) for n, d, _ in shipped.available()] == PAIRS
+    for name, dataset in PAIRS:
+        _, config = checkpoint.load(shipped.pretrained_path(name, dataset))
+        binary = presets.get(name).binary
+        assert config.get("signs_only", False) == binary  # binary: signs only
+        assert config.get("float32", False) == (not binary)  # real: float32
+        assert config["trainer"]["config"]["dataset"] == dataset
+
+
+def test_pretrained_errors_name_the_problem():
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        sr.pretrained("nope")
+    with pytest.raises(ValueError, match="no pretrained dense for 'cifar'"):
+        sr.pretrained("dense", dataset="cifar")
+
+
+def documented(name: str, dataset: str) -> float:
+    """The test figure of (preset, dataset) in docs/results.md's preset table."""
+    column = {"mnist": 2, "fashion-mnist": 3}[dataset]
+    for line in (ROOT / "docs" / "results.md").read_text().splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) > 4 and cells[1] == f"`{name}`":
+            return float(re.search(r"([\d.]+) %", cells[column]).group(1))
+    raise AssertionError(f"docs/results.md has no preset row for {name}")
+
+
+@pytest.mark.parametrize("name, dataset", PAIRS)
+def test_docs_print_each_presets_headline(name, dataset):
+    assert documented(name, dataset) == presets.get(name).headline[dataset][0]
+
+
+@needs_data
+@pytest.mark.parametrize("name, dataset", PAIRS)
+def test_a_pretrained_network_reproduces_its_headline_accuracy(name, dataset, capsys):
+    """The full test set, through the CLI (stidi-rs eval --pretrained)."""
+    args = ["eval", "--pretrained", name, "--dataset", dataset, "--json"]
+    assert main(args) == 0
+    accuracy = json.loads(capsys.readouterr().out)["accuracy"]
+    assert round(100 * accuracy, 2) == presets.get(name).headline[dataset][0]
+
+
+@needs_data
+def test_pretrained_from_python_predicts_like_eval():
+    from stidi_rs import datasets
+
+    net = sr.pretrained("dense-binary", dataset="fashion-mnist")
+    x, y = datasets.load("fashion-mnist", "test")
+    pred = net.predict(sr.encode(x[:500].reshape(500, -1)))
+    assert pred.shape == (500,) and (pred == y[:500]).mean() > 0.7
+    assert np.array_equal(pred, net.predict(sr.encode(x[:500].reshape(500, -1))))
+
+
+def test_info_lists_presets_with_headlines_and_the_pretrained_networks(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for name, p in presets.PRESETS.items():
+        assert f"preset {name} " in out
+        for dataset, (accuracy, _) in p.headline.items():
+            assert f"{dataset} {accuracy:.2f} %" in out
+            assert f"{name} {dataset}: test {accuracy:.2f} %" in out
