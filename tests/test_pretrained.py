@@ -86,3 +86,15 @@ def test_info_lists_presets_with_headlines_and_the_pretrained_networks(capsys):
         for dataset, (accuracy, _) in p.headline.items():
             assert f"{dataset} {accuracy:.2f} %" in out
             assert f"{name} {dataset}: test {accuracy:.2f} %" in out
+
+
+def test_the_readme_preset_table_agrees_with_the_presets():
+    rows = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) > 5 and cells[1].startswith("`") and cells[1].strip("`") in presets.PRESETS:
+            rows[cells[1].strip("`")] = (float(cells[3].split()[0]), float(cells[4].split()[0]))
+    assert rows == {
+        name: (p.headline["mnist"][0], p.headline["fashion-mnist"][0])
+        for name, p in presets.PRESETS.items()
+    }
