@@ -395,17 +395,16 @@ def cmd_info(args) -> int:
         f"stidi-rs {__version__}, engine threads: {num_threads()}, sweep kernels: {sweep_kernels()}"
     )
     print(
-        "presets (stidi-rs train --preset NAME --dataset D): what each is for, then its "
-        "test accuracy and training time (one thread, on a shared 2-core machine)"
+        "presets (stidi-rs train --preset NAME --dataset D): what each is for; its test "
+        "accuracy and training time (one thread, on a shared 2-core machine) per dataset"
     )
     width = max(map(len, presets.PRESETS))
     for name, p in presets.PRESETS.items():
-        runs = "; ".join(
-            f"{dataset} {acc:.2f} % in {_minutes(minutes)}"
+        runs = ", ".join(
+            f"{dataset} {acc:.2f} % ({_minutes(minutes)})"
             for dataset, (acc, minutes) in p.headline.items()
         )
-        print(f"  preset {name:{width}s} {p.description}")
-        print(f"  {'':{width + 7}s} {runs}")
+        print(f"  preset {name:{width}s} {p.description}: {runs}")
     nets = shipped.available()
     print(f"pretrained networks (stidi-rs eval --pretrained PRESET --dataset D): {len(nets)}")
     for name, dataset, acc in nets:

@@ -192,7 +192,7 @@ _DEEP_FASHION = {"lr": [6.4, 25.0, 6.4], "epochs": 6, "lr_decay": 0.5}
 _ALL = [
     Preset(
         "dense",
-        "a first run: Dense 784-400-10, minutes on a laptop",
+        "a first run: Dense 784-400-10",
         _dense_layers(400),
         (784,),
         _DENSE_TRAIN,
@@ -201,7 +201,7 @@ _ALL = [
     ),
     Preset(
         "dense-binary",
-        "a first run with binary forward weights: Dense 784-400-10",
+        "a first run, binary weights: Dense 784-400-10",
         _dense_layers(400),
         (784,),
         _DENSE_TRAIN,
@@ -211,8 +211,7 @@ _ALL = [
     ),
     Preset(
         "csnn",
-        "the most accurate network: one wide conv layer read out directly "
-        "(64 channels on MNIST, 128 on Fashion-MNIST)",
+        "best accuracy: one conv layer (64 channels, 128 on Fashion-MNIST), read out",
         _shallow_layers(64, 2.0, 50.0),
         (1, 28, 28),
         {
@@ -242,8 +241,7 @@ _ALL = [
     ),
     Preset(
         "csnn-binary",
-        "the most accurate binary network: one wide conv layer, binary forward "
-        "weights (256 channels on MNIST, 64 on Fashion-MNIST)",
+        "best binary: one conv layer (256 channels, 64 on Fashion-MNIST), read out",
         _shallow_layers(256, 4.0, 100.0),
         (1, 28, 28),
         {**_BINARY_TRAIN, **_SHIFT},
@@ -270,8 +268,7 @@ _ALL = [
     ),
     Preset(
         "csnn-deep",
-        "the paper's two conv layers (16, 32 channels), to study depth: "
-        "below one conv layer so far",
+        "the paper's two conv layers (16, 32 channels), to study depth",
         _conv_layers(16, 32),
         (1, 28, 28),
         _DEEP_TRAIN,
@@ -281,7 +278,7 @@ _ALL = [
     ),
     Preset(
         "csnn-deep-binary",
-        "csnn-deep with binary forward weights",
+        "csnn-deep with binary weights",
         _conv_layers(16, 32),
         (1, 28, 28),
         {**_DEEP_TRAIN, "epochs": 6, "lr_decay": 0.5},
