@@ -86,6 +86,25 @@ def test_weight_is_read_only_and_assignable():
         layer.weight = np.full((4, 18), np.nan)
 
 
+def test_weights_assigned_before_the_network_is_built_are_kept():
+    """A Network's seed draws only the weights nobody assigned; the draw for an
+    assigned layer is still made, so the other layers start as they would anyway."""
+
+    def layers():
+        return [sr.Dense(6, 5, 2.0), sr.Dense(5, 3, 2.0)]
+
+    plain = sr.Network(layers(), (6,), seed=3)
+    given = layers()
+    w = np.arange(30, dtype=float).reshape(5, 6) / 30
+    given[0].weight = w
+    net = sr.Network(given, (6,), seed=3)
+    assert np.array_equal(net.layers[0].weight, w)
+    assert np.array_equal(net.layers[1].weight, plain.layers[1].weight)
+    # reset_parameters without keep_assigned draws afresh, as before.
+    net.layers[0].reset_parameters(np.random.default_rng(3))
+    assert np.array_equal(net.layers[0].weight, plain.layers[0].weight)
+
+
 @pytest.mark.parametrize("binary", [False, True])
 def test_reassigned_threshold_or_psp_reaches_both_backends(binary):
     # The Rust engine holds what it was built from; it used to keep the old threshold

@@ -86,7 +86,7 @@ def test_force_checks_everything_before_replacing_a_run(tmp_path, capsys):
     # a good --force replaces the run and leaves nothing of the old one behind
     assert main([*TINY, "--epochs", "1", "--seed", "3", "--out", str(out), "--force"]) == 0
     after = snapshot(out)
-    assert sorted(after) == ["last.npz", "metrics.jsonl"]
+    assert sorted(after) == ["config.toml", "last.npz", "metrics.jsonl"]
     assert after["last.npz"] != before["last.npz"]
     assert checkpoint.load(out / "last.npz")[1]["trainer"]["seed"] == 3
 

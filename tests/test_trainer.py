@@ -389,7 +389,7 @@ def test_cli_readout_lr_reaches_the_trainer(tmp_path, capsys):
     assert main([*args, "--readout-epochs", "0", "--readout-lr", "2"]) == 2
     assert "readout_lr sets the rate of read-out epochs" in capsys.readouterr().err
     assert main([*args, "--readout-lr", "nan"]) == 2
-    assert "readout_lr must be positive and finite, got nan" in capsys.readouterr().err
+    assert "command line: readout_lr = nan must be a finite number > 0" in capsys.readouterr().err
     assert main([*args, "--readout-epochs", "1", "--readout-average", "2"]) == 2
     assert "readout_average must be in [0, readout_epochs=1], got 2" in capsys.readouterr().err
     with pytest.raises(SystemExit):

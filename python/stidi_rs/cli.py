@@ -109,7 +109,7 @@ def _flag_settings(args) -> dict:
 
 # What a run directory holds, and where --force keeps the replaced run's files
 # until the new run's first checkpoint is written.
-_RUN_FILES = ("last.npz", "metrics.jsonl")
+_RUN_FILES = ("last.npz", "metrics.jsonl", "config.toml")
 
 
 def _aside(out: Path, name: str) -> Path:
@@ -213,8 +213,6 @@ def cmd_train(args) -> int:
         xt, yt = xt[:test_size], yt[:test_size]
     train, val = _split(x, y, cfg["val_size"], trainer.seed)
     _check_out_dir(out)
-    if resolved is not None:
-        config.dump(resolved, out / "config.toml")
     net = trainer.net
     print(
         f"{cfg['preset']} on {cfg['dataset']}: {len(train[0])} train, "
@@ -222,7 +220,7 @@ def cmd_train(args) -> int:
         f"run in {trainer.out_dir}",
         file=sys.stderr,
     )
-    _fit_replacing(trainer, out, train, val, replace=args.force)
+    _fit_replacing(trainer, out, train, val, replace=args.force, settings=resolved)
     for record in trainer.history:
         line = (
             f"epoch {record['epoch']}: train (running) "
@@ -281,8 +279,11 @@ def _new_trainer(s: dict, out: Path, progress=None) -> Trainer:
     )
 
 
-def _fit_replacing(trainer: Trainer, out: Path, train, val, replace: bool) -> None:
-    """``trainer.fit``; with ``replace``, the run in ``out`` is set aside first and
+def _fit_replacing(
+    trainer: Trainer, out: Path, train, val, replace: bool, settings: dict | None
+) -> None:
+    """``trainer.fit``, a new run's resolved ``settings`` written first as
+    ``config.toml``; with ``replace``, the run in ``out`` is set aside first and
     deleted once the new run's first checkpoint exists, or put back if it fails
     before then."""
     moved = []
@@ -291,6 +292,8 @@ def _fit_replacing(trainer: Trainer, out: Path, train, val, replace: bool) -> No
             if (out / name).exists():
                 os.replace(out / name, _aside(out, name))
                 moved.append(name)
+    if settings is not None:
+        config.dump(settings, out / "config.toml")
 
     def drop_replaced(_path) -> None:
         for name in _RUN_FILES:
@@ -303,9 +306,12 @@ def _fit_replacing(trainer: Trainer, out: Path, train, val, replace: bool) -> No
     try:
         trainer.fit(*train, val=val)
     except BaseException:
-        for name in moved:
-            if not (out / name).exists():
-                os.replace(_aside(out, name), out / name)
+        if moved:  # the new run's files go, the old run's come back
+            for name in _RUN_FILES:
+                if name in moved:
+                    os.replace(_aside(out, name), out / name)
+                else:
+                    (out / name).unlink(missing_ok=True)
         raise
 
 

@@ -10,6 +10,7 @@ directory gets the resolved settings as ``config.toml``, so ``stidi-rs train
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -64,10 +65,17 @@ _numbers.what = "a list of numbers (one per spiking layer)"
 
 
 def _positive(v) -> bool:
+    return _number(v) and math.isfinite(v) and v > 0
+
+
+_positive.what = "a finite number > 0"
+
+
+def _positive_or_inf(v) -> bool:
     return _number(v) and v > 0
 
 
-_positive.what = "a number > 0"
+_positive_or_inf.what = "a number > 0 (inf allowed)"
 
 
 def _or(ok, word: str):
@@ -106,7 +114,7 @@ SETTINGS = {
     "widths": _sizes,
     "thresholds": _numbers,
     "tau_rise": _positive,
-    "tau_fall": _positive,
+    "tau_fall": _positive_or_inf,
     "epochs": _int(1),
     "batch_size": _int(1),
     "lr": _rates,
@@ -176,7 +184,7 @@ def resolve(file: dict | None = None, flags: dict | None = None) -> dict:
     ``flags`` (settings given on the command line; ``None`` values are not given).
     ``rule_set`` tables merge key by key. Unset settings are left out."""
     file = {k: v for k, v in (file or {}).items() if v is not None}
-    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    flags = check({k: v for k, v in (flags or {}).items() if v is not None}, "command line")
     given = {**file, **flags}
     preset = presets.get(given.get("preset", _DEFAULTS["preset"]))
     dataset = given.get("dataset", _DEFAULTS["dataset"])

@@ -86,6 +86,7 @@ class _Spiking:
         self.init = (low, high)
         self._weight = np.zeros(weight_shape)
         self._packed = pack_signs(self._weight) if self.binary else None
+        self._assigned = False  # weights given by the user, which a Network keeps
 
     @property
     def threshold(self) -> float:
@@ -121,6 +122,7 @@ class _Spiking:
         self._weight = w
         if self.binary:
             self._packed = pack_signs(w)
+        self._assigned = True
 
     @property
     def packed(self) -> np.ndarray | None:
@@ -131,9 +133,14 @@ class _Spiking:
         view.flags.writeable = False
         return view
 
-    def reset_parameters(self, rng: np.random.Generator) -> None:
-        """Draw the weights uniformly from ``init``."""
-        self.weight = rng.uniform(*self.init, size=self._weight.shape)
+    def reset_parameters(self, rng: np.random.Generator, keep_assigned: bool = False) -> None:
+        """Draw the weights uniformly from ``init``; with ``keep_assigned``, weights
+        assigned to ``weight`` stay (the draw is made either way, so the layers
+        after this one get the same weights whether or not it kept its own)."""
+        w = rng.uniform(*self.init, size=self._weight.shape)
+        if not (keep_assigned and self._assigned):
+            self.weight = w
+            self._assigned = False
 
 
 class Conv2d(_Spiking):

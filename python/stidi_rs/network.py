@@ -82,7 +82,8 @@ class Network:
     input_shape : ``(C, H, W)`` for images, or ``(N,)`` for a flat input.
     tmax : end of the time window; a spike at ``tmax`` means "no spike".
     psp : the postsynaptic potential kernel, default ``PSP(40.0)`` (never falls).
-    seed : seeds the weight initialisation.
+    seed : seeds the weight initialisation of every spiking layer whose ``weight``
+        was not assigned before; assigned weights are kept.
     backend : ``"rust"`` (multithreaded engine) or ``"numpy"`` (the reference).
     """
 
@@ -130,7 +131,7 @@ class Network:
         self.seed = seed
         rng = np.random.default_rng(seed)
         for layer in self.spiking_layers:
-            layer.reset_parameters(rng)
+            layer.reset_parameters(rng, keep_assigned=True)
         self._engine = None
         self.backend = backend
 
