@@ -4,14 +4,18 @@ For a CSNN those are the pooled conv2 times, for a Dense net the hidden layer's.
 
 Trains on the first 20,000 training images, scores training images 55,000-56,999.
 Each argument is `pixels`, `pixels>N` (1 where the intensity exceeds N, else 0), a
-checkpoint path, or `init:PRESET` (an untrained net). A checkpoint path ending in
+checkpoint path, or `init:PRESET` (an untrained net; `init:PRESET:W1,W2` with its hidden
+layers' widths changed, as `stidi-rs train --widths W1,W2`). A checkpoint path ending in
 `@decision` keeps only the spikes that come before the network's own decision on
 each image, and also prints that network's spiking read-out on the held-out images;
 one ending in `@layers` probes every layer's spike times in turn (all its spikes),
 to show where a network gains or loses linearly readable information.
 
     STIDI_RS_DATA=../shared/datasets RAYON_NUM_THREADS=1 \\
-        python docs/tuning/probe.py mnist pixels checkpoints/csnn-wide-mnist.npz init:csnn-wide
+        python docs/tuning/probe.py mnist pixels checkpoints/csnn-wide-mnist.npz init:csnn-deep:32,64
+
+(`checkpoints/` holds the networks restored from git history: `git archive ffcadf6
+checkpoints | tar -x`, docs/results.md.)
 """
 
 import sys
@@ -36,9 +40,11 @@ def readout_inputs(net, x, before_decision=False):
 
 
 def load(path):
-    """A checkpoint, or `init:PRESET` for that preset's untrained net."""
+    """A checkpoint, or `init:PRESET[:W1,W2]` for that preset's untrained net."""
     if path.startswith("init:"):
-        return presets.get(path[5:]).build(seed=0)
+        name, _, widths = path[5:].partition(":")
+        sizes = [int(w) for w in widths.split(",")] if widths else None
+        return presets.get(name).build(seed=0, widths=sizes)
     return checkpoint.load(path)[0]
 
 
