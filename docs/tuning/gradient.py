@@ -9,8 +9,8 @@ piecewise linear in weights and input times: dt_j/dw_ji = -eps(t_j - t_i) / V_j'
 dt_j/dt_i = w_ji eps'(t_j - t_i) / V_j'; see alignment.py), chained through both
 layers. A neuron that does not fire has no gradient; like STiDi-BP, it is treated
 as firing at T_max with Eq. 9's slope theta / T_max, so a silent label neuron can
-still learn. Prints validation accuracy (training images 55,000-56,999, as
-sweep.py) after every epoch, and the running training accuracy.
+still learn. Prints validation accuracy (training images 55,000-56,999, as the
+sweep lines of docs/results.md) after every epoch, and the running training accuracy.
 
     STIDI_RS_DATA=../shared/datasets RAYON_NUM_THREADS=1 \\
         python docs/tuning/gradient.py fashion-mnist 400 3 [--lr 1e-3] [--batch 16] \\
@@ -152,7 +152,7 @@ def main():
             for layer, p in zip(net.layers, params):
                 layer.weight = p
         val = float((net.predict(xv) == yv).mean())
-        fit = float((net.predict(x[:2000]) == y[:2000]).mean())  # as sweep.py's
+        fit = float((net.predict(x[:2000]) == y[:2000]).mean())  # as the sweep lines'
         fired = [round(float((t < TMAX).mean()), 2) for t in net.forward(xv[:500])]
         print(
             f"epoch {epoch + 1}: validation {val:.4f}, train[:2000] {fit:.4f}, running "

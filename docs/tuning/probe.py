@@ -12,7 +12,8 @@ one ending in `@layers` probes every layer's spike times in turn (all its spikes
 to show where a network gains or loses linearly readable information.
 
     STIDI_RS_DATA=../shared/datasets RAYON_NUM_THREADS=1 \\
-        python docs/tuning/probe.py mnist pixels checkpoints/csnn-wide-mnist.npz init:csnn-deep:32,64
+        python docs/tuning/probe.py mnist pixels checkpoints/csnn-wide-mnist.npz \\
+        init:csnn-deep:32,64
 
 (`checkpoints/` holds the networks restored from git history: `git archive ffcadf6
 checkpoints | tar -x`, docs/results.md.)
