@@ -22,6 +22,7 @@ import stidi_rs as sr
 from helpers import fake_images, tiny
 from stidi_rs import checkpoint
 from stidi_rs.cli import main
+from stidi_rs.shipped import pretrained_path
 from stidi_rs.trainer import Trainer
 
 needs_data = pytest.mark.skipif(
@@ -224,7 +225,7 @@ def test_training_stops_on_divergence_and_keeps_the_last_good_checkpoint(tmp_pat
 
 # --- checkpoints ------------------------------------------------------------------
 
-SHIPPED = Path(__file__).parents[1] / "checkpoints" / "csnn-binary-mnist.npz"
+SHIPPED = pretrained_path("csnn-deep-binary", "mnist")
 
 
 def _same(a, b) -> bool:
