@@ -214,6 +214,73 @@ class Network:
         case = np.concatenate(cases) if cases else np.zeros(0, dtype=np.int64)
         return (pred, case) if return_cases else pred
 
+    def calibrate_thresholds(self, times, fire=0.5, layers=None, rtol: float = 1e-6):
+        """Set thresholds so that a fraction ``fire`` of each layer's neurons fires on
+        ``times`` (docs/algorithm.md §7) [ours].
+
+        ``layers`` are indices into ``self.layers`` of spiking layers (default: every
+        spiking layer but the output); they are calibrated from the bottom up, each
+        with the thresholds below it already set. ``fire`` is one fraction in
+        ``(0, 1)`` or one per calibrated layer. A non-leaky neuron fires exactly when
+        its threshold is at most the supremum of its potential over the window, so the
+        fraction that fires falls as θ rises; θ is bisected (relative tolerance
+        ``rtol``) to the smallest value at which at most ``fire`` of the neurons fire,
+        over all neurons and samples of the batch (a Conv2d counts every position).
+        Returns the new thresholds, one per calibrated layer. Raises ``ValueError`` if
+        no positive threshold makes more than ``fire`` of a layer fire (too many of
+        its neurons never reach any positive potential on the batch).
+        """
+        t = _check_times(times, self.input_shape, self.tmax)
+        if len(t) == 0:
+            raise ValueError("calibrate_thresholds needs a non-empty batch")
+        spiking = [i for i, layer in enumerate(self.layers) if not isinstance(layer, MaxPool2d)]
+        if layers is None:
+            layers = spiking[:-1]
+        layers = sorted(int(i) for i in layers)
+        for i in layers:
+            if i not in spiking:
+                raise ValueError(f"layer {i} is not a spiking layer of this Network")
+        if len(set(layers)) != len(layers):
+            raise ValueError("a layer is named twice in layers")
+        fires = list(fire) if isinstance(fire, Sequence) else [fire] * len(layers)
+        if len(fires) != len(layers):
+            raise ValueError(f"fire needs one value per calibrated layer ({len(layers)})")
+        fires = [float(f) for f in fires]
+        for f in fires:
+            if not 0 < f < 1:
+                raise ValueError(f"fire must lie in (0, 1), got {f}")
+        if not (math.isfinite(rtol) and 0 < rtol < 1):
+            raise ValueError(f"rtol must lie in (0, 1), got {rtol}")
+
+        def fraction(i, theta):
+            self.layers[i].threshold = theta
+            return float((self._forward(t)[0][i] < self.tmax).mean())
+
+        out = []
+        for i, f in zip(layers, fires):
+            old = self.layers[i].threshold
+            lo = hi = old
+            while fraction(i, hi) > f:  # raise θ until few enough fire
+                lo, hi = hi, hi * 2.0
+            if lo == hi:  # lower θ until too many fire
+                while fraction(i, lo) <= f:
+                    hi, lo = lo, lo / 2.0
+                    if lo < old * 1e-12:
+                        self.layers[i].threshold = old
+                        raise ValueError(
+                            f"layer {i}: no positive threshold makes more than {f} of its "
+                            "neurons fire on this batch"
+                        )
+            while hi - lo > rtol * hi:  # fraction(lo) > f >= fraction(hi)
+                mid = 0.5 * (lo + hi)
+                if fraction(i, mid) > f:
+                    lo = mid
+                else:
+                    hi = mid
+            self.layers[i].threshold = hi
+            out.append(hi)
+        return out
+
     def __repr__(self):
         body = ",\n  ".join(repr(layer) for layer in self.layers)
         return (
