@@ -1,0 +1,179 @@
+"""Two conv layers against one under the exact rule, at a fixed budget, with diagnostics.
+
+Builds conv5x5(C1) - pool2 - [conv5x5(C2) - pool2 -] dense(10) (or the output reading
+pool2 and pool1, --skip), trains it with ExactGradient (Adam, batches of 16,
+silent_push 1) on the first 22,000 Fashion-MNIST training images, of which the CLI's
+seeded 2,000 are held out for validation, and prints validation accuracy, spikes per
+layer and the fraction of neurons silent over the validation set after every epoch.
+
+With --diag N, every N chunks of 1,024 images it also prints, per spiking layer and
+on 64 training images (NumPy reference): the fraction of neurons that fire, the
+sign bias of dL/dt over firing neurons (sum / sum of magnitudes; < 0 means the loss
+asks the layer to fire later), the same for a = (dL/dt)/V' (what the weights and the
+layer below hear), the median fraction of a spike's causal inputs on the PSP's
+plateau (eps' = 0), and |grad|/|w|.
+
+    python docs/tuning/depth_exact.py                        # csnn as the preset builds it
+    python docs/tuning/depth_exact.py --shallow --th 4,100   # csnn-shallow
+    python docs/tuning/depth_exact.py --tau 256 --init -1,1/-1,1/0,1 \\
+        --calibrate 0.5,0.5,0.5 --lr 0.005,0.003,0.01 [--skip] [--c2 64]
+
+Set STIDI_RS_DATA, and RAYON_NUM_THREADS to share the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import stidi_rs as sr
+from stidi_rs import reference as R
+from stidi_rs.cli import _split
+from stidi_rs.trainer import evaluate
+
+
+def floats(text):
+    return [float(v) for v in text.split(",")]
+
+
+def build(args):
+    inits = [tuple(floats(p)) for p in args.init.split("/")] if args.init else None
+    th = floats(args.th)
+    if args.shallow:
+        init = inits or [(0.0, 1.0)] * 2
+        layers = [
+            sr.Conv2d(1, args.c1, 5, th[0], init=init[0]),
+            sr.MaxPool2d(2),
+            sr.Dense(args.c1 * 144, 10, th[-1], init=init[-1]),
+        ]
+    else:
+        init = inits or [(0.0, 1.0)] * 3
+        extra = args.c1 * 144 if args.skip else 0
+        layers = [
+            sr.Conv2d(1, args.c1, 5, th[0], init=init[0]),
+            sr.MaxPool2d(2),
+            sr.Conv2d(args.c1, args.c2, 5, th[1], init=init[1]),
+            sr.MaxPool2d(2),
+            sr.Dense(
+                args.c2 * 16 + extra, 10, th[-1], init=init[-1], skip=1 if args.skip else None
+            ),
+        ]
+    return sr.Network(layers, (1, 28, 28), psp=sr.PSP(args.tau), seed=args.seed)
+
+
+def diagnose(net, t_in, labels, rule):
+    """Per spiking layer statistics of the exact gradient (a copy of
+    reference.exact_gradients that keeps what it passes down)."""
+    layers, psp, tmax = net.layers, net.psp, net.tmax
+    times, _ = R.forward(layers, t_in, psp, tmax)
+    batch = len(t_in)
+    value, delta = R.output_loss(times[-1], labels, tmax, rule.loss, rule.gamma, rule.tau_soft)
+    hidden = [i for i, layer in enumerate(layers[:-1]) if layer.kind != "maxpool2d"]
+    report, skipped = {}, {}
+    for li in reversed(range(len(layers))):
+        layer, x, y = layers[li], R.layer_input(layers, li, t_in, times), times[li]
+        if li in skipped:
+            delta = delta + skipped.pop(li).reshape(delta.shape)
+        if layer.kind == "maxpool2d":
+            winner = R.maxpool2d_forward(x, layer.kernel_size)[1]
+            delta = R.maxpool2d_route(delta, winner, x.shape, layer.kernel_size)
+            continue
+        w = np.asarray(layer.weight, dtype=np.float64)
+        w_fwd = R._forward_weight(layer).reshape(len(w), -1)
+        if li in hidden:
+            delta = delta + rule.activity / (tmax * y[0].size)
+        if layer.kind == "conv2d":
+            c_in, k = w.shape[1], w.shape[2]
+            rows_in = R.unfold(x, k).reshape(-1, c_in * k * k)
+            rows_out = y.transpose(0, 2, 3, 1).reshape(-1, len(w))
+            rows_d = delta.transpose(0, 2, 3, 1).reshape(-1, len(w))
+        else:
+            rows_in, rows_out, rows_d = x.reshape(batch, -1), y, delta
+        a, a_prop = R.exact_factor(
+            rows_in, rows_out, rows_d, w_fwd, layer.threshold, psp, tmax,
+            rule.min_slope, rule.silent_push,
+        )  # fmt: skip
+        s = rows_out[:, :, None] - rows_in[:, None, :]
+        grad = -np.einsum("rm,rmn->mn", a, R.eps(s, psp.tau_rise, psp.tau_fall)) / batch
+        dep = R.deps(s, psp.tau_rise, psp.tau_fall)
+        fired = rows_out < tmax
+        causal = (s > 0) & (rows_in[:, None, :] < tmax)
+        plateau = (causal & (dep == 0)).sum(-1)[fired] / np.maximum(causal.sum(-1)[fired], 1)
+
+        def bias(v):
+            return float(v.sum() / max(np.abs(v).sum(), 1e-30)) if v.size else float("nan")
+
+        report[li] = (
+            f"L{li} fire {fired.mean():.2f} dL/dt bias {bias(rows_d[fired]):+.2f} "
+            f"a bias {bias(a[fired]):+.2f} plateau {np.median(plateau) if plateau.size else 0:.2f} "
+            f"|g|/|w| {np.linalg.norm(grad) / np.linalg.norm(w):.1e}"
+        )
+        d = np.einsum("rm,mn,rmn->rn", a_prop, w_fwd, dep)
+        if layer.kind == "conv2d":
+            d = R.fold(d.reshape(batch, *y.shape[2:], -1), x.shape[1], k)
+        delta = d.reshape(x.shape)
+        if getattr(layer, "skip", None) is not None:
+            n = times[li - 1][0].size
+            skipped[layer.skip] = delta[:, n:]
+            delta = delta[:, :n].reshape(times[li - 1].shape)
+    return f"loss {float(value.mean()):.3f}  " + "  ".join(report[k] for k in sorted(report))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shallow", action="store_true", help="one conv layer read out directly")
+    p.add_argument("--skip", action="store_true", help="the output also reads pool1")
+    p.add_argument("--c1", type=int, default=16)
+    p.add_argument("--c2", type=int, default=32)
+    p.add_argument("--th", default="4,30,40", help="thresholds (before calibration)")
+    p.add_argument("--init", default=None, help="per spiking layer low,high joined by /")
+    p.add_argument("--tau", type=float, default=40.0, help="PSP rise (tau_fall = inf)")
+    p.add_argument("--calibrate", default=None, help="fire fraction per spiking layer")
+    p.add_argument("--lr", default="0.01", help="one rate or one per spiking layer")
+    p.add_argument("--activity", type=float, default=0.0)
+    p.add_argument("--min-slope", type=float, default=0.1)
+    p.add_argument("--loss", default="cross_entropy")
+    p.add_argument("--seed", type=int, default=0, help="seeds the weights (not the split)")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--diag", type=int, default=0, help="diagnose every N chunks (0: never)")
+    args = p.parse_args()
+
+    x, y = sr.datasets.load("fashion-mnist", "train")
+    (xtr, ytr), (xv, yv) = _split(x[:22000], y[:22000].astype(np.int64), 2000, 0)
+
+    def enc(a):
+        return sr.encode(a.reshape(len(a), 1, 28, 28))
+
+    net = build(args)
+    if args.calibrate:
+        spiking = [i for i, layer in enumerate(net.layers) if layer.kind != "maxpool2d"]
+        got = net.calibrate_thresholds(enc(xtr[:256]), floats(args.calibrate), spiking)
+        print("calibrated thresholds", [f"{t:.4g}" for t in got])
+    lr = floats(args.lr)
+    rule = sr.ExactGradient(
+        net, lr=lr if len(lr) > 1 else lr[0], silent_push=1.0, activity=args.activity,
+        min_slope=args.min_slope, loss=args.loss,
+    )  # fmt: skip
+    vt, probe = enc(xv), (enc(xtr[-64:]), ytr[-64:])
+    chunk, start = 16 * 64, time.time()
+    for e in range(args.epochs):
+        order = np.random.default_rng([0, e]).permutation(len(xtr))
+        for c, lo in enumerate(range(0, len(xtr), chunk)):
+            idx = order[lo : lo + chunk]
+            rule.steps(enc(xtr[idx]), ytr[idx], 16)
+            if args.diag and c % args.diag == args.diag - 1:
+                net.backend = "numpy"
+                print(f"  [epoch {e + 1} chunk {c + 1}] {diagnose(net, *probe, rule)}")
+                net.backend = "rust"
+        v = evaluate(net, vt, yv)
+        print(
+            f"epoch {e + 1}: val {100 * v['accuracy']:.2f} %  spikes/image "
+            f"{[round(s) for s in v['spikes_per_layer']]}  silent "
+            f"{[round(s, 2) for s in v['silent_fraction']]}  {time.time() - start:.0f} s",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
