@@ -138,6 +138,32 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
 
 
+def test_on_epoch_sees_each_validated_epoch_and_may_stop_the_run(tmp_path):
+    x, y = fake_images(40)
+    net = tiny()
+    trainer = Trainer(
+        net, sr.STiDiBP(net, lr=3.0), epochs=3, seed=1, out_dir=tmp_path, progress=False
+    )
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def on_epoch(record):
+        seen.append((record["epoch"], record["val"]["accuracy"]))
+        if record["epoch"] == 2:
+            raise Stop
+
+    trainer.on_epoch = on_epoch
+    with pytest.raises(Stop):
+        trainer.fit(x, y, val=(x[:10], y[:10]))
+    assert [epoch for epoch, _ in seen] == [1, 2]
+    assert all(0 <= acc <= 1 for _, acc in seen)
+    # the stopping epoch is kept: in the history and in the checkpoint
+    assert trainer.epoch == 2 and len(trainer.history) == 2
+    assert Trainer.resume(tmp_path / "last.npz", progress=False).epoch == 2
+
+
 def test_readout_epochs_freeze_the_layers_below_the_output():
     x, y = fake_images(60)
 

@@ -98,7 +98,7 @@ _RUN_FLAGS = tuple(k for k in config.SETTINGS if k not in _RESUMABLE)
 
 def _flag_settings(args) -> dict:
     """The train settings given as flags (None: not given)."""
-    flags = {k: getattr(args, k) for k in config.SETTINGS}
+    flags = {k: getattr(args, k, None) for k in config.SETTINGS}
     if flags["rule_set"] is not None:
         merged = {}
         for setting in flags["rule_set"]:
@@ -236,6 +236,13 @@ def cmd_train(args) -> int:
     with open(trainer.out_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"test": metrics, "test_size": len(xt)}) + "\n")
     return 0
+
+
+def cmd_sweep(args) -> int:
+    from . import sweep
+
+    base = config.resolve(config.load(args.config) if args.config else None, _flag_settings(args))
+    return sweep.run(args, base)
 
 
 def _unset(s: dict, key: str):
@@ -422,20 +429,9 @@ def _minutes(m: float) -> str:
     return f"{m:.0f} min" if m < 90 else f"{m / 60:.1f} h"
 
 
-def main(argv=None) -> int:
-    from . import __version__
-
-    parser = argparse.ArgumentParser(prog="stidi-rs", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"stidi-rs {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train a preset, evaluating on the test set at the end")
-    p.add_argument(
-        "--config",
-        default=None,
-        metavar="TOML",
-        help="read train settings from a TOML file (the flags' names; flags given "
-        "override it); every run writes its own as RUN/config.toml",
-    )
+def _add_setting_flags(p, sweep: bool = False) -> None:
+    """The flags of the train settings (config.SETTINGS), for train and sweep (which
+    never reads the test set, so has no --test-size)."""
     p.add_argument(
         "--preset",
         default=None,
@@ -543,9 +539,33 @@ def main(argv=None) -> int:
         default=None,
         help="carve a seeded validation split of N images from the training set",
     )
-    p.add_argument("--test-size", type=int, default=None, help="use the first N test images")
+    if not sweep:
+        p.add_argument("--test-size", type=int, default=None, help="use the first N test images")
     p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--backend", default=None, choices=BACKENDS, help="default rust")
+    p.add_argument(
+        "--no-homeostasis",
+        action="store_true",
+        default=None,
+        help="turn off the preset's guard against silent hidden layers",
+    )
+
+
+def main(argv=None) -> int:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="stidi-rs", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"stidi-rs {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train a preset, evaluating on the test set at the end")
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="TOML",
+        help="read train settings from a TOML file (the flags' names; flags given "
+        "override it); every run writes its own as RUN/config.toml",
+    )
+    _add_setting_flags(p)
     p.add_argument("--out", default=None, help="run directory (default runs/PRESET-DATASET)")
     p.add_argument(
         "--resume",
@@ -559,14 +579,81 @@ def main(argv=None) -> int:
         action="store_true",
         help="replace the run in --out (kept until the new run's first checkpoint)",
     )
-    p.add_argument(
-        "--no-homeostasis",
-        action="store_true",
-        default=None,
-        help="turn off the preset's guard against silent hidden layers",
-    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser(
+        "sweep",
+        help="search train settings for the best validation accuracy (Optuna; "
+        "resumable, parallel, shared across machines); never reads the test set",
+        description="Search train settings of a preset (the other settings flags fix "
+        "them for every trial) for the best validation accuracy. Needs Optuna: "
+        'pip install "stidi-rs[sweep]". See docs/sweeps.md.',
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="TOML",
+        help="the trials' fixed settings from a TOML file (flags given override it)",
+    )
+    _add_setting_flags(p, sweep=True)
+    p.add_argument(
+        "--space",
+        default=None,
+        metavar="TOML",
+        help="the search space, one table per parameter: low/high[/log] or choices "
+        "(default: the preset's, printed by --show-space)",
+    )
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=20,
+        help="the study's total number of trials; running again runs only those missing "
+        "(default 20)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="trials at once on this machine, in processes sharing the cores (default 1)",
+    )
+    p.add_argument(
+        "--storage",
+        default=None,
+        metavar="URL",
+        help="Optuna storage: sqlite:///PATH, postgresql://..., mysql://..., or "
+        "journal:PATH (default sqlite in OUT/study.db); share it to sweep on several "
+        "machines",
+    )
+    p.add_argument("--study", default=None, help="study name (default PRESET-DATASET)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="where best.toml, trials.csv (and study.db) go (default sweeps/PRESET-DATASET)",
+    )
+    p.add_argument(
+        "--pruner",
+        choices=["median", "hyperband", "none"],
+        default="median",
+        help="stops trials whose validation accuracy falls behind (default median)",
+    )
+    p.add_argument(
+        "--prune-after",
+        type=int,
+        default=5,
+        metavar="N",
+        help="the median pruner waits for N finished trials (default 5)",
+    )
+    p.add_argument(
+        "--show-space",
+        action="store_true",
+        help="print the search space as a --space file and exit",
+    )
+    p.add_argument(
+        "--plot", action="store_true", help="also plot the history and parameter importances"
+    )
+    p.add_argument("--data", default=None, help="dataset root (default: $STIDI_RS_DATA, cache)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("eval", help="evaluate a checkpoint or a shipped network on a test set")
     p.add_argument("checkpoint", nargs="?", default=None)
     p.add_argument(

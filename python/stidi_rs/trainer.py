@@ -174,6 +174,10 @@ class Trainer:
         # Called with the path of every checkpoint fit() writes (the CLI uses the
         # first one to drop the run a --force replaced).
         self.on_checkpoint = None
+        # Called with each epoch's record (its validation metrics under "val") once
+        # the epoch is in the history and checkpointed; an exception it raises
+        # stops fit() there (a sweep uses it to prune a trial).
+        self.on_epoch = None
 
     def _encode(self, images: np.ndarray) -> np.ndarray:
         return encode(images.reshape(len(images), *self.net.input_shape), tmax=self.net.tmax)
@@ -273,6 +277,8 @@ class Trainer:
                 self._log(record)
                 if self.on_checkpoint is not None:
                     self.on_checkpoint(path)
+            if self.on_epoch is not None:
+                self.on_epoch(record)
         return self.history
 
     def _log(self, record: dict) -> None:
