@@ -312,7 +312,15 @@ def storage(spec: str):
     kwargs = {}
     if spec.startswith("sqlite"):  # wait for another process's write instead of failing
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
-    return optuna.storages.RDBStorage(spec, **kwargs)
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(spec, **kwargs)
+        except Exception as err:  # noqa: BLE001
+            # two processes creating a new database at once: one of them finds the
+            # tables half made; they are whole a moment later
+            if attempt == 2 or type(err).__name__ != "OperationalError":
+                raise
+            time.sleep(1.0 + attempt)
 
 
 def _state(t) -> str:
@@ -320,8 +328,9 @@ def _state(t) -> str:
 
 
 def counted(trials) -> list:
-    """The trials that fill the study's total: all but surplus ones (started past the
-    total by a racing process) and interrupted ones that were re-run."""
+    """The trials that fill the study's total: all but queued ones (a queued re-run
+    takes its slot when it starts), surplus ones (started past the total by a racing
+    process) and interrupted ones that are re-run."""
     surplus = {t.number for t in trials if t.user_attrs.get("surplus")}
     retried = {
         t.user_attrs["retry_of"]
@@ -331,7 +340,9 @@ def counted(trials) -> list:
     return [
         t
         for t in trials
-        if t.number not in surplus and not (_state(t) == "fail" and t.number in retried)
+        if t.number not in surplus
+        and _state(t) != "waiting"
+        and not (_state(t) == "fail" and t.number in retried)
     ]
 
 
@@ -413,6 +424,10 @@ def _objective(trial, job: dict, data, store):
     trial.set_user_attr("worker", _worker_id())
     trial.set_user_attr("alive", time.time())
     trial.set_user_attr("threads", num_threads())
+    # The sampler is seeded by the sweep's seed and the trial's number (unique in the
+    # study): a sweep repeats with its seed, a resumed one does not redraw its first
+    # trials, and processes sharing the study do not draw alike.
+    trial.study.sampler = _sampler(job["base"]["seed"], trial.number)
     space = [Param(**p) for p in job["space"]]
     params = {p.name: p.suggest(trial) for p in space}
     settings = config.check(apply(job["base"], params), f"trial {trial.number}")
@@ -453,6 +468,12 @@ def _objective(trial, job: dict, data, store):
     return trainer.history[-1]["val"]["accuracy"]
 
 
+def _sampler(seed: int, number: int):
+    optuna = _optuna()
+    state = np.random.SeedSequence([seed, number]).generate_state(1)[0]
+    return optuna.samplers.TPESampler(seed=int(state), constant_liar=True)
+
+
 def _pruner(job: dict):
     optuna = _optuna()
     if job["pruner"] == "median":
@@ -476,9 +497,11 @@ def work(job: dict, data=None, on_trial=None) -> None:
 
         set_num_threads(job["threads"])
     store = storage(job["storage"])
-    sampler = optuna.samplers.TPESampler(seed=job["sampler_seed"], constant_liar=True)
     study = optuna.load_study(
-        study_name=job["study"], storage=store, sampler=sampler, pruner=_pruner(job)
+        study_name=job["study"],
+        storage=store,
+        sampler=_sampler(job["base"]["seed"], 0),  # replaced in each trial
+        pruner=_pruner(job),
     )
     data = _load_data(job) if data is None else data
     while True:
@@ -641,13 +664,14 @@ class _Monitor:
                 continue
             self.seen.add(t.number)
             if self.bar.disabled and not self.quiet:
-                value = (
-                    f"validation {100 * t.value:.2f} %"
-                    if t.values
-                    else f"last validation {100 * t.intermediate_values[max(t.intermediate_values)]:.2f} %"  # noqa: E501
-                    if t.intermediate_values
-                    else t.user_attrs.get("error", "")
-                )
+                curve = t.intermediate_values
+                if _state(t) == "complete":
+                    value = f"validation {100 * t.value:.2f} %"
+                elif curve:
+                    last = max(curve)
+                    value = f"stopped after epoch {last}: validation {100 * curve[last]:.2f} %"
+                else:
+                    value = t.user_attrs.get("error", "")
                 params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
                 print(f"trial {t.number} {_state(t)}: {value}  ({params})", file=sys.stderr)
         self.bar.n = min(len(finished), self.total)
@@ -711,9 +735,6 @@ def run(args, base: dict) -> int:
             + (f"settings ({', '.join(diff)})" if diff else "search space")
             + ": its trials would not compare; pass another --study (or --out)"
         )
-    # Seeded by the sweep's seed and how far the study has got, so a resumed sweep
-    # (and each --jobs worker) samples afresh instead of repeating the first draws.
-    n0 = len(study.get_trials(deepcopy=False))
     jobs = args.jobs
     threads = max(1, _cores() // jobs) if jobs > 1 else 0
     if jobs > 1 and jobs > _cores():
@@ -731,8 +752,8 @@ def run(args, base: dict) -> int:
         "pruner": args.pruner,
         "prune_after": args.prune_after,
         "threads": threads,
+        "jobs": jobs,
     }
-    seeds = np.random.SeedSequence([base["seed"], n0]).generate_state(jobs)
     monitor = _Monitor(args.trials, f"sweep {name}", False if args.no_progress else None)
     print(
         f"sweep {name}: {base['preset']} on {base['dataset']}, {len(space)} parameters, "
@@ -743,9 +764,9 @@ def run(args, base: dict) -> int:
     try:
         monitor.update(study)
         if jobs == 1:
-            work({**job, "sampler_seed": int(seeds[0])}, on_trial=monitor.update)
+            work(job, on_trial=monitor.update)
         else:
-            code = _run_jobs(job, seeds, study, monitor)
+            code = _run_jobs(job, study, monitor)
     except KeyboardInterrupt:
         code = 130
     finally:
@@ -772,16 +793,13 @@ def run(args, base: dict) -> int:
     return code
 
 
-def _run_jobs(job: dict, seeds, study, monitor) -> int:
+def _run_jobs(job: dict, study, monitor) -> int:
     import multiprocessing
 
     # spawn, not fork: a forked child would inherit the engine's thread pool and
     # database connections in an unusable state
     ctx = multiprocessing.get_context("spawn")
-    procs = [
-        ctx.Process(target=_work_process, args=({**job, "sampler_seed": int(s)},), daemon=False)
-        for s in seeds
-    ]
+    procs = [ctx.Process(target=_work_process, args=(job,)) for _ in range(job["jobs"])]
     for p in procs:
         p.start()
     try:
