@@ -541,6 +541,16 @@ def test_progress_render_items_with_postfix():
     assert "train: 25%" not in text and "200/200" not in text  # final state is 50/200
 
 
+def test_progress_initial_counts_in_the_bar_not_in_the_rate():
+    clock = Clock()
+    bar = ProgressBar(
+        total=10, desc="sweep", unit="trial", file=io.StringIO(), clock=clock, initial=6
+    )
+    clock.t = 4.0
+    bar.update(2)
+    assert bar.render() == "sweep:  80%|################----| 8/10 trial [00:04<00:04, 0.5 trial/s]"
+
+
 def test_progress_bytes_units():
     clock = Clock()
     bar = ProgressBar(total=10 * 2**20, unit="B", file=io.StringIO(), force=True, clock=clock)

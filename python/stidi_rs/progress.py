@@ -79,6 +79,9 @@ class ProgressBar:
         Number of characters of the bar itself.
     clock : callable, optional
         Time source (seconds); ``time.monotonic`` by default. For tests.
+    initial : int
+        Items already done before the bar started (resumed work): counted in the
+        progress, not in the rate and ETA.
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class ProgressBar:
         iterable: Iterable[Any] | None = None,
         width: int = 20,
         clock: Callable[[], float] | None = None,
+        initial: int = 0,
     ) -> None:
         if total is None and iterable is not None:
             try:
@@ -108,7 +112,7 @@ class ProgressBar:
         self.iterable = iterable
         self.width = width
         self._clock = clock or time.monotonic
-        self.n = 0
+        self.n = self.initial = initial
         self.postfix = ""
         self.disabled = bool(disable) or not (force or _isatty(self.file))
         self._start = self._clock()
@@ -140,7 +144,7 @@ class ProgressBar:
         """Return the current status line (without ``\\r``)."""
         now = self._clock() if now is None else now
         elapsed = max(0.0, now - self._start)
-        rate = self.n / elapsed if elapsed > 0 else None
+        rate = (self.n - self.initial) / elapsed if elapsed > 0 else None
         unit = self.unit
         n_txt = self._count(self.n)
         head = f"{self.desc}: " if self.desc else ""

@@ -644,12 +644,18 @@ class _Monitor:
     """Progress of a sweep: a bar (trials done / total, best so far) on a terminal,
     else a line per finished trial."""
 
-    def __init__(self, total: int, desc: str, progress):
+    def __init__(self, total: int, desc: str, progress, study):
         from .progress import ProgressBar
 
         self.total = total
+        done = [t for t in counted(study.get_trials(deepcopy=False)) if t.state.is_finished()]
         self.bar = ProgressBar(
-            total, desc=desc, unit="trial", disable=progress is False, force=bool(progress)
+            total,
+            desc=desc,
+            unit="trial",
+            disable=progress is False,
+            force=bool(progress),
+            initial=min(len(done), total),
         )
         self.seen: set[int] = set()
         self.quiet = progress is False
@@ -754,7 +760,7 @@ def run(args, base: dict) -> int:
         "threads": threads,
         "jobs": jobs,
     }
-    monitor = _Monitor(args.trials, f"sweep {name}", False if args.no_progress else None)
+    monitor = _Monitor(args.trials, f"sweep {name}", False if args.no_progress else None, study)
     print(
         f"sweep {name}: {base['preset']} on {base['dataset']}, {len(space)} parameters, "
         f"{args.trials} trials in {spec}, {jobs} job{'s' * (jobs > 1)}",
