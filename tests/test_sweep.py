@@ -124,7 +124,8 @@ def test_a_trial_falling_behind_is_pruned(tmp_path):
 
 
 @needs_data
-def test_jobs_run_trials_in_processes_sharing_the_cores(tmp_path):
+def test_jobs_run_trials_in_processes_sharing_the_cores(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAYON_NUM_THREADS", "4")  # the cores to share (the workers inherit it)
     out = tmp_path / "sweep"
     args = ["sweep", *TINY, "--out", str(out), "--no-progress", "--jobs", "2", "--trials", "3"]
     assert main(args) == 0
@@ -132,7 +133,27 @@ def test_jobs_run_trials_in_processes_sharing_the_cores(tmp_path):
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3
     workers = {t.user_attrs["worker"] for t in trials}
     assert len(workers) == 2 and str(os.getpid()) not in {w.split(":")[1] for w in workers}
-    assert {t.user_attrs["threads"] for t in trials} == {max(1, sweep._cores() // 2)}
+    assert {t.user_attrs["threads"] for t in trials} == {2}
+
+
+@needs_data
+def test_a_trial_started_past_the_total_is_surplus(tmp_path):
+    """Two processes that both see one trial missing both start one: the later one
+    finds the total filled by the trials before it, and stops without training."""
+    out = tmp_path / "sweep"
+    args = ["sweep", *TINY, "--out", str(out), "--no-progress", "--trials", "2"]
+    assert main(args) == 0
+    study = _study(out)
+    late = study.ask()
+    with pytest.raises(sweep._Surplus):
+        sweep._objective(late, {"trials": 2}, None, None)
+    study.tell(late, state=optuna.trial.TrialState.FAIL)
+    trials = _study(out).get_trials()
+    assert trials[2].user_attrs == {"surplus": True} and not trials[2].params
+    assert [t.number for t in sweep.counted(trials)] == [0, 1]
+    assert main(args) == 0  # nothing missing: no trial is started
+    assert len(_study(out).get_trials()) == 3
+    assert [r["trial"] for r in csv.DictReader((out / "trials.csv").open())] == ["0", "1"]
 
 
 def _cli(*args, env=None) -> subprocess.Popen:
