@@ -286,3 +286,20 @@ def test_a_missing_optuna_names_the_extra(monkeypatch, tmp_path, capsys):
     assert main(["sweep", *TINY, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "needs Optuna" in err and 'pip install "stidi-rs[sweep]"' in err
+
+
+@needs_data
+def test_the_summary_ranks_the_trials_and_plot_draws_them(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "sweep"
+    args = ["sweep", *TINY, "--out", str(out), "--no-progress", "--trials", "2", "--plot"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    trials = sorted(_study(out).get_trials(), key=lambda t: -t.value)
+    assert "2 trials: 2 complete, 0 pruned, 0 failed" in printed
+    table = printed.split("(by validation):\n")[1].splitlines()
+    assert table[0].split()[:3] == ["rank", "trial", "validation"]
+    assert [line.split()[:3] for line in table[1:3]] == [
+        [str(i + 1), str(t.number), f"{100 * t.value:.2f}"] for i, t in enumerate(trials)
+    ]
+    assert (out / "history.png").stat().st_size > 0 and (out / "importances.png").stat().st_size > 0
