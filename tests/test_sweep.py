@@ -294,7 +294,8 @@ def test_the_summary_ranks_the_trials_and_plot_draws_them(tmp_path, capsys):
     out = tmp_path / "sweep"
     args = ["sweep", *TINY, "--out", str(out), "--no-progress", "--trials", "2", "--plot"]
     assert main(args) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     trials = sorted(_study(out).get_trials(), key=lambda t: -t.value)
     assert "2 trials: 2 complete, 0 pruned, 0 failed" in printed
     table = printed.split("(by validation):\n")[1].splitlines()
@@ -302,4 +303,7 @@ def test_the_summary_ranks_the_trials_and_plot_draws_them(tmp_path, capsys):
     assert [line.split()[:3] for line in table[1:3]] == [
         [str(i + 1), str(t.number), f"{100 * t.value:.2f}"] for i, t in enumerate(trials)
     ]
-    assert (out / "history.png").stat().st_size > 0 and (out / "importances.png").stat().st_size > 0
+    assert (out / "history.png").stat().st_size > 0
+    # Optuna < 4 estimates importances with scikit-learn: without it, a note says so
+    importances = out / "importances.png"
+    assert importances.is_file() or "no importances.png" in captured.err

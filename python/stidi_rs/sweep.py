@@ -631,7 +631,11 @@ def plot(study, out: Path) -> list[Path]:
     ):
         if len(complete) < enough:
             continue
-        ax = draw(study)
+        try:
+            ax = draw(study)
+        except ImportError as err:  # importances need scikit-learn with Optuna < 4
+            print(f"stidi-rs: no {name}.png: {err}", file=sys.stderr)
+            continue
         fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
         fig.tight_layout()
         fig.savefig(out / f"{name}.png", dpi=100)
