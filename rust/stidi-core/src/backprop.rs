@@ -25,6 +25,8 @@ pub(crate) struct SampleRec {
     pub loss: f64,
     /// Per layer: fraction of neurons that fire.
     pub fired: Vec<f64>,
+    /// Synaptic events of the forward pass (see [`crate::ForwardOut::events`]).
+    pub events: u64,
 }
 
 impl SampleRec {
@@ -37,7 +39,7 @@ impl SampleRec {
         parts: usize,
     ) -> SampleRec {
         let mut active = Vec::with_capacity(net.layers.len());
-        let times = net.forward_sample(
+        let (times, events) = net.forward_sample(
             prep,
             x,
             &mut scratch.events,
@@ -59,6 +61,7 @@ impl SampleRec {
             case,
             loss: 0.0,
             fired,
+            events,
         }
     }
 }

@@ -247,13 +247,198 @@ const SIGN4: [[u64; 4]; 16] = {
     t
 };
 
+/// Per-neuron sums the sweep keeps instead of a slope: `f64` for real weights,
+/// `i32` counts for binary ones. For ±1 weights both hold the same integers, so
+/// the two kernels do the same floating-point operations on the same values
+/// and give bit-identical spike times.
+pub(crate) trait Acc: Copy + Default + Send + Sync {
+    fn to_f64(self) -> f64;
+}
+
+impl Acc for f64 {
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
+
+impl Acc for i32 {
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+}
+
+/// Rows of forward weights as the sweep adds them: `dst[j - lo] ± w[j, row]`
+/// for the outputs `j` of `lo..hi` (`lo` a multiple of 8 for packed signs).
+pub(crate) trait Rows: Sync {
+    type A: Acc;
+    fn add(&self, row: usize, neg: bool, block: std::ops::Range<usize>, dst: &mut [Self::A]);
+}
+
+struct RealRows<'a> {
+    wt: &'a [f64],
+    out: usize,
+}
+
+impl Rows for RealRows<'_> {
+    type A = f64;
+    #[inline(always)]
+    fn add(&self, row: usize, neg: bool, block: std::ops::Range<usize>, dst: &mut [f64]) {
+        let w = &self.wt[row * self.out + block.start..row * self.out + block.end];
+        let dst = &mut dst[..w.len()];
+        if neg {
+            for (d, &w) in dst.iter_mut().zip(w) {
+                *d -= w;
+            }
+        } else {
+            for (d, &w) in dst.iter_mut().zip(w) {
+                *d += w;
+            }
+        }
+    }
+}
+
+struct BitRows<'a> {
+    packed: &'a [u64],
+    wpr: usize,
+    /// Run [`add_signs_avx2`]: read once per sweep rather than once per row.
+    avx2: bool,
+}
+
+impl<'a> BitRows<'a> {
+    fn new(packed: &'a [u64], wpr: usize) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = use_avx2();
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx2 = false;
+        BitRows { packed, wpr, avx2 }
+    }
+}
+
+impl Rows for BitRows<'_> {
+    type A = i32;
+    #[inline(always)]
+    fn add(&self, row: usize, neg: bool, block: std::ops::Range<usize>, dst: &mut [i32]) {
+        debug_assert_eq!(block.start % 8, 0);
+        let words = &self.packed[row * self.wpr..(row + 1) * self.wpr];
+        assert!(block.end <= words.len() * 64);
+        let dst = &mut dst[..block.len()];
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: the CPU supports AVX2 (checked at run time); the block
+            // lies within the row's words (asserted above).
+            unsafe {
+                if neg {
+                    add_signs_avx2::<true>(words, block.start, dst);
+                } else {
+                    add_signs_avx2::<false>(words, block.start, dst);
+                }
+            }
+            return;
+        }
+        if neg {
+            add_signs_body::<true>(words, block.start, dst);
+        } else {
+            add_signs_body::<false>(words, block.start, dst);
+        }
+    }
+}
+
+/// `−sign` of eight ±1 weights by their byte of sign bits (bit set = +1).
+static NEG_SIGNS: [[i32; 8]; 256] = {
+    let mut t = [[0i32; 8]; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut k = 0;
+        while k < 8 {
+            t[b][k] = if (b >> k) & 1 == 1 { -1 } else { 1 };
+            k += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// `dst[j] ± sign` for the outputs `lo + j` (`lo` a multiple of 8, the block
+/// within `words`): one table row, a vector of eight `−sign`, per byte of
+/// signs, in place of a float per output. Integer results equal the portable
+/// copy's ([`add_signs_body`]).
+///
+/// # Safety
+/// The CPU must support AVX2, and `lo + dst.len() <= 64 * words.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn add_signs_avx2<const NEG: bool>(words: &[u64], lo: usize, dst: &mut [i32]) {
+    use std::arch::x86_64::{__m256i, _mm256_add_epi32, _mm256_loadu_si256};
+    use std::arch::x86_64::{_mm256_storeu_si256, _mm256_sub_epi32};
+    let n = dst.len();
+    let full = n / 8;
+    // x86-64 is little-endian: byte `b` of the words holds outputs `8b..8b + 8`.
+    let bytes = words.as_ptr().cast::<u8>().add(lo / 8);
+    let d = dst.as_mut_ptr();
+    for q in 0..full {
+        let m = NEG_SIGNS
+            .as_ptr()
+            .add(*bytes.add(q) as usize)
+            .cast::<__m256i>();
+        let pd = d.add(8 * q).cast::<__m256i>();
+        let (x, m) = (_mm256_loadu_si256(pd), _mm256_loadu_si256(m));
+        let r = if NEG {
+            _mm256_add_epi32(x, m)
+        } else {
+            _mm256_sub_epi32(x, m)
+        };
+        _mm256_storeu_si256(pd, r);
+    }
+    if full * 8 < n {
+        add_signs_body::<NEG>(words, lo + full * 8, &mut dst[full * 8..]);
+    }
+}
+
+#[inline(always)]
+fn add_signs_body<const NEG: bool>(words: &[u64], lo: usize, dst: &mut [i32]) {
+    let n = dst.len();
+    let mut octs = dst.chunks_exact_mut(8);
+    for (q, oct) in (&mut octs).enumerate() {
+        let b = lo / 8 + q;
+        let byte = words[b / 8].to_le_bytes()[b % 8];
+        let oct: &mut [i32; 8] = oct.try_into().unwrap();
+        let m = &NEG_SIGNS[byte as usize];
+        for k in 0..8 {
+            if NEG {
+                oct[k] += m[k];
+            } else {
+                oct[k] -= m[k];
+            }
+        }
+    }
+    let done = n - octs.into_remainder().len();
+    for (j, d) in (lo + done..lo + n).zip(dst[done..].iter_mut()) {
+        let m = -(((words[j / 64] >> (j % 64)) & 1) as i32) | 1;
+        if NEG {
+            *d += m;
+        } else {
+            *d -= m;
+        }
+    }
+}
+
 /// Sweep state of the neurons of one position (all of a Dense layer's, or
 /// one Conv2d position's channels), which share their inputs.
-struct Sweep {
+///
+/// Rather than a slope, each neuron keeps `r`, the sum of the weights of its
+/// inputs on the rise of their PSP, and `f`, of those on its fall (only with a
+/// finite `τ2`): its slope is `r/τ1 − f/τ2`, and an input event adds or removes
+/// a weight with no multiply (an integer count for ±1 weights).
+struct Sweep<A: Acc> {
     /// `V` of neurons that have not fired; `−∞` once fired, so that the
     /// crossing test needs no per-neuron branch on the spike time.
     v: Vec<f64>,
-    slope: Vec<f64>,
+    r: Vec<A>,
+    /// Empty when `τ2 = ∞` (the fall then never changes the slope).
+    f: Vec<A>,
     /// Time up to which `V` is current.
     last: f64,
     /// Spike times, `tmax` until fired.
@@ -262,71 +447,185 @@ struct Sweep {
     remaining: usize,
     theta: f64,
     tmax: f64,
+    inv1: f64,
+    inv2: f64,
 }
 
-impl Sweep {
-    fn new(out: usize, theta: f64, tmax: f64) -> Self {
+/// Neurons per block of the fused advance: two AVX2 vectors.
+const LANES: usize = 8;
+
+impl<A: Acc> Sweep<A> {
+    fn new(out: usize, theta: f64, tmax: f64, steps: &[f64; 3]) -> Self {
+        let (inv1, inv2) = (steps[0], steps[2]);
         Sweep {
             v: vec![0.0; out],
-            slope: vec![0.0; out],
+            r: vec![A::default(); out],
+            f: vec![A::default(); if inv2 == 0.0 { 0 } else { out }],
             last: 0.0,
             times: vec![tmax; out],
             remaining: out,
             theta,
             tmax,
+            inv1,
+            inv2,
         }
     }
 
     /// Back to the state at time 0, keeping the buffers.
     fn reset(&mut self) {
         self.v.fill(0.0);
-        self.slope.fill(0.0);
+        self.r.fill(A::default());
+        self.f.fill(A::default());
         self.last = 0.0;
         self.times.fill(self.tmax);
         self.remaining = self.v.len();
+    }
+
+    /// Applies breakpoint `kind` (0 rise, 1 fall, 2 end) of input `row`.
+    #[inline(always)]
+    fn input<W: Rows<A = A>>(&mut self, w: &W, row: usize, kind: usize, lo: usize) {
+        let block = lo..lo + self.v.len();
+        match kind {
+            0 => w.add(row, false, block, &mut self.r),
+            1 => {
+                w.add(row, true, block.clone(), &mut self.r);
+                if !self.f.is_empty() {
+                    w.add(row, false, block, &mut self.f);
+                }
+            }
+            _ => w.add(row, true, block, &mut self.f),
+        }
     }
 
     /// Moves the neurons to time `t`, recording those that cross θ on the
     /// way. `V` is linear since `last`, so checking the end suffices.
     #[inline(always)]
     fn advance(&mut self, t: f64) {
-        let t0 = self.last;
-        let dt = t - t0;
+        let dt = t - self.last;
         if dt <= 0.0 {
             return;
         }
-        self.last = t;
-        let (theta, tmax) = (self.theta, self.tmax);
-        // Fast path (branch-free, vectorisable): does any live neuron cross?
-        let crossing = self
-            .v
-            .iter()
-            .zip(&self.slope)
-            .fold(0usize, |n, (&v, &s)| n + usize::from(v + s * dt >= theta));
-        if crossing == 0 {
-            for (v, &s) in self.v.iter_mut().zip(&self.slope) {
-                *v += s * dt;
-            }
-            return;
+        if self.f.is_empty() {
+            self.advance_by::<false>(t, dt);
+        } else {
+            self.advance_by::<true>(t, dt);
         }
+    }
+
+    /// One pass over the neurons, a block of [`LANES`] at a time: the block's
+    /// new `V` and a count of crossings are computed branch-free; only a block
+    /// with a crossing goes through its neurons one by one.
+    #[inline(always)]
+    fn advance_by<const FALL: bool>(&mut self, t: f64, dt: f64) {
+        let t0 = self.last;
+        self.last = t;
+        let k = Cross {
+            t0,
+            t,
+            theta: self.theta,
+            tmax: self.tmax,
+            inv1: self.inv1,
+            inv2: self.inv2,
+            a: self.inv1 * dt,
+            b: self.inv2 * dt,
+        };
+        let n = self.v.len();
+        let full = n - n % LANES;
         let mut fired = 0;
-        for ((v, &s), tj) in self.v.iter_mut().zip(&self.slope).zip(&mut self.times) {
-            let v0 = *v;
-            let v1 = v0 + s * dt;
-            if v1 >= theta {
-                // v0 < θ <= v1 implies s > 0. Clamp rounding into the segment;
-                // a crossing at tmax is no spike.
-                let tc = (t0 + (theta - v0) / s).min(t);
-                if tc < tmax {
-                    *tj = tc;
-                    *v = f64::NEG_INFINITY;
-                    fired += 1;
-                    continue;
+        let (v, rest_v) = self.v.split_at_mut(full);
+        let (r, rest_r) = self.r.split_at(full);
+        let (times, rest_t) = self.times.split_at_mut(full);
+        let f = if FALL { &self.f[..] } else { &[][..] };
+        for (q, ((v, r), times)) in v
+            .chunks_exact_mut(LANES)
+            .zip(r.chunks_exact(LANES))
+            .zip(times.chunks_exact_mut(LANES))
+            .enumerate()
+        {
+            let v: &mut [f64; LANES] = v.try_into().unwrap();
+            let r: &[A; LANES] = r.try_into().unwrap();
+            let f: &[A; LANES] = if FALL {
+                f[q * LANES..(q + 1) * LANES].try_into().unwrap()
+            } else {
+                r
+            };
+            let mut v1 = [0.0f64; LANES];
+            // A bit per lane: one vector compare and mask extraction per block.
+            let mut crossing = 0u32;
+            for j in 0..LANES {
+                v1[j] = v[j] + k.rise::<FALL, A>(r[j], f[j]);
+                crossing |= u32::from(v1[j] >= k.theta) << j;
+            }
+            if crossing != 0 {
+                for j in 0..LANES {
+                    fired += k.settle::<FALL, A>(v[j], &mut v1[j], r[j], f[j], &mut times[j]);
                 }
             }
             *v = v1;
         }
+        let f = if FALL { &self.f[full..] } else { rest_r };
+        for (((v, &r), &f), tj) in rest_v.iter_mut().zip(rest_r).zip(f).zip(rest_t) {
+            let mut v1 = *v + k.rise::<FALL, A>(r, f);
+            fired += k.settle::<FALL, A>(*v, &mut v1, r, f, tj);
+            *v = v1;
+        }
         self.remaining -= fired;
+    }
+}
+
+/// What one advance from `t0` to `t` needs per neuron.
+struct Cross {
+    t0: f64,
+    t: f64,
+    theta: f64,
+    tmax: f64,
+    inv1: f64,
+    inv2: f64,
+    /// `dt/τ1`, `dt/τ2`.
+    a: f64,
+    b: f64,
+}
+
+impl Cross {
+    /// The change of `V` over the segment.
+    #[inline(always)]
+    fn rise<const FALL: bool, A: Acc>(&self, r: A, f: A) -> f64 {
+        if FALL {
+            r.to_f64() * self.a - f.to_f64() * self.b
+        } else {
+            r.to_f64() * self.a
+        }
+    }
+
+    /// If the neuron crossed θ (from `v0` to `v1`), records its spike time and
+    /// sets `v1` to `−∞`; returns 1 if it fired.
+    #[inline(always)]
+    fn settle<const FALL: bool, A: Acc>(
+        &self,
+        v0: f64,
+        v1: &mut f64,
+        r: A,
+        f: A,
+        tj: &mut f64,
+    ) -> usize {
+        if *v1 < self.theta {
+            return 0;
+        }
+        let s = if FALL {
+            r.to_f64() * self.inv1 - f.to_f64() * self.inv2
+        } else {
+            r.to_f64() * self.inv1
+        };
+        // V(t0) < θ <= V(t), so s > 0 but for rounding: clamp into the
+        // segment. A crossing at tmax is no spike.
+        let tc = (self.t0 + (self.theta - v0) / s).max(self.t0).min(self.t);
+        if tc < self.tmax {
+            *tj = tc;
+            *v1 = f64::NEG_INFINITY;
+            1
+        } else {
+            0
+        }
     }
 }
 
@@ -438,39 +737,69 @@ fn dense_block_body(
     theta: f64,
     tmax: f64,
 ) -> Vec<f64> {
-    if let RowWeights::Cols { w, rows, .. } = w {
-        return block
+    match *w {
+        RowWeights::Cols { w, rows, .. } => block
             .map(|j| neuron_time(events, &w[j * rows..(j + 1) * rows], steps, theta, tmax))
-            .collect();
+            .collect(),
+        RowWeights::Real { wt, out } => {
+            dense_sweep(events, &RealRows { wt, out }, steps, block, theta, tmax)
+        }
+        RowWeights::Bits { packed, wpr, .. } => dense_sweep(
+            events,
+            &BitRows::new(packed, wpr),
+            steps,
+            block,
+            theta,
+            tmax,
+        ),
     }
-    let mut st = Sweep::new(block.len(), theta, tmax);
+}
+
+#[inline(always)]
+fn dense_sweep<W: Rows>(
+    events: &[Event],
+    w: &W,
+    steps: &[f64; 3],
+    block: std::ops::Range<usize>,
+    theta: f64,
+    tmax: f64,
+) -> Vec<f64> {
+    let mut st = Sweep::<W::A>::new(block.len(), theta, tmax, steps);
     for ev in events {
         st.advance(ev.t);
         if st.remaining == 0 {
             return st.times;
         }
-        w.axpy_block(ev.src, steps[ev.kind], block.clone(), &mut st.slope);
+        st.input(w, ev.src, ev.kind, block.start);
     }
     st.advance(tmax);
     st.times
 }
 
 /// One Dense neuron's spike time from its own weight row, sweeping the events
-/// until it fires. Its `V` and slope see the same operations in the same order
-/// as in [`Sweep`], so the time is bit-identical; but the neuron stops at its
-/// own spike and reads one contiguous row, so no transposed copy is needed.
+/// until it fires. Its `V`, `r` and `f` see the same operations in the same
+/// order as in [`Sweep`], so the time is bit-identical; but the neuron stops at
+/// its own spike and reads one contiguous row, so no transposed copy is needed.
 fn neuron_time(events: &[Event], row: &[f64], steps: &[f64; 3], theta: f64, tmax: f64) -> f64 {
-    let (mut v, mut slope, mut last) = (0.0f64, 0.0f64, 0.0f64);
-    let advance = |v: &mut f64, slope: f64, last: &mut f64, t: f64| -> Option<f64> {
+    let (inv1, inv2) = (steps[0], steps[2]);
+    let fall = inv2 != 0.0;
+    let (mut v, mut r, mut f, mut last) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    let advance = |v: &mut f64, r: f64, f: f64, last: &mut f64, t: f64| -> Option<f64> {
         let dt = t - *last;
         if dt <= 0.0 {
             return None;
         }
         let (t0, v0) = (*last, *v);
         *last = t;
-        let v1 = v0 + slope * dt;
+        let d = if fall {
+            r * (inv1 * dt) - f * (inv2 * dt)
+        } else {
+            r * (inv1 * dt)
+        };
+        let v1 = v0 + d;
         if v1 >= theta {
-            let tc = (t0 + (theta - v0) / slope).min(t);
+            let s = if fall { r * inv1 - f * inv2 } else { r * inv1 };
+            let tc = (t0 + (theta - v0) / s).max(t0).min(t);
             if tc < tmax {
                 return Some(tc);
             }
@@ -479,12 +808,22 @@ fn neuron_time(events: &[Event], row: &[f64], steps: &[f64; 3], theta: f64, tmax
         None
     };
     for ev in events {
-        if let Some(tc) = advance(&mut v, slope, &mut last, ev.t) {
+        if let Some(tc) = advance(&mut v, r, f, &mut last, ev.t) {
             return tc;
         }
-        slope += steps[ev.kind] * row[ev.src];
+        let w = row[ev.src];
+        match ev.kind {
+            0 => r += w,
+            1 => {
+                r -= w;
+                if fall {
+                    f += w;
+                }
+            }
+            _ => f -= w,
+        }
     }
-    advance(&mut v, slope, &mut last, tmax).unwrap_or(tmax)
+    advance(&mut v, r, f, &mut last, tmax).unwrap_or(tmax)
 }
 
 /// Geometry of a Conv2d layer.
@@ -505,6 +844,14 @@ impl ConvGeom {
     }
     pub fn positions(&self) -> usize {
         self.ho * self.wo
+    }
+
+    /// Synapses of input `src`: the output neurons whose receptive field holds it.
+    pub fn fan_out(&self, src: usize) -> u64 {
+        let (y, x) = ((src / self.w) % self.h, src % self.w);
+        // Output rows oy with oy <= y < oy + k and oy < ho, likewise columns.
+        let span = |p: usize, n: usize| p.min(n - 1) + 1 - (p + 1).saturating_sub(self.k);
+        (span(y, self.ho) * span(x, self.wo) * self.cout) as u64
     }
 }
 
@@ -614,33 +961,70 @@ fn conv_rows_body(
     part: usize,
     parts: usize,
 ) -> Vec<f64> {
+    match *w {
+        RowWeights::Bits { packed, wpr, .. } => conv_sweep(
+            events,
+            g,
+            &BitRows::new(packed, wpr),
+            steps,
+            theta,
+            tmax,
+            part,
+            parts,
+        ),
+        RowWeights::Real { wt, out } => conv_sweep(
+            events,
+            g,
+            &RealRows { wt, out },
+            steps,
+            theta,
+            tmax,
+            part,
+            parts,
+        ),
+        RowWeights::Cols { .. } => unreachable!("Conv2d weights are always transposed"),
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn conv_sweep<W: Rows>(
+    events: &[Event],
+    g: &ConvGeom,
+    w: &W,
+    steps: &[f64; 3],
+    theta: f64,
+    tmax: f64,
+    part: usize,
+    parts: usize,
+) -> Vec<f64> {
     let k = g.k;
     let rows = (g.ho - part).div_ceil(parts);
     let mut times = Vec::with_capacity(rows * g.wo * g.cout);
-    let mut st = Sweep::new(g.cout, theta, tmax);
-    // Each event's (t, slope step, input y, input x, first weight row of its
+    let mut st = Sweep::<W::A>::new(g.cout, theta, tmax, steps);
+    // Each event's (t, kind, input y, input x, first weight row of its
     // channel), decomposed once rather than once per output row.
-    let located: Vec<(f64, f64, usize, usize, usize)> = events
+    let located: Vec<(f64, usize, usize, usize, usize)> = events
         .iter()
         .map(|ev| {
             let (c, y, x) = (ev.src / (g.h * g.w), (ev.src / g.w) % g.h, ev.src % g.w);
-            (ev.t, steps[ev.kind], y, x, c * k * k)
+            (ev.t, ev.kind, y, x, c * k * k)
         })
         .collect();
-    // The events of one output row's field: (t, slope step, input x, weight
-    // row at output column 0).
-    let mut field: Vec<(f64, f64, usize, usize)> = Vec::new();
+    // The events of one output row's field: (t, kind, input x, weight row at
+    // output column 0).
+    let mut field: Vec<(f64, usize, usize, usize)> = Vec::new();
     for oy in (part..g.ho).step_by(parts) {
         field.clear();
         field.extend(
             located
                 .iter()
                 .filter(|&&(_, _, y, _, _)| oy <= y && y < oy + k)
-                .map(|&(t, step, y, x, c0)| (t, step, x, c0 + (y - oy) * k + x)),
+                .map(|&(t, kind, y, x, c0)| (t, kind, x, c0 + (y - oy) * k + x)),
         );
         for ox in 0..g.wo {
             st.reset();
-            for &(t, step, x, row) in &field {
+            for &(t, kind, x, row) in &field {
                 if x < ox || x >= ox + k {
                     continue;
                 }
@@ -648,7 +1032,7 @@ fn conv_rows_body(
                 if st.remaining == 0 {
                     break;
                 }
-                w.axpy(row - ox, step, &mut st.slope);
+                st.input(w, row - ox, kind, 0);
             }
             if st.remaining > 0 {
                 st.advance(tmax);

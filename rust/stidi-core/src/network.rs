@@ -19,6 +19,10 @@ pub struct ForwardOut {
     pub times: Vec<Vec<f64>>,
     /// `batch * n_out`: `V(tmax)` of the last layer if it is Dense, else empty.
     pub v_end: Vec<f64>,
+    /// Synaptic events of the batch: over every Conv2d and Dense layer, the
+    /// synapses of its inputs that spike (`t < tmax`), whether or not the sweep
+    /// reached them. A measure of the work, to report time per event.
+    pub events: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -349,17 +353,17 @@ impl Network {
         input: &[f64],
         batch: usize,
     ) -> ForwardOut {
-        let samples: Vec<(Vec<Vec<f64>>, Vec<f64>)> = pool.install(|| {
+        let samples: Vec<(Vec<Vec<f64>>, Vec<f64>, u64)> = pool.install(|| {
             let wt = self.transpose_all(params, true);
             let prep = self.row_weights(params, &wt);
             let parts = split_parts(batch);
             input
                 .par_chunks_exact(self.in_size)
                 .map_init(Scratch::default, |s, x| {
-                    let times =
+                    let (times, events) =
                         self.forward_sample(&prep, x, &mut s.events, &mut s.act, None, parts);
                     let v_end = self.v_end(&prep, x, &times);
-                    (times, v_end)
+                    (times, v_end, events)
                 })
                 .collect()
         });
@@ -367,13 +371,19 @@ impl Network {
             .map(|l| Vec::with_capacity(batch * self.size(l)))
             .collect();
         let mut v_end = Vec::new();
-        for (ts, v) in samples {
+        let mut events = 0;
+        for (ts, v, e) in samples {
             for (dst, t) in times.iter_mut().zip(ts) {
                 dst.extend_from_slice(&t);
             }
             v_end.extend_from_slice(&v);
+            events += e;
         }
-        ForwardOut { times, v_end }
+        ForwardOut {
+            times,
+            v_end,
+            events,
+        }
     }
 
     /// Transposed `(rows, out)` weights of the real spiking layers (empty for
@@ -444,7 +454,8 @@ impl Network {
         self.spiking.iter().position(|&s| s == l).unwrap_or(0)
     }
 
-    /// Spike times of every layer for one sample.
+    /// Spike times of every layer for one sample, and its synaptic events
+    /// (see [`ForwardOut::events`]).
     pub(crate) fn forward_sample(
         &self,
         prep: &[Option<RowWeights>],
@@ -453,9 +464,10 @@ impl Network {
         act: &mut Vec<Active>,
         mut keep: Option<&mut Vec<Vec<Active>>>,
         parts: usize,
-    ) -> Vec<Vec<f64>> {
+    ) -> (Vec<Vec<f64>>, u64) {
         let steps = self.psp.slope_steps();
         let mut out: Vec<Vec<f64>> = Vec::with_capacity(self.layers.len());
+        let mut n_events = 0u64;
         let mut cat = Vec::new();
         for (l, (layer, w)) in self.layers.iter().zip(prep).enumerate() {
             let inp = self.input_of(l, x, &out, &mut cat);
@@ -464,10 +476,12 @@ impl Network {
                 (Layer::Pool { g }, _) => pool_times(inp, g),
                 (Layer::Conv { g, theta, .. }, Some(w)) => {
                     build_events(inp, &self.psp, self.tmax, act, events);
+                    n_events += act.iter().map(|a| g.fan_out(a.src as usize)).sum::<u64>();
                     conv_times(events, g, w, &steps, *theta, self.tmax, parts)
                 }
                 (Layer::Dense { n_out, theta, .. }, Some(w)) => {
                     build_events(inp, &self.psp, self.tmax, act, events);
+                    n_events += (act.len() * n_out) as u64;
                     if keep.is_some() {
                         kept.clone_from(act);
                     }
@@ -480,7 +494,7 @@ impl Network {
             }
             out.push(y);
         }
-        out
+        (out, n_events)
     }
 
     /// `V(tmax)` of the last layer if it is Dense, else empty.

@@ -27,6 +27,8 @@ pub struct StepStats {
     pub loss: f64,
     /// Per layer (pooling included): mean over the batch of the fraction of neurons that fire.
     pub fired: Vec<f64>,
+    /// Synaptic events of the step's forward passes (see [`crate::ForwardOut::events`]).
+    pub events: u64,
 }
 
 fn step_stats(recs: &[SampleRec], n_layers: usize) -> StepStats {
@@ -35,11 +37,13 @@ fn step_stats(recs: &[SampleRec], n_layers: usize) -> StepStats {
         cases: Vec::with_capacity(recs.len()),
         loss: 0.0,
         fired: vec![0.0; n_layers],
+        events: 0,
     };
     for rec in recs {
         stats.predictions.push(rec.prediction);
         stats.cases.push(rec.case);
         stats.loss += rec.loss;
+        stats.events += rec.events;
         for (s, f) in stats.fired.iter_mut().zip(&rec.fired) {
             *s += f;
         }
