@@ -249,13 +249,19 @@ pub(crate) fn accumulate_row(
                 let act = &rec.active[l];
                 let mut k = 0;
                 if kern.inf {
-                    // Inputs sorted by time: the plateau (ε = 1) is a prefix.
+                    // Inputs sorted by time: the plateau (ε = 1) is a prefix,
+                    // then the rise (ε = s/τ1, as Psp::eps) up to t_j.
                     k = act.partition_point(|a| tj - a.t > tau1);
                     for a in &act[..k] {
                         acc[a.src as usize] += gj;
                     }
+                    let end = k + act[k..].partition_point(|a| tj - a.t > 0.0);
+                    for a in &act[k..end] {
+                        acc[a.src as usize] += gj * ((tj - a.t) / tau1);
+                    }
+                    k = end;
                 }
-                while k < act.len() {
+                while !kern.inf && k < act.len() {
                     let s = tj - act[k].t;
                     if s <= 0.0 {
                         break;

@@ -299,6 +299,28 @@ impl Rows for RealRows<'_> {
     }
 }
 
+/// Real weights in their `(out, rows)` layout: each output's weight from
+/// input `row` is a strided load (see [`RowWeights::Cols`]).
+struct ColRows<'a> {
+    w: &'a [f64],
+    rows: usize,
+}
+
+impl Rows for ColRows<'_> {
+    type A = f64;
+    #[inline(always)]
+    fn add(&self, row: usize, neg: bool, block: std::ops::Range<usize>, dst: &mut [f64]) {
+        for (j, d) in block.zip(dst.iter_mut()) {
+            let x = self.w[j * self.rows + row];
+            if neg {
+                *d -= x;
+            } else {
+                *d += x;
+            }
+        }
+    }
+}
+
 struct BitRows<'a> {
     packed: &'a [u64],
     wpr: usize,
@@ -495,6 +517,20 @@ impl<A: Acc> Sweep<A> {
             }
             _ => w.add(row, true, block, &mut self.f),
         }
+    }
+
+    /// Sweeps the events of a position whose outputs start at `lo`, until
+    /// every neuron fired or `tmax`.
+    #[inline(always)]
+    fn sweep<W: Rows<A = A>>(&mut self, events: &[Event], w: &W, lo: usize) {
+        for ev in events {
+            self.advance(ev.t);
+            if self.remaining == 0 {
+                return;
+            }
+            self.input(w, ev.src, ev.kind, lo);
+        }
+        self.advance(self.tmax);
     }
 
     /// Moves the neurons to time `t`, recording those that cross θ on the
@@ -738,92 +774,35 @@ fn dense_block_body(
     tmax: f64,
 ) -> Vec<f64> {
     match *w {
-        RowWeights::Cols { w, rows, .. } => block
-            .map(|j| neuron_time(events, &w[j * rows..(j + 1) * rows], steps, theta, tmax))
-            .collect(),
-        RowWeights::Real { wt, out } => {
-            dense_sweep(events, &RealRows { wt, out }, steps, block, theta, tmax)
-        }
-        RowWeights::Bits { packed, wpr, .. } => dense_sweep(
-            events,
-            &BitRows::new(packed, wpr),
-            steps,
-            block,
-            theta,
-            tmax,
-        ),
-    }
-}
-
-#[inline(always)]
-fn dense_sweep<W: Rows>(
-    events: &[Event],
-    w: &W,
-    steps: &[f64; 3],
-    block: std::ops::Range<usize>,
-    theta: f64,
-    tmax: f64,
-) -> Vec<f64> {
-    let mut st = Sweep::<W::A>::new(block.len(), theta, tmax, steps);
-    for ev in events {
-        st.advance(ev.t);
-        if st.remaining == 0 {
-            return st.times;
-        }
-        st.input(w, ev.src, ev.kind, block.start);
-    }
-    st.advance(tmax);
-    st.times
-}
-
-/// One Dense neuron's spike time from its own weight row, sweeping the events
-/// until it fires. Its `V`, `r` and `f` see the same operations in the same
-/// order as in [`Sweep`], so the time is bit-identical; but the neuron stops at
-/// its own spike and reads one contiguous row, so no transposed copy is needed.
-fn neuron_time(events: &[Event], row: &[f64], steps: &[f64; 3], theta: f64, tmax: f64) -> f64 {
-    let (inv1, inv2) = (steps[0], steps[2]);
-    let fall = inv2 != 0.0;
-    let (mut v, mut r, mut f, mut last) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
-    let advance = |v: &mut f64, r: f64, f: f64, last: &mut f64, t: f64| -> Option<f64> {
-        let dt = t - *last;
-        if dt <= 0.0 {
-            return None;
-        }
-        let (t0, v0) = (*last, *v);
-        *last = t;
-        let d = if fall {
-            r * (inv1 * dt) - f * (inv2 * dt)
-        } else {
-            r * (inv1 * dt)
-        };
-        let v1 = v0 + d;
-        if v1 >= theta {
-            let s = if fall { r * inv1 - f * inv2 } else { r * inv1 };
-            let tc = (t0 + (theta - v0) / s).max(t0).min(t);
-            if tc < tmax {
-                return Some(tc);
-            }
-        }
-        *v = v1;
-        None
-    };
-    for ev in events {
-        if let Some(tc) = advance(&mut v, r, f, &mut last, ev.t) {
-            return tc;
-        }
-        let w = row[ev.src];
-        match ev.kind {
-            0 => r += w,
-            1 => {
-                r -= w;
-                if fall {
-                    f += w;
+        RowWeights::Cols { w, rows, .. } => {
+            // Small blocks of neurons, each swept until all of its neurons
+            // fired: the strided weight loads then stop early too.
+            let w = ColRows { w, rows };
+            let mut times = Vec::with_capacity(block.len());
+            let mut st = Sweep::<f64>::new(LANES.min(block.len()), theta, tmax, steps);
+            for lo in block.clone().step_by(LANES) {
+                let n = LANES.min(block.end - lo);
+                if n != st.v.len() {
+                    st = Sweep::new(n, theta, tmax, steps);
+                } else {
+                    st.reset();
                 }
+                st.sweep(events, &w, lo);
+                times.extend_from_slice(&st.times);
             }
-            _ => f -= w,
+            times
+        }
+        RowWeights::Real { wt, out } => {
+            let mut st = Sweep::new(block.len(), theta, tmax, steps);
+            st.sweep(events, &RealRows { wt, out }, block.start);
+            st.times
+        }
+        RowWeights::Bits { packed, wpr, .. } => {
+            let mut st = Sweep::new(block.len(), theta, tmax, steps);
+            st.sweep(events, &BitRows::new(packed, wpr), block.start);
+            st.times
         }
     }
-    advance(&mut v, r, f, &mut last, tmax).unwrap_or(tmax)
 }
 
 /// Geometry of a Conv2d layer.

@@ -86,6 +86,9 @@ pub struct Network {
     pub(crate) spiking: Vec<usize>,
 }
 
+/// Smallest training batch whose step transposes its real Dense layers.
+pub(crate) const DENSE_TRANSPOSE_MIN_BATCH: usize = 8;
+
 /// Parts each sample's large layers are split into: the pool's threads when
 /// there are fewer samples than threads, else 1. Results do not depend on it.
 pub(crate) fn split_parts(batch: usize) -> usize {
@@ -355,7 +358,7 @@ impl Network {
     ) -> ForwardOut {
         let samples: Vec<(Vec<Vec<f64>>, Vec<f64>, u64)> = pool.install(|| {
             let wt = self.transpose_all(params, true);
-            let prep = self.row_weights(params, &wt);
+            let prep = self.row_weights(params, &wt, &[]);
             let parts = split_parts(batch);
             input
                 .par_chunks_exact(self.in_size)
@@ -404,17 +407,43 @@ impl Network {
             .collect()
     }
 
-    /// The forward weights of every spiking layer, laid out for the sweep.
+    /// Transposed weights of the real Dense layers for one training step of
+    /// `batch` samples (empty for the others, and for every layer when the
+    /// batch is small): from [`DENSE_TRANSPOSE_MIN_BATCH`] samples on, one
+    /// copy per step costs less than the strided reads of
+    /// [`RowWeights::Cols`]. The spike times are the same either way.
+    pub(crate) fn step_transposes(&self, params: &[LayerParams], batch: usize) -> Vec<Vec<f64>> {
+        if batch < DENSE_TRANSPOSE_MIN_BATCH {
+            return Vec::new();
+        }
+        self.layers
+            .iter()
+            .zip(params)
+            .map(|(layer, p)| match (layer, layer.weight_dims()) {
+                (Layer::Dense { binary: false, .. }, Some((out, rows))) => {
+                    transpose(p.weight, out, rows)
+                }
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    /// The forward weights of every spiking layer, laid out for the sweep:
+    /// `fresh[l]` (see [`Network::step_transposes`]) where it is not empty,
+    /// else `wt[l]`.
     pub(crate) fn row_weights<'a>(
         &self,
         params: &[LayerParams<'a>],
         wt: &'a [Vec<f64>],
+        fresh: &'a [Vec<f64>],
     ) -> Vec<Option<RowWeights<'a>>> {
         self.layers
             .iter()
             .zip(params)
             .zip(wt)
-            .map(|((layer, p), wt)| {
+            .enumerate()
+            .map(|(l, ((layer, p), wt))| {
+                let wt = fresh.get(l).filter(|f| !f.is_empty()).unwrap_or(wt);
                 let (out, rows) = layer.weight_dims()?;
                 Some(if layer.is_binary() {
                     RowWeights::bits(p.packed, out)

@@ -210,7 +210,8 @@ impl Network {
         let batch = labels.len();
         let recs: Vec<SampleRec> = {
             let views: Vec<LayerParams> = params.iter().map(LayerParamsMut::as_params).collect();
-            let prep = self.row_weights(&views, wt);
+            let fresh = self.step_transposes(&views, batch);
+            let prep = self.row_weights(&views, wt, &fresh);
             let weights: Vec<&[f64]> = views.iter().map(|p| p.weight).collect();
             let n_in = self.in_size;
             let parts = split_parts(batch);
@@ -326,7 +327,8 @@ impl Network {
         rule: &Rule,
         lr: &[f64],
     ) -> Vec<SampleRec> {
-        let prep = self.row_weights(params, wt);
+        let fresh = self.step_transposes(params, labels.len());
+        let prep = self.row_weights(params, wt, &fresh);
         let weights: Vec<&[f64]> = params.iter().map(|p| p.weight).collect();
         let n_in = self.in_size;
         let parts = split_parts(labels.len());
