@@ -212,6 +212,98 @@ def test_learning_steps_agree_with_reference(case, steps, normalize, reduce, dis
         assert rs["fired"] == pytest.approx(ns["fired"], abs=1e-12)
 
 
+@given(network_case(), DISPLACEMENT)
+@settings(max_examples=30)
+def test_large_batch_step_agrees_with_reference(case, disp):
+    """From 8 samples on, a step sweeps real Dense layers over a transposed copy
+    rather than their own rows; it still agrees with the reference."""
+    net, x, labels = case
+    x, labels = np.concatenate([x] * 8), np.concatenate([labels] * 8)
+    start = snapshot(net)
+    kwargs = dict(lr=2.0, beta=0.7, displacement=disp)
+    rust = sr.STiDiBP(net, **kwargs).step(x, labels)
+    rust_w = snapshot(net)
+    for layer, w in zip(net.spiking_layers, start):
+        layer.weight = w
+    net.backend = "numpy"
+    assume(margin(net, x) > 1e-7)
+    ref = sr.STiDiBP(net, **kwargs).step(x, labels)
+    for a, b in zip(rust_w, snapshot(net)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=ATOL_W)
+    assert np.array_equal(rust["predictions"], ref["predictions"])
+    assert np.array_equal(rust["events"], ref["events"])
+
+
+@given(network_case())
+def test_event_count_agrees_with_reference(case):
+    """The engine's count of synaptic events (inference and each training step)
+    equals the count from the reference's spike times."""
+    net, x, labels = case
+    assume(margin(net, x) > 1e-7)  # the engines agree on which neurons fire
+    times, _ = R.forward(net.layers, x, net.psp, net.tmax)
+    want = R.synaptic_events(net.layers, x, times, net.tmax)
+    assert net.synaptic_events(x) == want.sum()
+    # The first layer reads the input, so a network input that spikes counts.
+    assert want.sum() >= (x < net.tmax).sum()
+    stats = sr.STiDiBP(net, lr=0.0).steps(x, labels, batch_size=1)
+    assert np.array_equal(stats["events"], want)
+
+
+def test_event_count_by_hand():
+    """Dense: spiking inputs x outputs; Conv2d: each spiking input times the output
+    positions whose field holds it, times the channels."""
+    dense = sr.Network([sr.Dense(3, 5, 1.0)], (3,), tmax=10.0)
+    assert dense.synaptic_events(np.array([[1.0, 10.0, 2.0]])) == 2 * 5
+    conv = sr.Network([sr.Conv2d(1, 2, 3, 1.0)], (1, 4, 4), tmax=10.0)
+    x = np.full((1, 1, 4, 4), 10.0)
+    x[0, 0, 0, 0] = 1.0  # a corner: one position holds it
+    x[0, 0, 1, 2] = 1.0  # two rows of positions, two columns: four
+    assert conv.synaptic_events(x) == (1 + 4) * 2
+    x[:] = 0.0  # every input: 2x2 positions of 9 inputs each
+    assert conv.synaptic_events(x) == 4 * 9 * 2
+    for net, t in ((dense, np.array([[1.0, 10.0, 2.0]])), (conv, x)):
+        net.backend = "numpy"
+        assert net.synaptic_events(t) == (10 if net is dense else 72)
+
+
+@st.composite
+def wide_binary_case(draw):
+    """Binary layers wide enough for whole and partial bytes of packed signs, and a
+    real twin of the same shape."""
+    k, co, hidden = draw(st.integers(1, 5)), draw(st.integers(1, 40)), draw(st.integers(1, 140))
+    th = [draw(st.floats(1.0, 6.0)), draw(st.floats(2.0, 30.0)), draw(st.floats(1.0, 10.0))]
+    n_conv = co * (10 - k + 1) ** 2
+
+    def build(binary):
+        layers = [
+            sr.Conv2d(1, co, k, th[0], binary=binary),
+            sr.Dense(n_conv, hidden, th[1], binary=binary),
+            sr.Dense(hidden, 10, th[2], binary=binary),
+        ]
+        return sr.Network(layers, (1, 10, 10), seed=seed, backend="rust")
+
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 256.0, size=(draw(st.integers(1, 3)), 1, 10, 10))
+    x[rng.random(x.shape) < draw(st.floats(0.0, 0.6))] = 256.0
+    return build(True), build(False), x
+
+
+@given(wide_binary_case())
+@settings(max_examples=30)
+def test_binary_kernels_equal_float_kernels_on_signs(case):
+    """Bit-packed signs (integer counts) and the same ±1 weights as floats (float
+    sums) give identical spike times and V(tmax): the sums hold the same integers."""
+    net, twin, x = case
+    for a, b in zip(twin.spiking_layers, net.spiking_layers):
+        a.weight = np.where(b.weight >= 0, 1.0, -1.0)
+    bits, floats = net._forward(x), twin._forward(x)
+    for a, b in zip(bits[0], floats[0]):
+        assert a.tobytes() == b.tobytes()
+    assert bits[1].tobytes() == floats[1].tobytes()
+    assert net.synaptic_events(x) == twin.synaptic_events(x)
+
+
 @given(network_case())
 @settings(max_examples=20)
 def test_results_do_not_depend_on_thread_count(case):

@@ -94,7 +94,9 @@ class Rule:
 
         Returns ``predictions`` and ``cases`` per sample (from the forward pass of the
         step that sample was in), ``accuracy`` over all samples, and per step
-        ``loss`` ``(steps,)`` and ``fired`` ``(steps, layers)``.
+        ``loss`` ``(steps,)``, ``fired`` ``(steps, layers)`` and ``events`` ``(steps,)``
+        (synaptic events of the step's forward passes, see
+        :meth:`Network.synaptic_events`).
         """
         batch_size = int(batch_size)
         if batch_size < 1:
@@ -113,11 +115,17 @@ class Rule:
 
         Returns statistics of the forward pass the update came from: ``loss``
         (batch mean of the rule's loss), ``accuracy``, ``predictions``, ``cases``
-        (see ``Network.predict``) and ``fired`` (per layer, the mean fraction of
-        neurons that spiked).
+        (see ``Network.predict``), ``fired`` (per layer, the mean fraction of
+        neurons that spiked) and ``events`` (synaptic events of the forward pass,
+        see ``Network.synaptic_events``).
         """
         out = self.steps(times, labels, batch_size=max(1, len(np.asarray(times))))
-        return {**out, "loss": float(out["loss"][0]), "fired": out["fired"][0].tolist()}
+        return {
+            **out,
+            "loss": float(out["loss"][0]),
+            "fired": out["fired"][0].tolist(),
+            "events": int(out["events"][0]),
+        }
 
     def gradients(self, times, labels) -> tuple[float, list[np.ndarray]]:
         """``(loss, grads)`` of a batch without changing the weights: the batch-mean
@@ -151,7 +159,8 @@ class Rule:
             self._moments(),
         )
         self._after_rust(out)
-        return {k: np.asarray(out[k]) for k in ("predictions", "cases", "loss", "fired")}
+        keys = ("predictions", "cases", "loss", "fired", "events")
+        return {k: np.asarray(out[k]) for k in keys}
 
     def _moments(self):
         return None
@@ -167,7 +176,7 @@ class Rule:
 
     def _numpy_steps(self, t, y, batch_size):
         net = self.network
-        preds, case_list, loss, fired = [], [], [], []
+        preds, case_list, loss, fired, events = [], [], [], [], []
         # A diverging step puts back the weights and the rule's own state (Adam's
         # moments) the call started from, as the Rust engine does.
         weights = [getattr(layer, "_weight", None) for layer in net.layers]
@@ -194,11 +203,13 @@ class Rule:
             case_list.append(c)
             loss.append(value)
             fired.append([(o < net.tmax).reshape(len(o), -1).mean() for o in outs])
+            events.append(reference.synaptic_events(net.layers, xb, outs, net.tmax).sum())
         return {
             "predictions": np.concatenate(preds),
             "cases": np.concatenate(case_list),
             "loss": np.array(loss),
             "fired": np.array(fired),
+            "events": np.array(events, dtype=np.int64),
         }
 
 

@@ -183,7 +183,7 @@ class Network:
         if self.backend == "numpy":
             return reference.forward(self.layers, t, self.psp, self.tmax)
         weights, packed = self._params()
-        flat, v_end = self._rust().forward(weights, packed, t.reshape(len(t), -1))
+        flat, v_end, self._events = self._rust().forward(weights, packed, t.reshape(len(t), -1))
         times = [f.reshape(len(t), *s) for f, s in zip(flat, self.output_shapes)]
         return times, (v_end if isinstance(self.layers[-1], Dense) else None)
 
@@ -191,6 +191,21 @@ class Network:
         """Spike times of every layer, each shaped ``(batch, *layer_output_shape)``."""
         t = _check_times(times, self.input_shape, self.tmax)
         return self._forward(t)[0]
+
+    def synaptic_events(self, times) -> int:
+        """Synaptic events of a forward pass over ``times``: over every ``Conv2d`` and
+        ``Dense`` layer, the synapses of its inputs that spike (``t < tmax``), the
+        work the event-driven engine does, whether or not its sweep reached them.
+        Counted by the engine with ``backend="rust"``, from the reference's spike
+        times with ``"numpy"``."""
+        t = _check_times(times, self.input_shape, self.tmax)
+        if len(t) == 0:
+            return 0
+        if self.backend == "numpy":
+            outs, _ = reference.forward(self.layers, t, self.psp, self.tmax)
+            return int(reference.synaptic_events(self.layers, t, outs, self.tmax).sum())
+        self._forward(t)
+        return int(self._events)
 
     def predict(self, times, return_cases: bool = False, batch_size: int = 1024):
         """Predicted class per sample: the first output spike (rule in docs/algorithm.md §4).

@@ -32,6 +32,7 @@ __all__ = [
     "layer_update",
     "displacement",
     "forward",
+    "synaptic_events",
     "updates",
     "output_loss",
     "exact_factor",
@@ -281,6 +282,28 @@ def forward(layers, t_in: np.ndarray, psp, tmax: float):
             prev.reshape(len(prev), -1), _forward_weight(last), tmax, psp.tau_rise, psp.tau_fall
         )
     return times, v_end
+
+
+def synaptic_events(layers, t_in: np.ndarray, times, tmax: float) -> np.ndarray:
+    """Synaptic events of each sample's forward pass (``times`` from :func:`forward`):
+    over every Conv2d and Dense layer, the synapses of its inputs that spike
+    (``t < tmax``). A Conv2d input's synapses are its output neurons whose
+    receptive field holds it."""
+    total = np.zeros(len(t_in), dtype=np.int64)
+    for li, layer in enumerate(layers):
+        if layer.kind == "maxpool2d":
+            continue
+        x = layer_input(layers, li, t_in, times)
+        fires = np.asarray(x) < tmax
+        if layer.kind == "dense":
+            total += fires.reshape(len(x), -1).sum(axis=1) * layer.out_features
+        else:
+            k = layer.kernel_size
+            _, _, h, w = x.shape
+            # How many output positions read each input: all-ones patches folded back.
+            reach = fold(np.ones((1, h - k + 1, w - k + 1, k * k)), 1, k)[0, 0].astype(np.int64)
+            total += (fires * reach).reshape(len(x), -1).sum(axis=1) * layer.out_channels
+    return total
 
 
 def updates(

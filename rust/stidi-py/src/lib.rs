@@ -93,8 +93,9 @@ impl Engine {
         Ok(Engine { net })
     }
 
-    /// Spike times of every layer as `(batch, size)` arrays, and `V(tmax)` of the
-    /// last layer as `(batch, n_out)` (empty if it is not Dense).
+    /// Spike times of every layer as `(batch, size)` arrays, `V(tmax)` of the
+    /// last layer as `(batch, n_out)` (empty if it is not Dense), and the
+    /// batch's synaptic events (see `stidi_core::ForwardOut::events`).
     #[allow(clippy::type_complexity)]
     fn forward<'py>(
         &self,
@@ -102,7 +103,11 @@ impl Engine {
         weights: Vec<Option<PyReadonlyArrayDyn<'py, f64>>>,
         packed: Vec<Option<PyReadonlyArrayDyn<'py, u64>>>,
         times: PyReadonlyArray2<'py, f64>,
-    ) -> PyResult<(Vec<Bound<'py, PyArray2<f64>>>, Bound<'py, PyArray2<f64>>)> {
+    ) -> PyResult<(
+        Vec<Bound<'py, PyArray2<f64>>>,
+        Bound<'py, PyArray2<f64>>,
+        u64,
+    )> {
         let batch = times.shape()[0];
         let input = contiguous(times.as_slice().ok(), "times")?;
         let params = read_params(&weights, &packed)?;
@@ -114,7 +119,7 @@ impl Engine {
             .into_iter()
             .map(|t| to_2d(py, t, batch))
             .collect::<PyResult<Vec<_>>>()?;
-        Ok((layers, to_2d(py, out.v_end, batch)?))
+        Ok((layers, to_2d(py, out.v_end, batch)?, out.events))
     }
 
     /// Consecutive steps of `rule` over the rows of `times` in order, `batch_size`
@@ -124,7 +129,8 @@ impl Engine {
     /// `(m, v)`, Adam's state per layer (updated in place), for the exact rule
     /// with Adam. Returns per-step arrays: `predictions` and `cases` of shape
     /// `(n,)` (per sample), `loss` of shape `(steps,)`, `fired` of shape
-    /// `(steps, layers)`, and `adam_step` (Adam's step count after the call).
+    /// `(steps, layers)`, `events` of shape `(steps,)` (synaptic events of each
+    /// step's forward passes), and `adam_step` (Adam's step count after the call).
     #[allow(clippy::too_many_arguments)] // py, the arrays, the batch size and the rule
     #[pyo3(signature = (weights, packed, times, labels, batch_size, rule, moments=None))]
     fn train_steps<'py>(
@@ -165,6 +171,7 @@ impl Engine {
         let mut cases = Vec::with_capacity(labels.len());
         let mut loss = Vec::with_capacity(steps.len());
         let mut fired = Vec::with_capacity(steps.len() * n_layers);
+        let events: Vec<u64> = steps.iter().map(|s| s.events).collect();
         for s in steps.iter() {
             predictions.extend(s.predictions.iter().map(|&p| p as i64));
             cases.extend_from_slice(&s.cases);
@@ -176,6 +183,7 @@ impl Engine {
         out.set_item("cases", cases.into_pyarray(py))?;
         out.set_item("loss", loss.into_pyarray(py))?;
         out.set_item("fired", to_2d(py, fired, steps.len())?)?;
+        out.set_item("events", events.into_pyarray(py))?;
         out.set_item("adam_step", moments.step)?;
         Ok(out)
     }
