@@ -38,8 +38,9 @@ pub(crate) fn sort_active(x: &[f64], tmax: f64, act: &mut Vec<Active>) {
             .filter(|&(_, &t)| t < tmax)
             .map(|(src, &t)| Active { t, src: src as u32 }),
     );
-    // Times are >= 0, so their bit patterns order like the values.
-    act.sort_unstable_by_key(|a| (a.t.to_bits(), a.src));
+    // Times are >= 0, so their bit patterns order like the values; one integer
+    // key compares in fewer instructions than the pair.
+    act.sort_unstable_by_key(|a| (u128::from(a.t.to_bits()) << 32) | u128::from(a.src));
 }
 
 /// Sorted breakpoints before `tmax` of the inputs that spike (`t < tmax`),
@@ -59,13 +60,18 @@ pub(crate) fn build_events(
     let fall_at = |k: usize| act[k].t + psp.tau_rise;
     let end_at = |k: usize| act[k].t + psp.tau_rise + psp.tau_fall;
     let (mut r, mut f, mut e) = (0, 0, 0);
+    if psp.tau_fall.is_infinite() {
+        e = n; // no end breakpoints: two streams
+    }
     loop {
         // Breakpoints at or after tmax cannot change V on [0, tmax); with τ2 = ∞
         // the end breakpoint is +∞ and is dropped here.
         let tr = if r < n { act[r].t } else { f64::INFINITY };
         let tf = if f < n { fall_at(f) } else { f64::INFINITY };
         let te = if e < n { end_at(e) } else { f64::INFINITY };
-        let t = tr.min(tf).min(te);
+        // No NaN here (times are checked), so plain comparisons pick the minimum.
+        let m = if tf < tr { tf } else { tr };
+        let t = if te < m { te } else { m };
         if t >= tmax {
             break;
         }
@@ -344,8 +350,11 @@ impl Rows for BitRows<'_> {
     fn add(&self, row: usize, neg: bool, block: std::ops::Range<usize>, dst: &mut [i32]) {
         debug_assert_eq!(block.start % 8, 0);
         let words = &self.packed[row * self.wpr..(row + 1) * self.wpr];
-        assert!(block.end <= words.len() * 64);
-        let dst = &mut dst[..block.len()];
+        // Whole bytes where `dst` has room: the lanes past the block are the
+        // sweep's padding (V = −∞), which the padding bits (−1) cannot wake.
+        let len = block.len().next_multiple_of(8).min(dst.len());
+        assert!(block.start + len <= words.len() * 64);
+        let dst = &mut dst[..len];
         #[cfg(target_arch = "x86_64")]
         if self.avx2 {
             // SAFETY: the CPU supports AVX2 (checked at run time); the block
@@ -455,6 +464,9 @@ fn add_signs_body<const NEG: bool>(words: &[u64], lo: usize, dst: &mut [i32]) {
 /// finite `τ2`): its slope is `r/τ1 − f/τ2`, and an input event adds or removes
 /// a weight with no multiply (an integer count for ±1 weights).
 struct Sweep<A: Acc> {
+    /// Neurons; the buffers are padded to whole blocks of [`LANES`], so that
+    /// every block is one branch-free vector pass. Padding lanes hold `V = −∞`.
+    n: usize,
     /// `V` of neurons that have not fired; `−∞` once fired, so that the
     /// crossing test needs no per-neuron branch on the spike time.
     v: Vec<f64>,
@@ -479,34 +491,49 @@ const LANES: usize = 8;
 impl<A: Acc> Sweep<A> {
     fn new(out: usize, theta: f64, tmax: f64, steps: &[f64; 3]) -> Self {
         let (inv1, inv2) = (steps[0], steps[2]);
-        Sweep {
-            v: vec![0.0; out],
-            r: vec![A::default(); out],
-            f: vec![A::default(); if inv2 == 0.0 { 0 } else { out }],
+        let padded = out.next_multiple_of(LANES);
+        let mut st = Sweep {
+            n: out,
+            v: vec![0.0; padded],
+            r: vec![A::default(); padded],
+            f: vec![A::default(); if inv2 == 0.0 { 0 } else { padded }],
             last: 0.0,
-            times: vec![tmax; out],
+            times: vec![tmax; padded],
             remaining: out,
             theta,
             tmax,
             inv1,
             inv2,
-        }
+        };
+        st.v[out..].fill(f64::NEG_INFINITY);
+        st
+    }
+
+    /// The spike times (`tmax` for no spike).
+    fn spikes(&self) -> &[f64] {
+        &self.times[..self.n]
+    }
+
+    fn into_spikes(mut self) -> Vec<f64> {
+        self.times.truncate(self.n);
+        self.times
     }
 
     /// Back to the state at time 0, keeping the buffers.
     fn reset(&mut self) {
-        self.v.fill(0.0);
+        self.v[..self.n].fill(0.0);
+        self.v[self.n..].fill(f64::NEG_INFINITY);
         self.r.fill(A::default());
         self.f.fill(A::default());
         self.last = 0.0;
         self.times.fill(self.tmax);
-        self.remaining = self.v.len();
+        self.remaining = self.n;
     }
 
     /// Applies breakpoint `kind` (0 rise, 1 fall, 2 end) of input `row`.
     #[inline(always)]
     fn input<W: Rows<A = A>>(&mut self, w: &W, row: usize, kind: usize, lo: usize) {
-        let block = lo..lo + self.v.len();
+        let block = lo..lo + self.n;
         match kind {
             0 => w.add(row, false, block, &mut self.r),
             1 => {
@@ -565,17 +592,13 @@ impl<A: Acc> Sweep<A> {
             a: self.inv1 * dt,
             b: self.inv2 * dt,
         };
-        let n = self.v.len();
-        let full = n - n % LANES;
         let mut fired = 0;
-        let (v, rest_v) = self.v.split_at_mut(full);
-        let (r, rest_r) = self.r.split_at(full);
-        let (times, rest_t) = self.times.split_at_mut(full);
         let f = if FALL { &self.f[..] } else { &[][..] };
-        for (q, ((v, r), times)) in v
+        for (q, ((v, r), times)) in self
+            .v
             .chunks_exact_mut(LANES)
-            .zip(r.chunks_exact(LANES))
-            .zip(times.chunks_exact_mut(LANES))
+            .zip(self.r.chunks_exact(LANES))
+            .zip(self.times.chunks_exact_mut(LANES))
             .enumerate()
         {
             let v: &mut [f64; LANES] = v.try_into().unwrap();
@@ -597,12 +620,6 @@ impl<A: Acc> Sweep<A> {
                     fired += k.settle::<FALL, A>(v[j], &mut v1[j], r[j], f[j], &mut times[j]);
                 }
             }
-            *v = v1;
-        }
-        let f = if FALL { &self.f[full..] } else { rest_r };
-        for (((v, &r), &f), tj) in rest_v.iter_mut().zip(rest_r).zip(f).zip(rest_t) {
-            let mut v1 = *v + k.rise::<FALL, A>(r, f);
-            fired += k.settle::<FALL, A>(*v, &mut v1, r, f, tj);
             *v = v1;
         }
         self.remaining -= fired;
@@ -782,25 +799,25 @@ fn dense_block_body(
             let mut st = Sweep::<f64>::new(LANES.min(block.len()), theta, tmax, steps);
             for lo in block.clone().step_by(LANES) {
                 let n = LANES.min(block.end - lo);
-                if n != st.v.len() {
+                if n != st.n {
                     st = Sweep::new(n, theta, tmax, steps);
                 } else {
                     st.reset();
                 }
                 st.sweep(events, &w, lo);
-                times.extend_from_slice(&st.times);
+                times.extend_from_slice(st.spikes());
             }
             times
         }
         RowWeights::Real { wt, out } => {
             let mut st = Sweep::new(block.len(), theta, tmax, steps);
             st.sweep(events, &RealRows { wt, out }, block.start);
-            st.times
+            st.into_spikes()
         }
         RowWeights::Bits { packed, wpr, .. } => {
             let mut st = Sweep::new(block.len(), theta, tmax, steps);
             st.sweep(events, &BitRows::new(packed, wpr), block.start);
-            st.times
+            st.into_spikes()
         }
     }
 }
@@ -1016,7 +1033,7 @@ fn conv_sweep<W: Rows>(
             if st.remaining > 0 {
                 st.advance(tmax);
             }
-            times.extend_from_slice(&st.times);
+            times.extend_from_slice(st.spikes());
         }
     }
     times
