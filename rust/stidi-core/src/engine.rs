@@ -275,6 +275,53 @@ impl Acc for i32 {
     }
 }
 
+impl Acc for i16 {
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+}
+
+/// Integer counts of ±1 weights: `i16` (16 outputs per vector) where the
+/// fan-in bounds every count below 2^15, else `i32`.
+pub(crate) trait Count: Acc {
+    /// `dst[j] ± sign` of the outputs `lo + j` (see [`add_signs_avx2`]).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, and `lo + dst.len() <= 64 * words.len()`.
+    unsafe fn add_avx2<const NEG: bool>(words: &[u64], lo: usize, dst: &mut [Self]);
+    fn add_portable<const NEG: bool>(words: &[u64], lo: usize, dst: &mut [Self]);
+}
+
+impl Count for i32 {
+    #[inline(always)]
+    unsafe fn add_avx2<const NEG: bool>(words: &[u64], lo: usize, dst: &mut [i32]) {
+        add_signs_avx2::<NEG>(words, lo, dst)
+    }
+    #[inline(always)]
+    fn add_portable<const NEG: bool>(words: &[u64], lo: usize, dst: &mut [i32]) {
+        add_signs_body::<NEG>(words, lo, dst)
+    }
+}
+
+impl Count for i16 {
+    #[inline(always)]
+    unsafe fn add_avx2<const NEG: bool>(words: &[u64], lo: usize, dst: &mut [i16]) {
+        add_signs16_avx2::<NEG>(words, lo, dst)
+    }
+    #[inline(always)]
+    fn add_portable<const NEG: bool>(words: &[u64], lo: usize, dst: &mut [i16]) {
+        for (j, d) in (lo..).zip(dst.iter_mut()) {
+            let m = -(((words[j / 64] >> (j % 64)) & 1) as i16) | 1;
+            if NEG {
+                *d += m;
+            } else {
+                *d -= m;
+            }
+        }
+    }
+}
+
 /// Rows of forward weights as the sweep adds them: `dst[j - lo] ± w[j, row]`
 /// for the outputs `j` of `lo..hi` (`lo` a multiple of 8 for packed signs).
 pub(crate) trait Rows: Sync {
@@ -327,27 +374,33 @@ impl Rows for ColRows<'_> {
     }
 }
 
-struct BitRows<'a> {
+struct BitRows<'a, C> {
     packed: &'a [u64],
     wpr: usize,
-    /// Run [`add_signs_avx2`]: read once per sweep rather than once per row.
+    /// Run the AVX2 copy: read once per sweep rather than once per row.
     avx2: bool,
+    count: std::marker::PhantomData<C>,
 }
 
-impl<'a> BitRows<'a> {
+impl<'a, C> BitRows<'a, C> {
     fn new(packed: &'a [u64], wpr: usize) -> Self {
         #[cfg(target_arch = "x86_64")]
         let avx2 = use_avx2();
         #[cfg(not(target_arch = "x86_64"))]
         let avx2 = false;
-        BitRows { packed, wpr, avx2 }
+        BitRows {
+            packed,
+            wpr,
+            avx2,
+            count: std::marker::PhantomData,
+        }
     }
 }
 
-impl Rows for BitRows<'_> {
-    type A = i32;
+impl<C: Count> Rows for BitRows<'_, C> {
+    type A = C;
     #[inline(always)]
-    fn add(&self, row: usize, neg: bool, block: std::ops::Range<usize>, dst: &mut [i32]) {
+    fn add(&self, row: usize, neg: bool, block: std::ops::Range<usize>, dst: &mut [C]) {
         debug_assert_eq!(block.start % 8, 0);
         let words = &self.packed[row * self.wpr..(row + 1) * self.wpr];
         // Whole bytes where `dst` has room: the lanes past the block are the
@@ -361,18 +414,75 @@ impl Rows for BitRows<'_> {
             // lies within the row's words (asserted above).
             unsafe {
                 if neg {
-                    add_signs_avx2::<true>(words, block.start, dst);
+                    C::add_avx2::<true>(words, block.start, dst);
                 } else {
-                    add_signs_avx2::<false>(words, block.start, dst);
+                    C::add_avx2::<false>(words, block.start, dst);
                 }
             }
             return;
         }
         if neg {
-            add_signs_body::<true>(words, block.start, dst);
+            C::add_portable::<true>(words, block.start, dst);
         } else {
-            add_signs_body::<false>(words, block.start, dst);
+            C::add_portable::<false>(words, block.start, dst);
         }
+    }
+}
+
+/// Whether the counts of a binary layer with `rows` inputs fit `i16`.
+fn fits_i16(rows: usize) -> bool {
+    rows <= i16::MAX as usize
+}
+
+/// [`add_signs_avx2`] on 16 `i16` counts per vector: the 16 sign bits are
+/// broadcast, masked per lane and compared, giving `m = −1` where the bit is
+/// set; `m | 1` is `−sign`.
+///
+/// # Safety
+/// The CPU must support AVX2, and `lo + dst.len() <= 64 * words.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn add_signs16_avx2<const NEG: bool>(words: &[u64], lo: usize, dst: &mut [i16]) {
+    use std::arch::x86_64::*;
+    let n = dst.len();
+    let full = n / 16;
+    let bytes = words.as_ptr().cast::<u8>().add(lo / 8);
+    let d = dst.as_mut_ptr();
+    let bit = _mm256_setr_epi16(
+        1,
+        2,
+        4,
+        8,
+        16,
+        32,
+        64,
+        128,
+        256,
+        512,
+        1024,
+        2048,
+        4096,
+        8192,
+        16384,
+        i16::MIN,
+    );
+    let one = _mm256_set1_epi16(1);
+    for q in 0..full {
+        let w = std::ptr::read_unaligned(bytes.add(2 * q).cast::<u16>());
+        let m = _mm256_cmpeq_epi16(_mm256_and_si256(_mm256_set1_epi16(w as i16), bit), bit);
+        let x = _mm256_or_si256(m, one);
+        let pd = d.add(16 * q).cast::<__m256i>();
+        let v = _mm256_loadu_si256(pd);
+        let r = if NEG {
+            _mm256_add_epi16(v, x)
+        } else {
+            _mm256_sub_epi16(v, x)
+        };
+        _mm256_storeu_si256(pd, r);
+    }
+    if full * 16 < n {
+        i16::add_portable::<NEG>(words, lo + full * 16, &mut dst[full * 16..]);
     }
 }
 
@@ -814,9 +924,14 @@ fn dense_block_body(
             st.sweep(events, &RealRows { wt, out }, block.start);
             st.into_spikes()
         }
+        RowWeights::Bits { packed, wpr, .. } if fits_i16(packed.len() / wpr) => {
+            let mut st = Sweep::new(block.len(), theta, tmax, steps);
+            st.sweep(events, &BitRows::<i16>::new(packed, wpr), block.start);
+            st.into_spikes()
+        }
         RowWeights::Bits { packed, wpr, .. } => {
             let mut st = Sweep::new(block.len(), theta, tmax, steps);
-            st.sweep(events, &BitRows::new(packed, wpr), block.start);
+            st.sweep(events, &BitRows::<i32>::new(packed, wpr), block.start);
             st.into_spikes()
         }
     }
@@ -958,10 +1073,20 @@ fn conv_rows_body(
     parts: usize,
 ) -> Vec<f64> {
     match *w {
+        RowWeights::Bits { packed, wpr, .. } if fits_i16(g.rows()) => conv_sweep(
+            events,
+            g,
+            &BitRows::<i16>::new(packed, wpr),
+            steps,
+            theta,
+            tmax,
+            part,
+            parts,
+        ),
         RowWeights::Bits { packed, wpr, .. } => conv_sweep(
             events,
             g,
-            &BitRows::new(packed, wpr),
+            &BitRows::<i32>::new(packed, wpr),
             steps,
             theta,
             tmax,
