@@ -429,6 +429,22 @@ impl<C: Count> Rows for BitRows<'_, C> {
     }
 }
 
+/// A Dense layer's spike times from packed signs with `i32` counts, whatever
+/// its fan-in: the path of layers too wide for `i16`, for tests.
+#[cfg(test)]
+pub(crate) fn dense_times_i32(
+    events: &[Event],
+    packed: &[u64],
+    steps: &[f64; 3],
+    out: usize,
+    theta: f64,
+    tmax: f64,
+) -> Vec<f64> {
+    let mut st = Sweep::new(out, theta, tmax, steps);
+    st.sweep(events, &BitRows::<i32>::new(packed, words_per_row(out)), 0);
+    st.into_spikes()
+}
+
 /// Whether the counts of a binary layer with `rows` inputs fit `i16`.
 fn fits_i16(rows: usize) -> bool {
     rows <= i16::MAX as usize

@@ -3,8 +3,8 @@ use proptest::prelude::*;
 use super::naive;
 use super::{close, Params};
 use crate::engine::{
-    build_events, conv_times, dense_times, potential_at, transpose, ConvGeom, RowWeights,
-    PORTABLE_SWEEPS,
+    build_events, conv_times, dense_times, dense_times_i32, potential_at, transpose, ConvGeom,
+    RowWeights, PORTABLE_SWEEPS,
 };
 use crate::threads::build_pool;
 use crate::{bits, ConvReduce, Displacement, Hyper, LayerParams, LayerSpec, Network, Psp};
@@ -391,6 +391,25 @@ proptest! {
             prop_assert_eq!(*b, if *a >= 0.0 { 1.0 } else { -1.0 });
         }
         prop_assert_eq!(bits::pack_signs(&u, out, rows), p);
+    }
+
+    #[test]
+    fn binary_counts_in_i16_and_i32_agree_bit_for_bit(
+        psp in psp_strategy(), n_in in 1usize..40, out in 1usize..150,
+        theta in 0.2..3.0f64, seed in any::<u64>(),
+    ) {
+        // Layers with a fan-in too large for i16 counts use i32 ones.
+        let mut rng = Rng(seed);
+        let x: Vec<f64> = (0..n_in).map(|_| rng.time()).collect();
+        let w: Vec<f64> = (0..out * n_in).map(|_| rng.uniform(-0.5, 1.0)).collect();
+        let (mut act, mut events) = (Vec::new(), Vec::new());
+        build_events(&x, &psp, T, &mut act, &mut events);
+        let packed = bits::pack_signs(&w, out, n_in);
+        let steps = psp.slope_steps();
+        let bits16 = dense_times(&events, &RowWeights::bits(&packed, out), &steps, out, theta, T, 1);
+        let bits32 = dense_times_i32(&events, &packed, &steps, out, theta, T);
+        let b = |t: &[f64]| t.iter().map(|t| t.to_bits()).collect::<Vec<_>>();
+        prop_assert_eq!(b(&bits16), b(&bits32));
     }
 
     #[test]
