@@ -112,11 +112,19 @@ pub(crate) fn sign(w: f64) -> f64 {
 
 /// Whether `packed` holds exactly the signs of `weight` (padding bits ignored).
 pub(crate) fn signs_match(weight: &[f64], packed: &[u64], out: usize, rows: usize) -> bool {
+    use rayon::prelude::*;
     let wpr = words_per_row(out);
-    (0..out).all(|j| {
-        (0..rows).all(|r| {
-            let bit = (packed[r * wpr + j / 64] >> (j % 64)) & 1 == 1;
-            bit == (weight[j * rows + r] >= 0.0)
+    // Branch-free over each output's weight row, on the current rayon pool:
+    // every training call checks the whole layer.
+    weight
+        .par_chunks_exact(rows)
+        .enumerate()
+        .take(out)
+        .all(|(j, row)| {
+            let words = packed.iter().skip(j / 64).step_by(wpr);
+            let bad = row.iter().zip(words).fold(0u64, |bad, (&w, &word)| {
+                bad | (((word >> (j % 64)) & 1) ^ u64::from(w >= 0.0))
+            });
+            bad == 0
         })
-    })
 }

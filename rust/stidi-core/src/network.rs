@@ -614,7 +614,8 @@ impl Network {
                     );
                 }
             }
-            if !binary || training {
+            // A vectorised pass first; the index only when one is found.
+            if (!binary || training) && !p.weight.iter().fold(true, |ok, w| ok & w.is_finite()) {
                 if let Some(i) = p.weight.iter().position(|w| !w.is_finite()) {
                     return invalid!(
                         "layer {l} ({name}): weight {} at index {i} is not finite",

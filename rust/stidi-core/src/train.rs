@@ -127,7 +127,7 @@ impl Network {
     ) -> Result<StepStats> {
         {
             let views: Vec<LayerParams> = params.iter().map(LayerParamsMut::as_params).collect();
-            self.check_train(&views, input, labels, batch, hyper)?;
+            pool.install(|| self.check_train(&views, input, labels, batch, hyper))?;
         }
         let saved = Saved::new(params);
         pool.install(|| {
@@ -162,7 +162,7 @@ impl Network {
         }
         {
             let views: Vec<LayerParams> = params.iter().map(LayerParamsMut::as_params).collect();
-            self.check_train(&views, input, labels, n, hyper)?;
+            pool.install(|| self.check_train(&views, input, labels, n, hyper))?;
         }
         let n_in = self.in_size;
         let saved = Saved::new(params);
@@ -371,11 +371,11 @@ impl Network {
         let batch = labels.len();
         let (lr, wd, hinge) = match rule {
             Rule::StidiBp(h) => {
-                self.check_train(params, input, labels, batch, h)?;
+                pool.install(|| self.check_train(params, input, labels, batch, h))?;
                 (vec![1.0; h.lr.len()], h.weight_decay, 0.0)
             }
             Rule::Exact(c) => {
-                self.check_exact(params, input, labels, batch, c)?;
+                pool.install(|| self.check_exact(params, input, labels, batch, c))?;
                 (vec![1.0; c.lr.len()], c.weight_decay, c.sum_hinge)
             }
         };
@@ -441,7 +441,7 @@ impl Network {
         }
         {
             let views: Vec<LayerParams> = params.iter().map(LayerParamsMut::as_params).collect();
-            self.check_exact(&views, input, labels, n, cfg)?;
+            pool.install(|| self.check_exact(&views, input, labels, n, cfg))?;
         }
         if cfg.optimizer == Optimizer::Adam {
             if moments.m.len() != self.layers.len() || moments.v.len() != self.layers.len() {
