@@ -63,6 +63,31 @@ pub(crate) fn pack_row(weight: &[f64], out: usize, rows: usize, r: usize, words:
     }
 }
 
+/// Packs every input's signs like [`pack_row`], reading the weight row by row
+/// (one output at a time, sequentially) rather than a strided column per
+/// input: 64 outputs, one word of every row, per task on the current rayon pool.
+pub(crate) fn pack_all(weight: &[f64], out: usize, rows: usize, packed: &mut [u64]) {
+    use rayon::prelude::*;
+    let wpr = words_per_row(out);
+    let cols: Vec<Vec<u64>> = (0..wpr)
+        .into_par_iter()
+        .map(|q| {
+            let mut col = vec![0u64; rows];
+            for (b, row) in weight.chunks_exact(rows).skip(q * 64).take(64).enumerate() {
+                for (c, &w) in col.iter_mut().zip(row) {
+                    *c |= u64::from(w >= 0.0) << b;
+                }
+            }
+            col
+        })
+        .collect();
+    for (q, col) in cols.iter().enumerate() {
+        for (words, &c) in packed.chunks_exact_mut(wpr).zip(col) {
+            words[q] = c;
+        }
+    }
+}
+
 /// Unpacks to `±1.0` in the `(out, rows)` weight layout. Panics if
 /// `packed.len() != packed_words(out, rows)`; see [`try_unpack_signs`].
 pub fn unpack_signs(packed: &[u64], out: usize, rows: usize) -> Vec<f64> {

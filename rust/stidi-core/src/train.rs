@@ -61,11 +61,21 @@ fn step_stats(recs: &[SampleRec], n_layers: usize) -> StepStats {
 struct Saved(Vec<(Vec<f64>, Vec<u64>)>);
 
 impl Saved {
+    /// Copies on the current rayon pool: with a call per batch, a serial copy
+    /// of a wide layer held back the scaling over threads.
     fn new(params: &[LayerParamsMut]) -> Saved {
+        fn copy<T: Copy + Default + Send + Sync>(src: &[T]) -> Vec<T> {
+            const CHUNK: usize = 1 << 14;
+            let mut dst = vec![T::default(); src.len()];
+            dst.par_chunks_mut(CHUNK)
+                .zip(src.par_chunks(CHUNK))
+                .for_each(|(d, s)| d.copy_from_slice(s));
+            dst
+        }
         Saved(
             params
                 .iter()
-                .map(|p| (p.weight.to_vec(), p.packed.to_vec()))
+                .map(|p| (copy(p.weight), copy(p.packed)))
                 .collect(),
         )
     }
@@ -129,7 +139,7 @@ impl Network {
             let views: Vec<LayerParams> = params.iter().map(LayerParamsMut::as_params).collect();
             pool.install(|| self.check_train(&views, input, labels, batch, hyper))?;
         }
-        let saved = Saved::new(params);
+        let saved = pool.install(|| Saved::new(params));
         pool.install(|| {
             let mut wt = {
                 let views: Vec<LayerParams> =
@@ -165,7 +175,7 @@ impl Network {
             pool.install(|| self.check_train(&views, input, labels, n, hyper))?;
         }
         let n_in = self.in_size;
-        let saved = Saved::new(params);
+        let saved = pool.install(|| Saved::new(params));
         // One entry into the pool for all the steps: the steps' parallel
         // sections then start from a worker thread.
         pool.install(|| {
@@ -295,11 +305,17 @@ impl Network {
             let w: &[f64] = p.weight;
             if binary {
                 let wpr = crate::bits::words_per_row(out);
-                p.packed
-                    .par_chunks_mut(wpr)
-                    .enumerate()
-                    .filter(|(r, _)| changed[*r])
-                    .for_each(|(r, words)| crate::bits::pack_row(w, out, rows, r, words));
+                // Many changed inputs (a batch): one sequential pass over the
+                // weights beats a strided column read per input.
+                if changed.iter().filter(|&&c| c).count() * 4 > rows {
+                    crate::bits::pack_all(w, out, rows, p.packed);
+                } else {
+                    p.packed
+                        .par_chunks_mut(wpr)
+                        .enumerate()
+                        .filter(|(r, _)| changed[*r])
+                        .for_each(|(r, words)| crate::bits::pack_row(w, out, rows, r, words));
+                }
             } else {
                 // Row by row: only the changed rows are read (strided).
                 wt[l]
@@ -454,7 +470,7 @@ impl Network {
             }
         }
         let n_in = self.in_size;
-        let saved = Saved::new(params);
+        let saved = pool.install(|| Saved::new(params));
         let saved_moments: Vec<(Vec<f64>, Vec<f64>)> = moments
             .m
             .iter()
@@ -569,12 +585,8 @@ impl Network {
                 return Err(l);
             }
             if self.layers[l].is_binary() {
-                let w: &[f64] = p.weight;
-                let wpr = crate::bits::words_per_row(out);
-                p.packed
-                    .par_chunks_mut(wpr)
-                    .enumerate()
-                    .for_each(|(r, words)| crate::bits::pack_row(w, out, rows, r, words));
+                // Every weight changed: one sequential pass over them.
+                crate::bits::pack_all(p.weight, out, rows, p.packed);
             }
         }
         Ok(stats)

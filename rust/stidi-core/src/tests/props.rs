@@ -390,7 +390,11 @@ proptest! {
         for (a, b) in w.iter().zip(&u) {
             prop_assert_eq!(*b, if *a >= 0.0 { 1.0 } else { -1.0 });
         }
-        prop_assert_eq!(bits::pack_signs(&u, out, rows), p);
+        prop_assert_eq!(&bits::pack_signs(&u, out, rows), &p);
+        // The row-by-row packing of a training step gives the same words.
+        let mut all = vec![u64::MAX; p.len()];
+        bits::pack_all(&w, out, rows, &mut all);
+        prop_assert_eq!(all, p);
     }
 
     #[test]
