@@ -250,14 +250,16 @@ pub(crate) fn accumulate_row(
                 let mut k = 0;
                 if kern.inf {
                     // Inputs sorted by time: the plateau (ε = 1) is a prefix,
-                    // then the rise (ε = s/τ1, as Psp::eps) up to t_j.
+                    // then the rise, ε = s/τ1, up to t_j (g_j/τ1 hoisted out of
+                    // the loop: within an ulp of g_j·ε).
                     k = act.partition_point(|a| tj - a.t > tau1);
                     for a in &act[..k] {
                         acc[a.src as usize] += gj;
                     }
                     let end = k + act[k..].partition_point(|a| tj - a.t > 0.0);
+                    let g1 = gj / tau1;
                     for a in &act[k..end] {
-                        acc[a.src as usize] += gj * ((tj - a.t) / tau1);
+                        acc[a.src as usize] += g1 * (tj - a.t);
                     }
                     k = end;
                 }

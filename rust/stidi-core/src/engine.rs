@@ -126,13 +126,16 @@ pub(crate) enum RowWeights<'a> {
 /// each row of `weight` per block).
 pub(crate) fn transpose(weight: &[f64], out: usize, rows: usize) -> Vec<f64> {
     const BLOCK: usize = 8;
-    let mut wt = vec![0.0; weight.len()];
     if out == 0 || rows == 0 {
-        return wt;
+        return vec![0.0; weight.len()];
     }
+    // Written once each, so not zeroed first (a training step transposes a
+    // wide layer every time).
+    let mut wt = Vec::with_capacity(weight.len());
     // Tasks of at least 32k values: small layers are copied by one thread.
     let min_blocks = (1 << 15) / (out * BLOCK) + 1;
-    wt.par_chunks_mut(out * BLOCK)
+    wt.spare_capacity_mut()[..weight.len()]
+        .par_chunks_mut(out * BLOCK)
         .with_min_len(min_blocks)
         .enumerate()
         .for_each(|(q, dst)| {
@@ -140,10 +143,12 @@ pub(crate) fn transpose(weight: &[f64], out: usize, rows: usize) -> Vec<f64> {
             let n = dst.len() / out;
             for (j, src) in weight.chunks_exact(rows).enumerate() {
                 for (b, &w) in src[r0..r0 + n].iter().enumerate() {
-                    dst[b * out + j] = w;
+                    dst[b * out + j].write(w);
                 }
             }
         });
+    // SAFETY: the blocks cover every row `r` and every output `j` of it.
+    unsafe { wt.set_len(weight.len()) };
     wt
 }
 

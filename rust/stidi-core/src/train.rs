@@ -64,12 +64,19 @@ impl Saved {
     /// Copies on the current rayon pool: with a call per batch, a serial copy
     /// of a wide layer held back the scaling over threads.
     fn new(params: &[LayerParamsMut]) -> Saved {
-        fn copy<T: Copy + Default + Send + Sync>(src: &[T]) -> Vec<T> {
+        fn copy<T: Copy + Send + Sync>(src: &[T]) -> Vec<T> {
             const CHUNK: usize = 1 << 14;
-            let mut dst = vec![T::default(); src.len()];
-            dst.par_chunks_mut(CHUNK)
+            let mut dst = Vec::with_capacity(src.len());
+            dst.spare_capacity_mut()
+                .par_chunks_mut(CHUNK)
                 .zip(src.par_chunks(CHUNK))
-                .for_each(|(d, s)| d.copy_from_slice(s));
+                .for_each(|(d, s)| {
+                    for (d, &s) in d.iter_mut().zip(s) {
+                        d.write(s);
+                    }
+                });
+            // SAFETY: every element was written above.
+            unsafe { dst.set_len(src.len()) };
             dst
         }
         Saved(
