@@ -192,20 +192,27 @@ class Network:
         t = _check_times(times, self.input_shape, self.tmax)
         return self._forward(t)[0]
 
-    def synaptic_events(self, times) -> int:
+    def synaptic_events(self, times, batch_size: int = 256) -> int:
         """Synaptic events of a forward pass over ``times``: over every ``Conv2d`` and
         ``Dense`` layer, the synapses of its inputs that spike (``t < tmax``), the
         work the event-driven engine does, whether or not its sweep reached them.
         Counted by the engine with ``backend="rust"``, from the reference's spike
         times with ``"numpy"``."""
         t = _check_times(times, self.input_shape, self.tmax)
-        if len(t) == 0:
-            return 0
-        if self.backend == "numpy":
-            outs, _ = reference.forward(self.layers, t, self.psp, self.tmax)
-            return int(reference.synaptic_events(self.layers, t, outs, self.tmax).sum())
-        self._forward(t)
-        return int(self._events)
+        batch_size = int(batch_size)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        total = 0
+        # In batches, as predict: the spike times of a whole data set need not fit.
+        for lo in range(0, len(t), batch_size):
+            chunk = t[lo : lo + batch_size]
+            if self.backend == "numpy":
+                outs, _ = reference.forward(self.layers, chunk, self.psp, self.tmax)
+                total += int(reference.synaptic_events(self.layers, chunk, outs, self.tmax).sum())
+            else:
+                self._forward(chunk)
+                total += int(self._events)
+        return total
 
     def predict(self, times, return_cases: bool = False, batch_size: int = 1024):
         """Predicted class per sample: the first output spike (rule in docs/algorithm.md §4).
