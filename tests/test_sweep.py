@@ -36,7 +36,7 @@ def train_only(tmp_path, monkeypatch):
     root = tmp_path / "train-only"
     (root / "mnist").mkdir(parents=True)
     for path in found:
-        (root / "mnist" / path.name).symlink_to(path)
+        (root / "mnist" / path.name).symlink_to(path.resolve())  # DATA may be relative
     monkeypatch.delenv("STIDI_RS_DATA")
     monkeypatch.setenv("STIDI_RS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("STIDI_RS_MIRRORS", "http://127.0.0.1:9/")
