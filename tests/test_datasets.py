@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from stidi_rs import datasets
 from stidi_rs.datasets import DatasetError, DownloadError, from_torchvision, load, load_idx
-from stidi_rs.progress import ProgressBar, format_count, format_time
+from stidi_rs.progress import progress_bar
 
 # ----------------------------------------------------------------------------------
 # helpers
@@ -518,103 +518,55 @@ def test_from_torchvision_rejects_bad_input():
 
 
 # ----------------------------------------------------------------------------------
-# progress bar
+# progress bars: our defaults on top of tqdm, not tqdm itself
 # ----------------------------------------------------------------------------------
-class Clock:
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self):
-        return self.t
+class TTY(io.StringIO):
+    def isatty(self):
+        return True
 
 
-def test_progress_render_items_with_postfix():
-    clock, out = Clock(), io.StringIO()
-    with ProgressBar(total=200, desc="train", unit="img", file=out, force=True, clock=clock) as bar:
-        clock.t = 2.0
-        bar.update(50)
-        bar.set_postfix("acc 91.2%")
-        line = bar.render()
-    assert line == "train:  25%|#####---------------| 50/200 img [00:02<00:06, 25 img/s, acc 91.2%]"
-    text = out.getvalue()
-    assert text.startswith("\r") and text.endswith("\n")
-    assert "train: 25%" not in text and "200/200" not in text  # final state is 50/200
+def frames(stream: io.StringIO) -> list[str]:
+    """The states a bar drew, oldest first."""
+    return [f for f in stream.getvalue().rstrip("\n").split("\r") if f]
 
 
-def test_progress_initial_counts_in_the_bar_not_in_the_rate():
-    clock = Clock()
-    bar = ProgressBar(
-        total=10, desc="sweep", unit="trial", file=io.StringIO(), clock=clock, initial=6
-    )
-    clock.t = 4.0
-    bar.update(2)
-    assert bar.render() == "sweep:  80%|################----| 8/10 trial [00:04<00:04, 0.5 trial/s]"
-
-
-def test_progress_bytes_units():
-    clock = Clock()
-    bar = ProgressBar(total=10 * 2**20, unit="B", file=io.StringIO(), force=True, clock=clock)
-    clock.t = 1.0
-    bar.update(3 * 2**20)
-    line = bar.render()
-    assert "3.0 MiB/10.0 MiB" in line and "3.0 MiB/s" in line and " 30%" in line
-    assert format_count(512, "B") == "512 B" and format_count(1536, "B") == "1.5 KiB"
-    assert format_count(2500) == "2.5k"
-    assert format_time(3725) == "1:02:05" and format_time(None) == "?"
-
-
-def test_progress_unknown_total():
-    clock = Clock()
-    bar = ProgressBar(desc="dl", unit="B", file=io.StringIO(), force=True, clock=clock)
-    clock.t = 4.0
-    bar.update(2048)
-    assert bar.render() == "dl: 2.0 KiB [00:04, 512 B/s]"
-
-
-def test_progress_throttled():
-    clock, out = Clock(), io.StringIO()
-    bar = ProgressBar(total=1000, file=out, force=True, clock=clock)
-    for _ in range(1000):  # 1000 updates in 0.5 s of clock time: ~10 Hz => ~6 redraws
-        clock.t += 0.0005
-        bar.update()
-    bar.close()
-    redraws = out.getvalue().count("\r")
-    assert 3 <= redraws <= 8
-    assert "1000/1000" in out.getvalue().split("\r")[-1]
-
-
-def test_progress_disabled_and_non_tty():
-    out = io.StringIO()  # not a TTY
-    with ProgressBar(total=3, file=out) as bar:
-        bar.update(3)
-    assert out.getvalue() == ""
-    with ProgressBar(total=3, file=out, disable=True, force=True) as bar:
-        bar.update(3)
-    assert out.getvalue() == "" and bar.n == 3
-
-    class TTY(io.StringIO):
-        def isatty(self):
-            return True
-
+def test_progress_is_quiet_off_a_terminal_unless_forced():
+    for show, stream in ((None, io.StringIO()), (False, TTY()), (False, io.StringIO())):
+        with progress_bar(3, "quiet", show=show, file=stream) as bar:
+            bar.update(3)
+        assert stream.getvalue() == "", show
     tty = TTY()
-    with ProgressBar(total=3, file=tty) as bar:
+    with progress_bar(3, "on a terminal", show=None, file=tty) as bar:
         bar.update(3)
-    assert "3/3" in tty.getvalue()
+    assert "on a terminal" in tty.getvalue() and "3/3" in tty.getvalue()
 
 
-def test_progress_iterable_and_shorter_line_is_padded():
-    clock, out = Clock(), io.StringIO()
-    bar = ProgressBar(iterable=range(4), file=out, force=True, clock=clock, mininterval=0)
-    assert bar.total == 4
-    bar.set_postfix("a long postfix text")
-    seen = []
-    for i in bar:
-        seen.append(i)
-        if i == 1:
-            bar.set_postfix()
-    assert seen == [0, 1, 2, 3]
-    frames = out.getvalue().rstrip("\n").split("\r")[1:]
-    for prev, cur in zip(frames, frames[1:], strict=False):  # stale characters overwritten
-        assert len(cur) >= len(prev.rstrip(" "))
-    assert any(len(cur) > len(cur.rstrip(" ")) for cur in frames)  # padding was needed
-    assert "a long postfix" not in frames[-1]
+def test_a_forced_bar_shows_desc_counts_unit_and_postfix():
+    out = io.StringIO()  # not a terminal: show=True draws anyway
+    with progress_bar(200, "epoch 1/3", "img", show=True, file=out) as bar:
+        bar.set_postfix(acc="91.2%", refresh=False)
+        bar.update(50)
+    last = frames(out)[-1]
+    assert last.startswith("epoch 1/3:") and "50/200" in last and "img/s" in last
+    assert "acc=91.2%" in last
+    assert out.getvalue().endswith("\n")  # the finished bar keeps its line
+
+
+def test_progress_counts_the_initial_work_as_done():
+    out = io.StringIO()
+    with progress_bar(10, "sweep", "trial", show=True, initial=6, file=out) as bar:
+        assert "6/10" in frames(out)[0]  # a resumed sweep starts where it was
+        bar.update(2)
+    assert "8/10" in frames(out)[-1]
+
+
+def test_download_bars_scale_bytes_and_item_bars_count_exactly():
+    out = io.StringIO()
+    with progress_bar(10 * 2**20, "file.gz", "B", show=True, file=out) as bar:
+        bar.update(3 * 2**20)
+    assert "3.00M/10.0M" in frames(out)[-1] and "B/s" in frames(out)[-1]  # 1024-based
+    assert str(3 * 2**20) not in out.getvalue()
+    out = io.StringIO()
+    with progress_bar(60000, "epoch 1/1", "img", show=True, file=out) as bar:
+        bar.update(1500)
+    assert "1500/60000" in frames(out)[-1]

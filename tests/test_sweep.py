@@ -281,6 +281,35 @@ def test_apply_sets_one_layer_of_a_per_layer_setting():
     assert sweep.apply(base, {"lr": 5.0, "lr.0": 1.0})["lr"] == [1.0, 5.0]
 
 
+def finished_study(values):
+    study = optuna.create_study(direction="maximize")
+    for value in values:
+        study.add_trial(optuna.trial.create_trial(value=value))
+    return study
+
+
+def test_the_sweep_bar_starts_from_the_trials_a_resumed_study_has(capsys):
+    study = finished_study([0.5, 0.75])
+    monitor = sweep._Monitor(5, "sweep dense-mnist", True, study)
+    monitor.update(study)
+    monitor.close()
+    drawn = [f for f in capsys.readouterr().err.rstrip("\n").split("\r") if f]
+    assert drawn[0].startswith("sweep dense-mnist:") and "2/5" in drawn[0]
+    assert "2/5" in drawn[-1] and "best=75.00% (trial 1)" in drawn[-1]
+
+
+def test_off_a_terminal_the_sweep_prints_a_line_per_finished_trial(capsys):
+    study = finished_study([0.5, 0.75])
+    monitor = sweep._Monitor(5, "sweep dense-mnist", None, study)
+    monitor.update(study)
+    monitor.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split("  (")[0] for line in lines] == [
+        "trial 0 complete: validation 50.00 %",
+        "trial 1 complete: validation 75.00 %",
+    ]
+
+
 def test_a_missing_optuna_names_the_extra(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
     assert main(["sweep", *TINY, "--out", str(tmp_path / "out")]) == 2

@@ -586,3 +586,15 @@ def test_cli_names_an_unknown_rule_setting(tmp_path, capsys):
     args = ["train", "--rule", "exact", "--rule-set", "momentum=0.9", "--out", str(tmp_path)]
     assert main(args) != 0
     assert "momentum" in capsys.readouterr().err
+
+
+def test_the_epoch_bar_shows_on_request_and_stays_out_of_logs(capsys):
+    x, y = fake_images(40)
+    net = tiny()
+    Trainer(net, sr.STiDiBP(net, lr=3.0), epochs=2, readout_epochs=1, progress=True).fit(x, y)
+    err = capsys.readouterr().err
+    assert "epoch 1/2:" in err and "epoch 2/2 (read-out):" in err
+    assert "40/40" in err and "img/s" in err and "acc=" in err
+    # the default draws only on a terminal, and captured stderr is none
+    Trainer(net, sr.STiDiBP(net, lr=3.0), epochs=1).fit(x, y)
+    assert capsys.readouterr().err == ""

@@ -1,6 +1,7 @@
 """MNIST and Fashion-MNIST loaders, an IDX reader and a torchvision adapter.
 
-Only numpy and the standard library are used; torchvision is never imported.
+Only numpy, the standard library and tqdm (download bars) are used; torchvision is
+never imported.
 
 Where :func:`load` looks for files
 ----------------------------------
@@ -49,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from .progress import ProgressBar
+from .progress import progress_bar
 
 __all__ = [
     "DATASETS",
@@ -434,13 +435,7 @@ def _fetch(url: str, target: Path, expected: str, progress: bool | None) -> None
             with urllib.request.urlopen(url, timeout=_TIMEOUT) as resp:
                 length = resp.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else None
-                with ProgressBar(
-                    total=total,
-                    desc=target.name,
-                    unit="B",
-                    disable=progress is False,
-                    force=progress is True,
-                ) as bar:
+                with progress_bar(total, target.name, "B", show=progress) as bar:
                     while chunk := resp.read(_CHUNK):
                         out.write(chunk)
                         bar.update(len(chunk))

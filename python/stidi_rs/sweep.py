@@ -649,18 +649,11 @@ class _Monitor:
     else a line per finished trial."""
 
     def __init__(self, total: int, desc: str, progress, study):
-        from .progress import ProgressBar
+        from .progress import progress_bar
 
         self.total = total
         done = [t for t in counted(study.get_trials(deepcopy=False)) if t.state.is_finished()]
-        self.bar = ProgressBar(
-            total,
-            desc=desc,
-            unit="trial",
-            disable=progress is False,
-            force=bool(progress),
-            initial=min(len(done), total),
-        )
+        self.bar = progress_bar(total, desc, "trial", show=progress, initial=min(len(done), total))
         self.seen: set[int] = set()
         self.quiet = progress is False
 
@@ -673,7 +666,7 @@ class _Monitor:
             if t.number in self.seen:
                 continue
             self.seen.add(t.number)
-            if self.bar.disabled and not self.quiet:
+            if self.bar.disable and not self.quiet:
                 curve = t.intermediate_values
                 if _state(t) == "complete":
                     value = f"validation {100 * t.value:.2f} %"
@@ -686,7 +679,8 @@ class _Monitor:
                 print(f"trial {t.number} {_state(t)}: {value}  ({params})", file=sys.stderr)
         self.bar.n = min(len(finished), self.total)
         if best is not None:
-            self.bar.set_postfix(best=f"{100 * best.value:.2f}% (trial {best.number})")
+            best_text = f"{100 * best.value:.2f}% (trial {best.number})"
+            self.bar.set_postfix(best=best_text, refresh=False)  # drawn by refresh() below
         self.bar.refresh()
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ from . import checkpoint, reference
 from .augment import Augment
 from .learning import DivergenceError, Homeostasis, Rule, make_rule
 from .network import Network, _check_labels, _check_times, encode
-from .progress import ProgressBar
+from .progress import progress_bar
 
 __all__ = ["Trainer", "evaluate", "synaptic_fanout"]
 
@@ -214,12 +214,11 @@ class Trainer:
             readout, weight_sum = self.net.spiking_layers[-1], 0.0
             loss = 0.0
             start = time.perf_counter()
-            with ProgressBar(
+            with progress_bar(
                 len(images),
-                desc=f"epoch {e + 1}/{self.epochs}" + (" (read-out)" if readout_only else ""),
-                unit="img",
-                disable=self.progress is False,
-                force=bool(self.progress),
+                f"epoch {e + 1}/{self.epochs}" + (" (read-out)" if readout_only else ""),
+                "img",
+                show=self.progress,
             ) as bar:
                 # Chunks of whole batches: one engine call each, and a progress tick.
                 chunk = self.batch_size * max(1, 1024 // self.batch_size)
@@ -249,8 +248,9 @@ class Trainer:
                     seen += len(idx)
                     if averaged:
                         weight_sum = weight_sum + readout.weight
+                    # no redraw of its own: update() draws it, throttled
+                    bar.set_postfix(acc=f"{100 * correct / seen:.1f}%", refresh=False)
                     bar.update(len(idx))
-                    bar.set_postfix(acc=f"{100 * correct / seen:.1f}%")
             if averaged:
                 chunks = -(-len(images) // chunk)
                 readout.weight = weight_sum / chunks
