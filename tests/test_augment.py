@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import stidi_rs as sr
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from stidi_rs.augment import Augment
 from stidi_rs.cli import main
@@ -22,7 +22,6 @@ def naive(image, dy, dx, flip):
     return out
 
 
-@settings(max_examples=60, deadline=None)
 @given(
     shift=st.integers(0, 3),
     flip=st.booleans(),

@@ -383,15 +383,13 @@ def test_default_mirrors_are_official():
 
 
 # ----------------------------------------------------------------------------------
-# real data (skipped unless STIDI_RS_DATA is set)
+# real data (needs_data: skipped unless STIDI_RS_DATA is set)
 # ----------------------------------------------------------------------------------
 REAL_DATA = os.environ.get("STIDI_RS_DATA")
 
 
 @pytest.fixture(scope="module")
 def real_data(tmp_path_factory):
-    if not REAL_DATA:
-        pytest.skip("STIDI_RS_DATA is not set (e.g. export STIDI_RS_DATA=../shared/datasets)")
     out = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("STIDI_RS_DATA", REAL_DATA)
@@ -402,6 +400,7 @@ def real_data(tmp_path_factory):
     return out
 
 
+@pytest.mark.needs_data
 @pytest.mark.parametrize("name", datasets.DATASETS)
 @pytest.mark.parametrize("split,n", [("train", 60000), ("test", 10000)])
 def test_real_data(real_data, name, split, n):
@@ -412,6 +411,7 @@ def test_real_data(real_data, name, split, n):
     assert x.max() == 255 and x.min() == 0
 
 
+@pytest.mark.needs_data
 def test_real_data_known_values(real_data):
     # first labels of the canonical files
     assert real_data["mnist", "train"][1][:5].tolist() == [5, 0, 4, 1, 9]

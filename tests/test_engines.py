@@ -29,9 +29,6 @@ from stidi_rs import reference as R
 ATOL_T = 1e-8
 ATOL_W = 1e-9
 
-settings.register_profile("stidi", max_examples=60, deadline=None)
-settings.load_profile("stidi")
-
 
 # The rule's discrete knobs, drawn by every learning test.
 CONV_REDUCE = st.sampled_from(["sum", "mean"])

@@ -93,7 +93,7 @@ def _check_finite_differences(net, x, y, rule, h=1e-6, per_layer=12):
 @pytest.mark.parametrize("backend", ["numpy", "rust"])
 @pytest.mark.parametrize("loss", ["cross_entropy", "stidi"])
 @pytest.mark.parametrize("make", [_dense_net, _conv_net])
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=8)
 @given(seed=st.integers(0, 2**16), tau_fall=st.sampled_from([np.inf, 30.0]))
 def test_gradients_match_finite_differences(backend, loss, make, seed, tau_fall):
     net = make(seed, backend, sr.PSP(20.0, tau_fall))
@@ -124,7 +124,7 @@ def _pool_winners(net, x):
 @pytest.mark.parametrize("loss", ["cross_entropy", "stidi"])
 @pytest.mark.parametrize("make", [_dense_net, _conv_net])
 @pytest.mark.parametrize("binary", [False, True])
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=6)
 @given(seed=st.integers(0, 2**16))
 def test_engines_agree(loss, make, binary, seed):
     psp = sr.PSP(20.0, 60.0)

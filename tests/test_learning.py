@@ -1,15 +1,11 @@
 """The reference learns real data: MNIST from $STIDI_RS_DATA, well above chance."""
 
-import os
-
 import numpy as np
 import pytest
 import stidi_rs as sr
 from stidi_rs import datasets
 
-pytestmark = pytest.mark.skipif(
-    not os.environ.get("STIDI_RS_DATA"), reason="STIDI_RS_DATA is not set (see README)"
-)
+pytestmark = pytest.mark.needs_data
 
 
 def test_reference_learns_mnist_from_1000_images():

@@ -1,7 +1,6 @@
 """Presets are complete recipes; run configs (TOML) resolve, round-trip and repeat runs."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -9,9 +8,6 @@ import stidi_rs as sr
 from stidi_rs import checkpoint, config, presets, shipped
 from stidi_rs.cli import _new_trainer, main
 
-needs_data = pytest.mark.skipif(
-    not os.environ.get("STIDI_RS_DATA"), reason="STIDI_RS_DATA is not set"
-)
 PAIRS = [(name, d) for name, p in presets.PRESETS.items() for d in p.headline]
 
 
@@ -119,7 +115,7 @@ def test_dump_and_load_round_trip(tmp_path):
     assert config.load(config.dump(s, tmp_path / "c.toml")) == s
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_a_run_writes_its_config_and_the_config_repeats_the_run(tmp_path, capsys):
     first = tmp_path / "first"
     run = "--preset dense --train-size 300 --val-size 100 --test-size 100 --epochs 2 --lr 6.4"

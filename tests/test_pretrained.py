@@ -2,7 +2,6 @@
 which docs/results.md and `stidi-rs info` print."""
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -14,9 +13,6 @@ from stidi_rs.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [(name, d) for name, p in presets.PRESETS.items() for d in p.headline]
-needs_data = pytest.mark.skipif(
-    not os.environ.get("STIDI_RS_DATA"), reason="STIDI_RS_DATA is not set"
-)
 
 
 def test_every_preset_ships_a_network_per_dataset_in_at_most_10_mib():
@@ -57,7 +53,8 @@ def test_docs_print_each_presets_headline(name, dataset):
     assert documented(name, dataset) == presets.get(name).headline[dataset][0]
 
 
-@needs_data
+@pytest.mark.slow
+@pytest.mark.needs_data
 @pytest.mark.parametrize("name, dataset", PAIRS)
 def test_a_pretrained_network_reproduces_its_headline_accuracy(name, dataset, capsys):
     """The full test set, through the CLI (stidi-rs eval --pretrained)."""
@@ -67,7 +64,7 @@ def test_a_pretrained_network_reproduces_its_headline_accuracy(name, dataset, ca
     assert round(100 * accuracy, 2) == presets.get(name).headline[dataset][0]
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_pretrained_from_python_predicts_like_eval():
     from stidi_rs import datasets
 

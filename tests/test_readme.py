@@ -1,6 +1,5 @@
 """The README's Python example runs as written."""
 
-import os
 import re
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-@pytest.mark.skipif(not os.environ.get("STIDI_RS_DATA"), reason="STIDI_RS_DATA is not set")
+@pytest.mark.needs_data
 def test_readme_python_example_runs():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks, "README.md has no python example"

@@ -5,13 +5,11 @@ import math
 import numpy as np
 import stidi_rs as sr
 from helpers import breakpoints, tangent_margin, toeplitz, v_direct
-from hypothesis import assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from stidi_rs import reference as R
 
 TOL = 1e-9
-settings.register_profile("stidi", max_examples=60, deadline=None)
-settings.load_profile("stidi")
 
 taus = st.tuples(
     st.floats(1.0, 60.0),

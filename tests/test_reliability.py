@@ -25,10 +25,6 @@ from stidi_rs.cli import main
 from stidi_rs.shipped import pretrained_path
 from stidi_rs.trainer import Trainer
 
-needs_data = pytest.mark.skipif(
-    not os.environ.get("STIDI_RS_DATA"), reason="STIDI_RS_DATA is not set (see README)"
-)
-
 # A run of a few seconds: the smallest preset on 100 images.
 TINY = [
     *"train --preset dense --train-size 100 --test-size 50 --readout-epochs 0".split(),
@@ -48,7 +44,7 @@ def logged_epochs(directory):
 # --- run directories --------------------------------------------------------------
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_resume_writes_only_into_the_checkpoints_own_run(tmp_path, capsys):
     a, b, c = tmp_path / "A", tmp_path / "B", tmp_path / "C"
     assert main([*TINY, "--epochs", "1", "--seed", "1", "--out", str(a)]) == 0
@@ -73,7 +69,7 @@ def test_resume_writes_only_into_the_checkpoints_own_run(tmp_path, capsys):
     assert logged_epochs(c) == [2, 3]
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_force_checks_everything_before_replacing_a_run(tmp_path, capsys):
     out = tmp_path / "F"
     assert main([*TINY, "--epochs", "1", "--out", str(out)]) == 0
@@ -92,7 +88,7 @@ def test_force_checks_everything_before_replacing_a_run(tmp_path, capsys):
     assert checkpoint.load(out / "last.npz")[1]["trainer"]["seed"] == 3
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_force_puts_the_old_run_back_if_the_new_one_dies_before_its_checkpoint(
     tmp_path, capsys, monkeypatch
 ):
@@ -110,7 +106,7 @@ def test_force_puts_the_old_run_back_if_the_new_one_dies_before_its_checkpoint(
     assert snapshot(out) == before
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_output_folder_is_checked_before_any_training(tmp_path, capsys, monkeypatch):
     (tmp_path / "f").write_text("a file, not a folder")
 
@@ -480,7 +476,7 @@ def test_a_batch_larger_than_the_data_is_one_step_even_past_2_to_the_64():
         assert np.array_equal(a.weight, b.weight)
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_cli_takes_a_batch_size_past_2_to_the_64(tmp_path):
     args = [*TINY, "--epochs", "1", "--batch-size", str(2**64), "--out", str(tmp_path / "r")]
     assert main(args) == 0

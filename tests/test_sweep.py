@@ -20,7 +20,6 @@ from stidi_rs.cli import main
 optuna = pytest.importorskip("optuna", reason='needs the sweep extra: pip install ".[test]"')
 
 DATA = os.environ.get("STIDI_RS_DATA")
-needs_data = pytest.mark.skipif(not DATA, reason="STIDI_RS_DATA is not set")
 TINY = ["--preset", "dense", "--train-size", "300", "--val-size", "100", "--epochs", "1"]
 
 
@@ -29,8 +28,6 @@ def train_only(tmp_path, monkeypatch):
     """A data root holding MNIST's training files only, and no other place the test
     files could come from (no $STIDI_RS_DATA, an empty cache, a mirror that fails):
     reading the test set fails."""
-    if not DATA:
-        pytest.skip("STIDI_RS_DATA is not set")
     found = datasets.find("mnist", "train", DATA)
     assert found is not None, f"no MNIST training files in {DATA}"
     root = tmp_path / "train-only"
@@ -53,6 +50,7 @@ def _states(study) -> list[str]:
     return [t.state.name for t in sweep.counted(study.get_trials())]
 
 
+@pytest.mark.needs_data
 def test_a_sweep_resumes_to_its_total_without_the_test_set(train_only, tmp_path, monkeypatch):
     out = tmp_path / "sweep"
     args = ["sweep", *TINY, "--data", str(train_only), "--out", str(out), "--no-progress"]
@@ -88,7 +86,7 @@ def test_a_sweep_resumes_to_its_total_without_the_test_set(train_only, tmp_path,
     assert record["val"]["accuracy"] == best.value
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_a_study_refuses_other_settings(tmp_path, capsys):
     out = tmp_path / "sweep"
     args = ["sweep", *TINY, "--out", str(out), "--no-progress", "--trials", "1"]
@@ -100,7 +98,7 @@ def test_a_study_refuses_other_settings(tmp_path, capsys):
     assert len(_study(out).get_trials()) == 1
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_a_trial_falling_behind_is_pruned(tmp_path):
     out = tmp_path / "sweep"
     out.mkdir()
@@ -123,7 +121,7 @@ def test_a_trial_falling_behind_is_pruned(tmp_path):
     assert [r["state"] for r in rows] == ["complete", "pruned"]
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_jobs_run_trials_in_processes_sharing_the_cores(tmp_path, monkeypatch):
     monkeypatch.setenv("RAYON_NUM_THREADS", "4")  # the cores to share (the workers inherit it)
     out = tmp_path / "sweep"
@@ -136,7 +134,7 @@ def test_jobs_run_trials_in_processes_sharing_the_cores(tmp_path, monkeypatch):
     assert {t.user_attrs["threads"] for t in trials} == {2}
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_a_trial_started_past_the_total_is_surplus(tmp_path):
     """Two processes that both see one trial missing both start one: the later one
     finds the total filled by the trials before it, and stops without training."""
@@ -167,7 +165,7 @@ def _cli(*args, env=None) -> subprocess.Popen:
     )
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_two_processes_share_a_journal_storage(tmp_path):
     journal = f"journal:{tmp_path / 'study.log'}"
     args = ["sweep", *TINY, "--storage", journal, "--trials", "5", "--no-progress"]
@@ -182,7 +180,7 @@ def test_two_processes_share_a_journal_storage(tmp_path):
     assert len({tuple(t.params.values()) for t in trials}) == 5
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_a_trial_left_running_by_a_dead_process_is_run_again(tmp_path):
     out = tmp_path / "sweep"
     args = ["sweep", *TINY, "--out", str(out), "--no-progress"]
@@ -203,7 +201,7 @@ def test_a_trial_left_running_by_a_dead_process_is_run_again(tmp_path):
     assert "1" not in [r["trial"] for r in csv.DictReader((out / "trials.csv").open())]
 
 
-@needs_data
+@pytest.mark.needs_data
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
 def test_an_interrupted_trial_is_run_again(tmp_path, sig):
     out = tmp_path / "sweep"
@@ -317,7 +315,7 @@ def test_a_missing_optuna_names_the_extra(monkeypatch, tmp_path, capsys):
     assert "needs Optuna" in err and 'pip install "stidi-rs[sweep]"' in err
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_the_summary_ranks_the_trials_and_plot_draws_them(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out = tmp_path / "sweep"

@@ -1,7 +1,6 @@
 """Checkpoints, resume, evaluation metrics and the command line."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -12,10 +11,6 @@ from helpers import fake_images, tiny, toeplitz
 from stidi_rs import checkpoint, presets
 from stidi_rs.cli import main
 from stidi_rs.trainer import Trainer, evaluate, synaptic_fanout
-
-needs_data = pytest.mark.skipif(
-    not os.environ.get("STIDI_RS_DATA"), reason="STIDI_RS_DATA is not set (see README)"
-)
 
 
 @pytest.mark.parametrize("binary", [False, True])
@@ -449,7 +444,7 @@ def test_cli_gamma_must_be_positive(tmp_path, capsys):
         assert f"gamma must be positive and finite, got {float(bad)!r}" in capsys.readouterr().err
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_cli_gamma_reaches_the_rule_and_the_checkpoint(tmp_path):
     out = tmp_path / "run"
     tiny_run = "train --preset dense --train-size 200 --test-size 100 --epochs 1 --readout-epochs 0"
@@ -464,7 +459,7 @@ def test_cli_gamma_reaches_the_rule_and_the_checkpoint(tmp_path):
     assert not np.array_equal(first[0].layers[-1].weight, default[0].layers[-1].weight)
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_cli_trains_evaluates_and_resumes_on_mnist(tmp_path, capsys):
     out = tmp_path / "run"
     args = [
@@ -489,7 +484,7 @@ def test_cli_trains_evaluates_and_resumes_on_mnist(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(accuracy)
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_cli_plot_renders_a_run(tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "run"
@@ -566,7 +561,7 @@ def test_an_exact_gradient_run_records_its_rule_and_resumes_exactly(tmp_path):
         assert np.array_equal(a.weight, b.weight)
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_cli_trains_with_the_exact_rule_and_its_settings(tmp_path):
     out = tmp_path / "run"
     args = ["train", "--preset", "dense", "--rule", "exact", "--lr", "0.01"]
