@@ -1,8 +1,10 @@
-"""The networks shipped in the package reproduce their presets' headline accuracies,
-which docs/results.md and `stidi-rs info` print."""
+"""The networks shipped in the package: networks/manifest.toml lists each file with
+its test accuracy, which the presets' headlines, docs/results.md and `stidi-rs info`
+print, and each network reproduces it."""
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +13,20 @@ import stidi_rs as sr
 from stidi_rs import checkpoint, presets, shipped
 from stidi_rs.cli import main
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [(name, d) for name, p in presets.PRESETS.items() for d in p.headline]
+NETWORKS = Path(shipped.__file__).parent / "networks"
+# Read from the package directory, so an installed wheel is checked for it too.
+MANIFEST = tomllib.loads((NETWORKS / "manifest.toml").read_text())["network"]
 
 
 def test_every_preset_ships_a_network_per_dataset_in_at_most_10_mib():
-    files = sorted((Path(shipped.__file__).parent / "networks").glob("*.npz"))
+    files = sorted(NETWORKS.glob("*.npz"))
     assert sorted(f"{n}-{d}.npz" for n, d in PAIRS) == [f.name for f in files]
     assert sum(f.stat().st_size for f in files) <= 10 * 2**20
     assert [(n, d) for n, d, _ in shipped.available()] == PAIRS
@@ -53,15 +63,31 @@ def test_docs_print_each_presets_headline(name, dataset):
     assert documented(name, dataset) == presets.get(name).headline[dataset][0]
 
 
+def test_the_manifest_lists_each_shipped_file_with_its_presets_headline():
+    assert sorted(entry["file"] for entry in MANIFEST) == sorted(
+        f.name for f in NETWORKS.glob("*.npz")
+    )
+    for entry in MANIFEST:
+        name, dataset = entry["preset"], entry["dataset"]
+        assert entry["file"] == f"{name}-{dataset}.npz"
+        assert entry["test_accuracy"] == presets.get(name).headline[dataset][0], entry["file"]
+        flag = "" if dataset == "mnist" else f" --dataset {dataset}"
+        assert entry["command"] == f"stidi-rs train --preset {name}{flag}"
+        # the export line says how the file was stored: signs only, or float32 reals
+        _, config = checkpoint.load(NETWORKS / entry["file"])
+        assert entry["export"].startswith(f"stidi-rs export runs/{name}-{dataset}/last.npz ")
+        assert ("--float32" in entry["export"]) == config.get("float32", False), entry["file"]
+
+
 @pytest.mark.slow
 @pytest.mark.needs_data
-@pytest.mark.parametrize("name, dataset", PAIRS)
-def test_a_pretrained_network_reproduces_its_headline_accuracy(name, dataset, capsys):
+@pytest.mark.parametrize("entry", MANIFEST, ids=[e["file"] for e in MANIFEST])
+def test_a_pretrained_network_reproduces_its_headline_accuracy(entry, capsys):
     """The full test set, through the CLI (stidi-rs eval --pretrained)."""
-    args = ["eval", "--pretrained", name, "--dataset", dataset, "--json"]
+    args = ["eval", "--pretrained", entry["preset"], "--dataset", entry["dataset"], "--json"]
     assert main(args) == 0
     accuracy = json.loads(capsys.readouterr().out)["accuracy"]
-    assert round(100 * accuracy, 2) == presets.get(name).headline[dataset][0]
+    assert round(100 * accuracy, 2) == entry["test_accuracy"]
 
 
 @pytest.mark.needs_data

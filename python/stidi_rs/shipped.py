@@ -3,6 +3,8 @@
 Each is the seed-0 network of its preset's headline run (``stidi-rs train --preset
 NAME --dataset D`` trains it again), stored for inference only: binary layers as
 their signs, real weights as float32 where that left the test accuracy unchanged.
+``networks/manifest.toml`` lists each file with its test accuracy and the commands
+that made it.
 """
 
 from __future__ import annotations
