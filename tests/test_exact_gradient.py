@@ -169,6 +169,71 @@ def test_engines_agree(loss, make, binary, seed):
         assert n_np == n_rs == 3
 
 
+@pytest.mark.parametrize("loss", ["cross_entropy", "stidi"])
+@pytest.mark.parametrize("make", [_dense_net, _conv_net])
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**16), silent_down=st.sampled_from([0.5, 1.0, 3.0]))
+def test_engines_agree_with_silent_down(loss, make, seed, silent_down):
+    """Silent output neurons whose loss wants them earlier send their push down
+    (labels are chosen among silent outputs, so there are some)."""
+    psp = sr.PSP(20.0, 60.0)
+    nets = {b: make(seed, b, psp) for b in ("numpy", "rust")}
+    for net in nets.values():
+        net.layers[-1].weight = 0.25 * net.layers[-1].weight  # some outputs silent
+    x, _ = _inputs(seed, nets["numpy"].input_shape, batch=7)
+    winners = [_pool_winners(net, x) for net in nets.values()]
+    assume(all(np.array_equal(a, b) for a, b in zip(*winners)))
+    silent = nets["numpy"].forward(x)[-1] >= TMAX
+    assume(silent.any())
+    y = np.where(silent.any(axis=1), silent.argmax(axis=1), 0)
+    results = {}
+    for backend, net in nets.items():
+        rule = sr.ExactGradient(
+            net, loss=loss, tau_soft=10.0, silent_push=0.5, silent_down=silent_down, lr=0.01
+        )
+        loss_value, grads = rule.gradients(x, y)
+        stats = rule.steps(x, y, batch_size=3)
+        weights = [lay.weight.copy() for lay in net.spiking_layers]
+        results[backend] = (loss_value, grads, weights, stats)
+    (l_np, g_np, w_np, s_np), (l_rs, g_rs, w_rs, s_rs) = results.values()
+    assert l_rs == pytest.approx(l_np, rel=1e-12)
+    for a, b in zip(g_np, g_rs):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
+    for a, b in zip(w_np, w_rs):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(s_rs["loss"], s_np["loss"], rtol=1e-9)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "rust"])
+def test_silent_down_reaches_the_layer_below_a_silent_output(backend):
+    """Every output silent: with silent_down 0 only the output layer learns (its
+    push); with silent_down > 0 the hidden layer below hears it too, in
+    proportion."""
+    net = _dense_net(4, backend, sr.PSP(2 * TMAX))  # every causal input on the rise
+    hidden, out = net.layers
+    hidden.weight = np.full(hidden.weight.shape, 2.0)
+    out.weight = np.full(out.weight.shape, -0.5)
+    x, _ = _inputs(4, net.input_shape, batch=8)
+    y = np.zeros(8, dtype=np.int64)
+    times = net.forward(x)
+    assert (times[-1] >= TMAX).all() and (times[0] < TMAX).any()
+    grads = {
+        sd: sr.ExactGradient(net, silent_push=1.0, silent_down=sd).gradients(x, y)[1]
+        for sd in (0.0, 1.0, 2.0)
+    }
+    assert np.abs(grads[0.0][-1]).sum() > 0 and np.all(grads[0.0][0] == 0)
+    assert np.abs(grads[1.0][0]).sum() > 0
+    np.testing.assert_allclose(grads[2.0][0], 2 * grads[1.0][0], rtol=1e-12)
+    for g in grads.values():
+        np.testing.assert_array_equal(g[-1], grads[0.0][-1])
+    rule = sr.ExactGradient(net, silent_push=1.0, silent_down=1.5)
+    assert rule.config()["silent_down"] == 1.5
+    again = sr.make_rule(rule.name, net, **rule.config())
+    assert again.silent_down == 1.5
+    with pytest.raises(ValueError, match="silent_down"):
+        sr.ExactGradient(net, silent_down=-1.0)
+
+
 def test_binary_gradient_is_the_straight_through_one():
     """A binary layer's gradient is that of a real layer holding its signs."""
     psp = sr.PSP(20.0)

@@ -16,7 +16,7 @@ plateau (eps' = 0), and |grad|/|w|.
     python docs/tuning/depth_exact.py                        # csnn as the preset builds it
     python docs/tuning/depth_exact.py --shallow --th 4,100   # csnn-shallow
     python docs/tuning/depth_exact.py --tau 256 --init=-1,1/-1,1/0,1 \\
-        --calibrate 0.5,0.5,0.5 --lr 0.005,0.003,0.01 [--skip] [--c2 64]
+        --calibrate 0.5,0.5,0.5 --lr 0.005,0.003,0.01 [--skip] [--c2 64] [--silent-down 1]
 
 Set STIDI_RS_DATA, and RAYON_NUM_THREADS to share the machine.
 """
@@ -92,7 +92,7 @@ def diagnose(net, t_in, labels, rule):
             rows_in, rows_out, rows_d = x.reshape(batch, -1), y, delta
         a, a_prop = R.exact_factor(
             rows_in, rows_out, rows_d, w_fwd, layer.threshold, psp, tmax,
-            rule.min_slope, rule.silent_push,
+            rule.min_slope, rule.silent_push, rule.silent_down,
         )  # fmt: skip
         s = rows_out[:, :, None] - rows_in[:, None, :]
         grad = -np.einsum("rm,rmn->mn", a, R.eps(s, psp.tau_rise, psp.tau_fall)) / batch
@@ -133,6 +133,9 @@ def main():
     p.add_argument("--lr", default="0.01", help="one rate or one per spiking layer")
     p.add_argument("--activity", type=float, default=0.0)
     p.add_argument("--min-slope", type=float, default=0.1)
+    p.add_argument(
+        "--silent-down", type=float, default=0.0, help="silent_down: silent neurons' push sent down"
+    )
     p.add_argument("--loss", default="cross_entropy")
     p.add_argument("--seed", type=int, default=0, help="seeds the weights (not the split)")
     p.add_argument("--epochs", type=int, default=2)
@@ -153,7 +156,7 @@ def main():
     lr = floats(args.lr)
     rule = sr.ExactGradient(
         net, lr=lr if len(lr) > 1 else lr[0], silent_push=1.0, activity=args.activity,
-        min_slope=args.min_slope, loss=args.loss,
+        min_slope=args.min_slope, loss=args.loss, silent_down=args.silent_down,
     )  # fmt: skip
     vt, probe = enc(xv), (enc(xtr[-64:]), ytr[-64:])
     chunk, start = 16 * 64, time.time()

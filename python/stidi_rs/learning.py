@@ -318,6 +318,9 @@ class ExactGradient(Rule):
     min_slope : floor of ``V'`` at a spike, in units of ``θ / tmax`` [ours].
     silent_push : a silent neuron whose loss wants it earlier gets the gradient of a
         spike at ``tmax`` with slope ``θ / tmax``, times this factor [ours]; 0 = off.
+    silent_down : such a silent neuron also sends ``silent_down`` times that push to
+        the layer below, through ``ε'(tmax − t_i)`` of its causal inputs, as if it
+        fired at ``tmax`` [ours]; 0 = off (a spike that did not happen moves nothing).
     weight_decay : L2 decay added to the gradient, ``grad + λ w``.
     sum_hinge : weight ``λ`` of ``max(0, θ − Σ_i w̃_ji)`` per neuron, added to the
         loss, so that every neuron keeps weights that can make it fire [ours]; 0 = off.
@@ -339,6 +342,7 @@ class ExactGradient(Rule):
         gamma: float = 3.0,
         min_slope: float = 0.1,
         silent_push: float = 0.0,
+        silent_down: float = 0.0,
         weight_decay: float = 0.0,
         sum_hinge: float = 0.0,
         activity: float = 0.0,
@@ -353,6 +357,7 @@ class ExactGradient(Rule):
         for name, v in (
             ("min_slope", min_slope),
             ("silent_push", silent_push),
+            ("silent_down", silent_down),
             ("weight_decay", weight_decay),
             ("sum_hinge", sum_hinge),
             ("activity", activity),
@@ -361,6 +366,7 @@ class ExactGradient(Rule):
                 raise ValueError(f"{name} must be finite and >= 0, got {v}")
         self.min_slope = float(min_slope)
         self.silent_push = float(silent_push)
+        self.silent_down = float(silent_down)
         self.weight_decay = float(weight_decay)
         self.sum_hinge = float(sum_hinge)
         self.activity = float(activity)
@@ -383,6 +389,7 @@ class ExactGradient(Rule):
             "gamma": self.gamma,
             "min_slope": self.min_slope,
             "silent_push": self.silent_push,
+            "silent_down": self.silent_down,
             "weight_decay": self.weight_decay,
             "sum_hinge": self.sum_hinge,
             "activity": self.activity,
@@ -415,6 +422,7 @@ class ExactGradient(Rule):
             self.min_slope,
             self.silent_push,
             self.activity,
+            self.silent_down,
         )
         penalty, hinge = reference.sum_hinge(net.layers, self.sum_hinge)
         grads = [

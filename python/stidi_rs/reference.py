@@ -408,15 +408,20 @@ def output_loss(t_out, labels, tmax, loss="cross_entropy", gamma=3.0, tau_soft=1
     return value, dt
 
 
-def exact_factor(t_in, t_out, delta, w_fwd, threshold, psp, tmax, min_slope, silent_push):
+def exact_factor(
+    t_in, t_out, delta, w_fwd, threshold, psp, tmax, min_slope, silent_push, silent_down=0.0
+):
     """Per neuron ``a_j = (dL/dt_j) / V'_j(t_j)`` for rows ``(R, n), (R, m)``.
 
     ``V'`` is floored at ``min_slope · θ / T`` [ours]. A silent neuron whose loss
     wants it earlier (``dL/dt_j > 0``: descent lowers ``t_j``) gets
-    ``silent_push · (dL/dt_j) · T/θ``, as if it fired at ``T`` on a ramp that
+    ``push = silent_push · (dL/dt_j) · T/θ``, as if it fired at ``T`` on a ramp that
     crosses θ over the window [ours]; others get 0.
-    Returns ``(a, a_prop)``: ``a_prop`` is ``a`` with silent neurons zeroed (a
-    spike that did not happen has no input times to move).
+    Returns ``(a, a_prop)``: ``a_prop``, what the layer below hears, is ``a`` for
+    neurons that fired and ``silent_down · push`` for silent ones [ours] (0 by
+    default: a spike that did not happen has no input times to move). Silent
+    neurons' times are ``T``, so the caller's ``ε'(t_j − t_i)`` is taken at
+    ``T − t_i``.
     """
     fired = t_out < tmax
     s = t_out[:, :, None] - t_in[:, None, :]
@@ -425,7 +430,7 @@ def exact_factor(t_in, t_out, delta, w_fwd, threshold, psp, tmax, min_slope, sil
     push = np.where(delta > 0, silent_push * delta * tmax / threshold, 0.0)
     safe = np.where(fired, slope, 1.0)  # silent neurons' slope may be 0 with no floor
     a = np.where(fired, delta / safe, push)
-    return a, np.where(fired, a, 0.0)
+    return a, np.where(fired, a, silent_down * push)
 
 
 def exact_gradients(
@@ -440,6 +445,7 @@ def exact_gradients(
     min_slope=0.1,
     silent_push=0.0,
     activity=0.0,
+    silent_down=0.0,
 ):
     """Batch-mean loss and ``dL/dw`` of every layer (``None`` for pooling).
 
@@ -477,8 +483,9 @@ def exact_gradients(
         else:
             rows_in, rows_out, rows_d = x.reshape(batch, -1), y, delta
         a, a_prop = exact_factor(
-            rows_in, rows_out, rows_d, w_fwd, layer.threshold, psp, tmax, min_slope, silent_push
-        )
+            rows_in, rows_out, rows_d, w_fwd, layer.threshold, psp, tmax, min_slope, silent_push,
+            silent_down,
+        )  # fmt: skip
         k_eps = eps(rows_out[:, :, None] - rows_in[:, None, :], psp.tau_rise, psp.tau_fall)
         grads[li] = (-np.einsum("rm,rmn->mn", a, k_eps) / batch).reshape(w.shape)
         s = rows_out[:, :, None] - rows_in[:, None, :]

@@ -159,11 +159,12 @@ fn backward_sample(
         if !lr[..si].iter().any(|&lr| lr != 0.0) {
             break;
         }
-        // A spike that did not happen has no input times to move.
+        // A spike that did not happen has no input times to move, unless
+        // `silent_down` sends its push down as if it fired at tmax (its time).
         let a_prop: Vec<f64> = gs[si]
             .iter()
             .zip(y)
-            .map(|(&a, &tj)| if tj < tmax { a } else { 0.0 })
+            .map(|(&a, &tj)| if tj < tmax { a } else { cfg.silent_down * a })
             .collect();
         let mut dsum = vec![0.0; xin.len()];
         match &net.layers[l] {

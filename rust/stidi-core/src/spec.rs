@@ -134,6 +134,9 @@ pub struct ExactConfig {
     pub min_slope: f64,
     /// Gradient factor of a silent neuron whose loss wants it earlier.
     pub silent_push: f64,
+    /// Factor of that push sent to the layer below, as if the neuron fired at
+    /// `tmax` (0 = off).
+    pub silent_down: f64,
     /// L2 decay added to the gradient.
     pub weight_decay: f64,
     /// Weight of the hinge `max(0, θ − Σ_i w̃_ji)` per neuron (0 = off).

@@ -672,6 +672,7 @@ impl Network {
         for (name, v) in [
             ("min_slope", cfg.min_slope),
             ("silent_push", cfg.silent_push),
+            ("silent_down", cfg.silent_down),
             ("weight_decay", cfg.weight_decay),
             ("sum_hinge", cfg.sum_hinge),
             ("activity", cfg.activity),
