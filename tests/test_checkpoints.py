@@ -153,32 +153,22 @@ def test_resume_can_add_readout_epochs_to_a_finished_run(tmp_path):
 def test_resume_with_homeostasis_equals_an_uninterrupted_run(tmp_path):
     x, y = fake_images(60)
     guard = {"low": 0.2, "high": 0.5, "delta": 0.05, "probe": 10}
-    full = tiny()
-    Trainer(
-        full,
-        sr.STiDiBP(full, lr=3.0),
-        epochs=2,
-        batch_size=2,
-        seed=1,
-        progress=False,
-        homeostasis=sr.Homeostasis(**guard),
-    ).fit(x, y)
-    net = tiny()
-    Trainer(
-        net,
-        sr.STiDiBP(net, lr=3.0),
-        epochs=1,
-        batch_size=2,
-        seed=1,
-        out_dir=tmp_path,
-        progress=False,
-        homeostasis=sr.Homeostasis(**guard),
-    ).fit(x, y)
+
+    def trainer(epochs, **kw):
+        net = tiny()
+        return Trainer(
+            net, sr.STiDiBP(net, lr=3.0), epochs=epochs, batch_size=2, seed=1,
+            progress=False, homeostasis=sr.Homeostasis(**guard), **kw,
+        )  # fmt: skip
+
+    full = trainer(2)
+    full.fit(x, y)
+    trainer(1, out_dir=tmp_path).fit(x, y)
     resumed = Trainer.resume(tmp_path / "last.npz", epochs=2, progress=False)
     assert resumed.homeostasis.config() == guard
     history = resumed.fit(x, y)
     assert history[0]["homeostasis_nudges"] > 0
-    for a, b in zip(full.spiking_layers, resumed.net.spiking_layers):
+    for a, b in zip(full.net.spiking_layers, resumed.net.spiking_layers):
         assert np.array_equal(a.weight, b.weight)
 
 

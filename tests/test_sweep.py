@@ -258,7 +258,7 @@ def test_a_bad_space_file_names_the_parameter(tmp_path, capsys):
 def test_the_default_space_searches_around_the_preset(capsys):
     assert main(["sweep", "--preset", "csnn", "--val-size", "100", "--show-space"]) == 0
     shown = capsys.readouterr().out
-    space = {p.name: p for p in sweep.parse_space(sweep.tomllib.loads(shown), _base("csnn"), "")}
+    space = {p.name: p for p in sweep.parse_space(config.tomllib.loads(shown), _base("csnn"), "")}
     names = {"lr.0", "lr.1", "thresholds.0", "thresholds.1", "tau_rise", "lr_decay", "readout_lr"}
     assert set(space) == names
     assert space["lr.0"].low < 12.8 < space["lr.0"].high and space["lr.0"].log

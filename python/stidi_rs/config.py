@@ -156,17 +156,21 @@ def check(settings: dict, where: str) -> dict:
     return settings
 
 
-def load(path) -> dict:
-    """The settings of a TOML config file, checked."""
+def read_toml(path, what: str = "config file") -> dict:
+    """The tables of a TOML file; a missing or malformed file is an error naming it."""
     path = Path(path)
     try:
         with path.open("rb") as f:
-            settings = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"config file {path} does not exist") from None
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"{path} is not valid TOML: {err}") from None
-    return check(settings, str(path))
+
+
+def load(path) -> dict:
+    """The settings of a TOML config file, checked."""
+    return check(read_toml(path), str(path))
 
 
 def dump(settings: dict, path) -> Path:

@@ -43,11 +43,6 @@ import tomli_w
 from . import config, datasets, presets
 from .learning import RULES, DivergenceError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
 __all__ = ["Param", "default_space", "load_space", "apply", "run", "EXTRA"]
 
 EXTRA = 'pip install "stidi-rs[sweep]"'
@@ -222,15 +217,7 @@ def parse_space(tables: dict, base: dict, where: str) -> list[Param]:
 
 
 def load_space(path, base: dict) -> list[Param]:
-    path = Path(path)
-    try:
-        with path.open("rb") as f:
-            tables = tomllib.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"space file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path} is not valid TOML: {err}") from None
-    return parse_space(tables, base, str(path))
+    return parse_space(config.read_toml(path, "space file"), base, str(path))
 
 
 def default_space(base: dict) -> list[Param]:
