@@ -42,8 +42,9 @@ def test_a_preset_alone_sets_up_the_run_of_its_shipped_network(name, dataset, tm
     assert (ours["augment"] or {"shift": 0, "flip": False}) == (
         theirs.get("augment") or {"shift": 0, "flip": False}
     )
-    rule = {k: v for k, v in ours["rule"].items() if k != "name"}
-    assert ours["rule"]["name"] == "stidi-bp" and rule == theirs["rule"]
+    settings = [{k: v for k, v in r.items() if k != "name"} for r in (ours["rule"], theirs["rule"])]
+    assert ours["rule"]["name"] == theirs["rule"]["name"] == "stidi-bp"
+    assert settings[0] == settings[1]
     for key in ("dataset", "train_size", "val_size"):
         assert ours["config"][key] == theirs["config"][key], key
 
