@@ -140,15 +140,25 @@ def main():
     p.add_argument("--seed", type=int, default=0, help="seeds the weights (not the split)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--diag", type=int, default=0, help="diagnose every N chunks (0: never)")
+    p.add_argument(
+        "--window", type=float, default=1.0,
+        help="input spikes span this fraction of tmax (the deeper layers keep the rest)",
+    )  # fmt: skip
+    p.add_argument(
+        "--probe", action="store_true",
+        help="after training, a ridge read-out of every layer's spike times",
+    )  # fmt: skip
     args = p.parse_args()
 
     x, y = sr.datasets.load("fashion-mnist", "train")
     (xtr, ytr), (xv, yv) = _split(x[:22000], y[:22000].astype(np.int64), 2000, 0)
 
-    def enc(a):
-        return sr.encode(a.reshape(len(a), 1, 28, 28))
-
     net = build(args)
+
+    def enc(a):
+        t = sr.encode(a.reshape(len(a), 1, 28, 28), tmax=args.window * net.tmax)
+        t[a.reshape(t.shape) == 0] = net.tmax
+        return t
     if args.calibrate:
         spiking = [i for i, layer in enumerate(net.layers) if layer.kind != "maxpool2d"]
         got = net.calibrate_thresholds(enc(xtr[:256]), floats(args.calibrate), spiking)
@@ -173,9 +183,30 @@ def main():
         print(
             f"epoch {e + 1}: val {100 * v['accuracy']:.2f} %  spikes/image "
             f"{[round(s) for s in v['spikes_per_layer']]}  silent "
-            f"{[round(s, 2) for s in v['silent_fraction']]}  {time.time() - start:.0f} s",
+            f"{[round(s, 2) for s in v['silent_fraction']]}  decision {v['decision_time']:.0f} "
+            f"no-spike {v['cases']['none']}  {time.time() - start:.0f} s",
             flush=True,
         )
+    if args.probe:
+        print("ridge read-out, validation:", probe_layers(net, enc(xtr[:5000]), ytr[:5000], vt, yv))
+
+
+def probe_layers(net, t_train, y_train, t_val, y_val):
+    """Validation accuracy of a ridge regression on each layer's earliness (T - t)/T,
+    fitted on t_train: how much of the class each layer still carries."""
+    tr, va = net.forward(t_train), net.forward(t_val)
+    out = {}
+    for li in range(len(net.layers)):
+        a = [(net.tmax - t[li].reshape(len(t[li]), -1)) / net.tmax for t in (tr, va)]
+        mean = a[0].mean(0)
+        xtr_, xva = a[0] - mean, a[1] - mean
+        targets = np.eye(10)[y_train] - 0.1
+        best = 0.0
+        for lam in (1.0, 10.0, 100.0):
+            dual = np.linalg.solve(xtr_ @ xtr_.T + lam * np.eye(len(xtr_)), targets)
+            best = max(best, float(((xva @ (xtr_.T @ dual)).argmax(1) == y_val).mean()))
+        out[f"L{li} {net.layers[li].kind}"] = round(100 * best, 2)
+    return out
 
 
 if __name__ == "__main__":
