@@ -159,6 +159,7 @@ def main():
         t = sr.encode(a.reshape(len(a), 1, 28, 28), tmax=args.window * net.tmax)
         t[a.reshape(t.shape) == 0] = net.tmax
         return t
+
     if args.calibrate:
         spiking = [i for i, layer in enumerate(net.layers) if layer.kind != "maxpool2d"]
         got = net.calibrate_thresholds(enc(xtr[:256]), floats(args.calibrate), spiking)
@@ -195,16 +196,18 @@ def probe_layers(net, t_train, y_train, t_val, y_val):
     """Validation accuracy of a ridge regression on each layer's earliness (T - t)/T,
     fitted on t_train: how much of the class each layer still carries."""
     tr, va = net.forward(t_train), net.forward(t_val)
+    targets = np.eye(10)[y_train] - 0.1
     out = {}
     for li in range(len(net.layers)):
         a = [(net.tmax - t[li].reshape(len(t[li]), -1)) / net.tmax for t in (tr, va)]
         mean = a[0].mean(0)
         xtr_, xva = a[0] - mean, a[1] - mean
-        targets = np.eye(10)[y_train] - 0.1
+        # The dual form: its kernels do not depend on the ridge, so they are made once.
+        gram, cross = xtr_ @ xtr_.T, xva @ xtr_.T
         best = 0.0
         for lam in (1.0, 10.0, 100.0):
-            dual = np.linalg.solve(xtr_ @ xtr_.T + lam * np.eye(len(xtr_)), targets)
-            best = max(best, float(((xva @ (xtr_.T @ dual)).argmax(1) == y_val).mean()))
+            dual = np.linalg.solve(gram + lam * np.eye(len(gram)), targets)
+            best = max(best, float(((cross @ dual).argmax(1) == y_val).mean()))
         out[f"L{li} {net.layers[li].kind}"] = round(100 * best, 2)
     return out
 
