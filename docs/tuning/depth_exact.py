@@ -2,8 +2,8 @@
 
 Builds conv5x5(C1) - pool2 - [conv5x5(C2) - pool2 -] dense(10) (or the output reading
 pool2 and pool1, --skip), trains it with ExactGradient (Adam, batches of 16,
-silent_push 1) on the first 22,000 Fashion-MNIST training images, of which the CLI's
-seeded 2,000 are held out for validation, and prints validation accuracy, spikes per
+silent_push 1) on the first 22,000 Fashion-MNIST training images (--train 20000), of
+which the CLI's seeded 2,000 are held out for validation, and prints validation accuracy, spikes per
 layer and the fraction of neurons silent over the validation set after every epoch.
 
 With --diag N, every N chunks of 1,024 images it also prints, per spiking layer and
@@ -50,16 +50,24 @@ def build(args):
     else:
         init = inits or [(0.0, 1.0)] * 3
         extra = args.c1 * 144 if args.skip else 0
+        side = 12 - args.k2 + 1
         layers = [
             sr.Conv2d(1, args.c1, 5, th[0], init=init[0]),
             sr.MaxPool2d(2),
-            sr.Conv2d(args.c1, args.c2, 5, th[1], init=init[1]),
-            sr.MaxPool2d(2),
-            sr.Dense(
-                args.c2 * 16 + extra, 10, th[-1], init=init[-1], skip=1 if args.skip else None
-            ),
+            sr.Conv2d(args.c1, args.c2, args.k2, th[1], init=init[1]),
         ]
-    return sr.Network(layers, (1, 28, 28), psp=sr.PSP(args.tau), seed=args.seed)
+        if args.pool2:
+            layers.append(sr.MaxPool2d(args.pool2))
+            side //= args.pool2
+        layers.append(
+            sr.Dense(
+                args.c2 * side * side + extra, 10, th[-1], init=init[-1],
+                skip=1 if args.skip else None,
+            )  # fmt: skip
+        )
+    return sr.Network(
+        layers, (1, 28, 28), psp=sr.PSP(args.tau), seed=args.seed, input_window=args.window
+    )
 
 
 def diagnose(net, t_in, labels, rule):
@@ -126,6 +134,8 @@ def main():
     p.add_argument("--skip", action="store_true", help="the output also reads pool1")
     p.add_argument("--c1", type=int, default=16)
     p.add_argument("--c2", type=int, default=32)
+    p.add_argument("--k2", type=int, default=5, help="conv2's kernel size")
+    p.add_argument("--pool2", type=int, default=2, help="pool2's size (0: no pool2)")
     p.add_argument("--th", default="4,30,40", help="thresholds (before calibration)")
     p.add_argument("--init", default=None, help="per spiking layer low,high joined by /")
     p.add_argument("--tau", type=float, default=40.0, help="PSP rise (tau_fall = inf)")
@@ -139,6 +149,8 @@ def main():
     p.add_argument("--loss", default="cross_entropy")
     p.add_argument("--seed", type=int, default=0, help="seeds the weights (not the split)")
     p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--train", type=int, default=20000, help="training images (+2,000 validation)")
+    p.add_argument("--decay", type=float, default=1.0, help="lr multiplier per epoch")
     p.add_argument("--diag", type=int, default=0, help="diagnose every N chunks (0: never)")
     p.add_argument(
         "--window", type=float, default=1.0,
@@ -151,14 +163,11 @@ def main():
     args = p.parse_args()
 
     x, y = sr.datasets.load("fashion-mnist", "train")
-    (xtr, ytr), (xv, yv) = _split(x[:22000], y[:22000].astype(np.int64), 2000, 0)
+    n = args.train + 2000
+    (xtr, ytr), (xv, yv) = _split(x[:n], y[:n].astype(np.int64), 2000, 0)
 
     net = build(args)
-
-    def enc(a):
-        t = sr.encode(a.reshape(len(a), 1, 28, 28), tmax=args.window * net.tmax)
-        t[a.reshape(t.shape) == 0] = net.tmax
-        return t
+    enc = net.encode
 
     if args.calibrate:
         spiking = [i for i, layer in enumerate(net.layers) if layer.kind != "maxpool2d"]
@@ -171,7 +180,9 @@ def main():
     )  # fmt: skip
     vt, probe = enc(xv), (enc(xtr[-64:]), ytr[-64:])
     chunk, start = 16 * 64, time.time()
+    base = list(rule.lr)
     for e in range(args.epochs):
+        rule.lr = [r * args.decay**e for r in base]
         order = np.random.default_rng([0, e]).permutation(len(xtr))
         for c, lo in enumerate(range(0, len(xtr), chunk)):
             idx = order[lo : lo + chunk]

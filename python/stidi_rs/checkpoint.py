@@ -39,12 +39,15 @@ class CheckpointError(ValueError):
 
 
 def network_config(net: Network) -> dict:
-    return {
+    config = {
         "input_shape": list(net.input_shape),
         "tmax": net.tmax,
         "psp": {"tau_rise": net.psp.tau_rise, "tau_fall": net.psp.tau_fall},
         "layers": [_layer_spec(layer) for layer in net.layers],
     }
+    if net.input_window != 1:  # absent otherwise, as in checkpoints written before it
+        config["input_window"] = net.input_window
+    return config
 
 
 def network_from_config(config: dict, backend: str = "rust") -> Network:
@@ -58,7 +61,13 @@ def network_from_config(config: dict, backend: str = "rust") -> Network:
         layers.append(cls(**spec))
     psp = PSP(config["psp"]["tau_rise"], config["psp"]["tau_fall"])
     return Network(
-        layers, config["input_shape"], tmax=config["tmax"], psp=psp, seed=None, backend=backend
+        layers,
+        config["input_shape"],
+        tmax=config["tmax"],
+        psp=psp,
+        seed=None,
+        backend=backend,
+        input_window=config.get("input_window", 1.0),
     )
 
 
@@ -246,8 +255,11 @@ def _check_config(config, bad) -> None:
         raise bad("config trainer is not an object")
     net = config.get("network")
     keys = {"input_shape", "tmax", "psp", "layers"}
-    if not isinstance(net, dict) or set(net) != keys:
-        raise bad(f"config network must be an object with keys {sorted(keys)}")
+    if not isinstance(net, dict) or set(net) - {"input_window"} != keys:
+        raise bad(f"config network must be an object with keys {sorted(keys)} (and input_window)")
+    window = net.get("input_window", 1.0)
+    if not (_is_number(window) and 0 < window <= 1):
+        raise bad(f"input_window must be a number in (0, 1], got {window!r}")
     shape = net["input_shape"]
     if not (isinstance(shape, list) and len(shape) in (1, 3) and all(map(_is_int, shape))):
         raise bad(f"input_shape must be 1 or 3 sizes in [1, {_MAX_SIZE}], got {shape!r}")

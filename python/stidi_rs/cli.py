@@ -14,7 +14,7 @@ import numpy as np
 from . import checkpoint, config, datasets, presets, shipped
 from .augment import Augment
 from .learning import RULES, Homeostasis, make_rule
-from .network import BACKENDS, encode
+from .network import BACKENDS
 from .trainer import Trainer, evaluate
 
 
@@ -41,6 +41,18 @@ def _numbers(text: str) -> list[float]:
     except ValueError:
         msg = f"not a comma-separated list of numbers: {text!r}"
         raise argparse.ArgumentTypeError(msg) from None
+
+
+def _ranges(text: str) -> list[list[float]]:
+    try:
+        ranges = [[float(v) for v in part.split(",")] for part in text.split("/")]
+    except ValueError:
+        ranges = []
+    if not ranges or any(len(r) != 2 for r in ranges):
+        raise argparse.ArgumentTypeError(
+            f"not LOW,HIGH ranges joined by '/' (one per spiking layer): {text!r}"
+        )
+    return ranges
 
 
 def _or_word(kind, word: str):
@@ -231,7 +243,7 @@ def cmd_train(args) -> int:
         if record.get("readout_only"):
             line += "  (read-out only)"
         print(line)
-    metrics = evaluate(net, encode(xt.reshape(len(xt), *net.input_shape), tmax=net.tmax), yt)
+    metrics = evaluate(net, net.encode(xt), yt)
     print(_summary(f"test ({len(xt)} images)", metrics))
     with open(trainer.out_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"test": metrics, "test_size": len(xt)}) + "\n")
@@ -257,7 +269,11 @@ def _new_trainer(s: dict, out: Path, progress=None) -> Trainer:
         seed=s["seed"],
         backend=s["backend"],
         dataset=s["dataset"],
-        **{k: s[k] for k in ("widths", "thresholds", "tau_rise", "tau_fall") if k in s},
+        **{
+            k: s[k]
+            for k in ("widths", "thresholds", "tau_rise", "tau_fall", "input_window", "init")
+            if k in s
+        },
     )
     rule_args = dict(s.get("rule_set", {}))
     rule_args.update({k: s[k] for k in ("lr", "displacement", "gamma") if k in s})
@@ -283,6 +299,7 @@ def _new_trainer(s: dict, out: Path, progress=None) -> Trainer:
         readout_average=_unset(s, "readout_average"),
         augment=Augment(s.get("augment_shift", 0), s.get("augment_flip", False)),
         homeostasis=None if homeostasis is None else Homeostasis(**homeostasis),
+        calibrate=s.get("calibrate"),
     )
 
 
@@ -336,7 +353,7 @@ def cmd_eval(args) -> int:
     x, y = datasets.load(dataset, "test", root=args.data)
     if args.test_size:
         x, y = x[: args.test_size], y[: args.test_size]
-    metrics = evaluate(net, encode(x.reshape(len(x), *net.input_shape), tmax=net.tmax), y)
+    metrics = evaluate(net, net.encode(x), y)
     print(json.dumps(metrics) if args.json else _summary(f"{dataset} test ({len(x)})", metrics))
     return 0
 
@@ -393,7 +410,7 @@ def cmd_plot(args) -> int:
         written.append("confusion")
     dataset = config.get("trainer", {}).get("config", {}).get("dataset", "mnist")
     x, y = datasets.load(dataset, "test", root=args.data)
-    times = encode(x[: args.samples].reshape(-1, *net.input_shape), tmax=net.tmax)
+    times = net.encode(x[: args.samples])
     plots.spike_time_maps(net, times[:1], out / "spike_time_maps.png")
     plots.output_raster(net, times, y[: args.samples], out / "output_raster.png")
     written += ["spike_time_maps", "output_raster"]
@@ -458,6 +475,32 @@ def _add_setting_flags(p, sweep: bool = False) -> None:
     p.add_argument("--tau-rise", type=float, default=None, help="PSP rise time (default: preset's)")
     p.add_argument(
         "--tau-fall", type=float, default=None, help="PSP fall time (default: preset's, inf)"
+    )
+    p.add_argument(
+        "--input-window",
+        type=float,
+        default=None,
+        metavar="F",
+        help="input spikes span the first F of the time window, in (0, 1]; the rest is "
+        "left to the layers above (default: preset's, 1)",
+    )
+    p.add_argument(
+        "--calibrate",
+        type=_numbers,
+        default=None,
+        metavar="F[,F...]",
+        help="before training, set each spiking layer's threshold so that this fraction "
+        "of its neurons fires on 256 training images (one per spiking layer; 0 keeps "
+        "its threshold)",
+    )
+    p.add_argument(
+        "--init",
+        type=_ranges,
+        default=None,
+        metavar="LOW,HIGH[/LOW,HIGH...]",
+        help="uniform initial weight range of each spiking layer (default: preset's; "
+        "0,1 for real layers, -0.5,1 for binary ones; write --init=-1,1/... when it "
+        "starts with a minus)",
     )
     p.add_argument("--epochs", type=int, default=None, help="total epochs (default: preset's)")
     p.add_argument("--batch-size", type=int, default=None, help="1 = per-sample updates (default)")

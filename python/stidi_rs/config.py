@@ -107,6 +107,38 @@ def _table(v) -> bool:
 
 _table.what = "a table of rule settings by name"
 
+
+def _window(v) -> bool:
+    return _number(v) and 0 < v <= 1
+
+
+_window.what = "a number in (0, 1]"
+
+
+def _ranges(v) -> bool:
+    return (
+        isinstance(v, list)
+        and len(v) > 0
+        and all(
+            isinstance(r, list) and len(r) == 2 and all(map(_number, r)) and r[0] < r[1] for r in v
+        )
+    )
+
+
+_ranges.what = "a list of [low, high] weight ranges with low < high, one per spiking layer"
+
+
+def _fractions(v) -> bool:
+    return (
+        isinstance(v, list)
+        and len(v) > 0
+        and all(_number(f) and 0 <= f < 1 for f in v)
+        and any(f > 0 for f in v)
+    )
+
+
+_fractions.what = "a list of firing fractions in [0, 1), one per spiking layer (0: keep)"
+
 # Every setting a config may hold, and what its value must be.
 SETTINGS = {
     "preset": _choice(*presets.PRESETS),
@@ -115,6 +147,9 @@ SETTINGS = {
     "thresholds": _numbers,
     "tau_rise": _positive,
     "tau_fall": _positive_or_inf,
+    "input_window": _window,
+    "calibrate": _fractions,
+    "init": _ranges,
     "epochs": _int(1),
     "batch_size": _int(1),
     "lr": _rates,

@@ -15,15 +15,20 @@ __all__ = ["Network", "encode", "BACKENDS"]
 BACKENDS = ("rust", "numpy")
 
 
-def encode(images, tmax: float = 256.0, max_value: float = 255.0) -> np.ndarray:
-    """Latency-encode intensities: ``x`` fires once at ``tmax * (1 - x / max_value)``.
+def encode(
+    images, tmax: float = 256.0, max_value: float = 255.0, window: float = 1.0
+) -> np.ndarray:
+    """Latency-encode intensities: ``x`` fires once at ``window * tmax * (1 - x / max_value)``.
 
     ``images`` is any real array with values in ``[0, max_value]`` (uint8 images
     with the default ``max_value=255``); returns float64 spike times of the same
-    shape, where ``tmax`` means "no spike".
+    shape, where ``tmax`` means "no spike" (a zero intensity never fires).
+    ``window`` in ``(0, 1]`` is the fraction of ``[0, tmax)`` the input spikes
+    span; the rest of the window is left to the layers above (docs/algorithm.md §1).
     """
     tmax = _positive_float("tmax", tmax)
     max_value = _positive_float("max_value", max_value)
+    window = _input_window(window)
     x = np.asarray(images)
     if x.dtype == bool or not (
         np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)
@@ -36,7 +41,15 @@ def encode(images, tmax: float = 256.0, max_value: float = 255.0) -> np.ndarray:
             f"image values must lie in [0, {max_value:g}], got [{x.min()}, {x.max()}]"
             + ("; pass max_value=1.0 for images scaled to [0, 1]" if x.max() <= 1 else "")
         )
-    return reference.encode(x, tmax, max_value)
+    return reference.encode(x, tmax, max_value, window)
+
+
+def _input_window(window) -> float:
+    if isinstance(window, bool) or not isinstance(window, (int, float, np.integer, np.floating)):
+        raise ValueError(f"input window must be a number in (0, 1], got {window!r}")
+    if not 0 < window <= 1:  # also catches NaN
+        raise ValueError(f"input window must lie in (0, 1], got {window}")
+    return float(window)
 
 
 def _check_times(times, shape, tmax: float) -> np.ndarray:
@@ -82,6 +95,8 @@ class Network:
     input_shape : ``(C, H, W)`` for images, or ``(N,)`` for a flat input.
     tmax : end of the time window; a spike at ``tmax`` means "no spike".
     psp : the postsynaptic potential kernel, default ``PSP(40.0)`` (never falls).
+    input_window : the fraction of ``[0, tmax)`` that :meth:`encode` puts the input
+        spikes in (default 1: all of it) [ours].
     seed : seeds the weight initialisation of every spiking layer whose ``weight``
         was not assigned before; assigned weights are kept.
     backend : ``"rust"`` (multithreaded engine) or ``"numpy"`` (the reference).
@@ -95,6 +110,7 @@ class Network:
         psp: PSP | None = None,
         seed: int | None = 0,
         backend: str = "rust",
+        input_window: float = 1.0,
     ):
         self.layers = list(layers)
         if not self.layers:
@@ -111,6 +127,7 @@ class Network:
             )
         self.input_shape = shape
         self.tmax = _positive_float("tmax", tmax)
+        self.input_window = _input_window(input_window)
         self.psp = PSP(40.0) if psp is None else psp
         if not isinstance(self.psp, PSP):
             raise ValueError(f"psp must be a stidi_rs.PSP, got {psp!r}")
@@ -162,6 +179,20 @@ class Network:
 
             self._engine, self._engine_key = _core.Engine(*key), key
         return self._engine
+
+    def encode(self, images, max_value: float = 255.0) -> np.ndarray:
+        """Spike times of ``images`` for this network: :func:`encode` with its ``tmax``
+        and ``input_window``, shaped ``(batch, *input_shape)`` (any shape with that
+        many values per image is accepted)."""
+        x = np.asarray(images)
+        n = math.prod(self.input_shape)
+        if x.ndim == 0 or x.size != len(x) * n:
+            raise ValueError(
+                f"images must hold {n} values each (input_shape {self.input_shape}), "
+                f"got shape {x.shape}"
+            )
+        x = x.reshape(len(x), *self.input_shape)
+        return encode(x, tmax=self.tmax, max_value=max_value, window=self.input_window)
 
     @property
     def spiking_layers(self) -> list:
@@ -307,7 +338,9 @@ class Network:
         body = ",\n  ".join(repr(layer) for layer in self.layers)
         return (
             f"Network([\n  {body}\n], input_shape={self.input_shape}, tmax={self.tmax:g}, "
-            f"psp={self.psp}, backend={self.backend!r})"
+            f"psp={self.psp}, "
+            + (f"input_window={self.input_window:g}, " if self.input_window != 1 else "")
+            + f"backend={self.backend!r})"
         )
 
 

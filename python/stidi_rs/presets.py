@@ -55,26 +55,51 @@ class Preset:
         thresholds: list[float] | None = None,
         tau_rise: float | None = None,
         tau_fall: float | None = None,
+        input_window: float | None = None,
+        init: list | None = None,
     ) -> Network:
         """The untrained network of ``dataset``'s recipe (the default one if None).
 
         The rest vary it: ``widths`` the sizes of the hidden spiking layers (conv
         channels or dense neurons, in order; the layers after them follow),
-        ``thresholds`` one per spiking layer, ``tau_rise``/``tau_fall`` the PSP.
+        ``thresholds`` one per spiking layer, ``tau_rise``/``tau_fall`` the PSP,
+        ``input_window`` the span of the input spikes, ``init`` one weight range
+        ``(low, high)`` per spiking layer (both default to the recipe's).
         """
         if dataset is not None:
             _check_dataset(dataset)
+        recipe = self.settings(dataset) if dataset is not None else self.train
+        if input_window is None:
+            input_window = recipe.get("input_window", 1.0)
+        if init is None:
+            init = recipe.get("init")
         specs = _vary(self.layers_for(dataset), widths, thresholds)
+        n_spiking = sum(kind != "maxpool2d" for kind, *_ in specs)
+        if init is not None and len(init) != n_spiking:
+            raise ValueError(
+                f"init needs {n_spiking} (low, high) range(s), one per spiking layer, "
+                f"got {len(init)}"
+            )
         make = {"conv2d": Conv2d, "dense": Dense, "maxpool2d": MaxPool2d}
-        layers = []
+        layers, n = [], 0
         for kind, *args in specs:
-            extra = {"binary": self.binary} if kind != "maxpool2d" else {}
+            extra = {}
+            if kind != "maxpool2d":
+                extra = {"binary": self.binary, "init": None if init is None else init[n]}
+                n += 1
             layers.append(make[kind](*args, **extra))
         psp = PSP(
             self.tau_rise if tau_rise is None else tau_rise,
             self.tau_fall if tau_fall is None else tau_fall,
         )
-        return Network(layers, self.input_shape, psp=psp, seed=seed, backend=backend)
+        return Network(
+            layers,
+            self.input_shape,
+            psp=psp,
+            seed=seed,
+            backend=backend,
+            input_window=input_window,
+        )
 
 
 def _vary(specs: tuple, widths, thresholds) -> tuple:

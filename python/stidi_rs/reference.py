@@ -45,9 +45,13 @@ _CHUNK_ELEMENTS = 1 << 23
 
 
 # §1 ---------------------------------------------------------------------------
-def encode(images: np.ndarray, tmax: float = 256.0, max_value: float = 255.0) -> np.ndarray:
-    """Latency code: intensity ``x`` fires at ``tmax * (1 - x / max_value)``."""
-    return tmax * (1.0 - np.asarray(images, dtype=np.float64) / max_value)
+def encode(
+    images: np.ndarray, tmax: float = 256.0, max_value: float = 255.0, window: float = 1.0
+) -> np.ndarray:
+    """Latency code: intensity ``x > 0`` fires at ``window * tmax * (1 - x / max_value)``,
+    ``x = 0`` never (``tmax``)."""
+    x = np.asarray(images, dtype=np.float64)
+    return np.where(x > 0, window * tmax * (1.0 - x / max_value), tmax)
 
 
 # §2 ---------------------------------------------------------------------------

@@ -13,8 +13,9 @@ import numpy as np
 
 from . import checkpoint, reference
 from .augment import Augment
+from .layers import MaxPool2d
 from .learning import DivergenceError, Homeostasis, Rule, make_rule
-from .network import Network, _check_labels, _check_times, encode
+from .network import Network, _check_labels, _check_times
 from .progress import progress_bar
 
 __all__ = ["Trainer", "evaluate", "synaptic_fanout"]
@@ -109,6 +110,12 @@ class Trainer:
     the last ``k`` read-out epochs; those before them train plainly, so an average
     is not weighed down by weights from a high restarted rate (default: all).
 
+    ``calibrate`` holds one firing fraction per spiking layer: before the first
+    epoch, each layer with a fraction above 0 gets the threshold at which that
+    fraction of its neurons fires on the first 256 training images
+    (:meth:`Network.calibrate_thresholds`, bottom up) [ours]; 0 keeps the layer's
+    threshold. The first epoch's record lists the thresholds it set.
+
     ``augment`` (an :class:`~stidi_rs.augment.Augment`) shifts and mirrors each
     training image by a fresh random draw every epoch, seeded by (``seed``,
     ``epoch``); validation images are never changed.
@@ -131,6 +138,7 @@ class Trainer:
         readout_lr: float | None = None,
         readout_average: int | None = None,
         augment: Augment | None = None,
+        calibrate=None,
     ):
         if epochs < 1 or batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
@@ -158,6 +166,20 @@ class Trainer:
                     f"got {readout_average}"
                 )
             readout_average = int(readout_average)
+        if calibrate is not None:
+            calibrate = [float(f) for f in calibrate]
+            n = len(network.spiking_layers)
+            if len(calibrate) != n:
+                raise ValueError(
+                    f"calibrate needs one firing fraction per spiking layer ({n}), "
+                    f"got {len(calibrate)}"
+                )
+            if not all(0 <= f < 1 for f in calibrate) or not any(calibrate):
+                raise ValueError(
+                    f"calibrate fractions must lie in [0, 1) (0: keep the threshold), "
+                    f"at least one above 0; got {calibrate}"
+                )
+        self.calibrate = calibrate
         self.net, self.rule = network, rule
         self.epochs, self.batch_size, self.lr_decay, self.seed = epochs, batch_size, lr_decay, seed
         self.base_lr = list(rule.lr)
@@ -179,16 +201,14 @@ class Trainer:
         # stops fit() there (a sweep uses it to prune a trial).
         self.on_epoch = None
 
-    def _encode(self, images: np.ndarray) -> np.ndarray:
-        return encode(images.reshape(len(images), *self.net.input_shape), tmax=self.net.tmax)
-
     def fit(self, images, labels, val=None) -> list[dict]:
         """Train from the current epoch to ``epochs``; ``val`` is ``(images, labels)``."""
         images, labels = np.asarray(images), np.asarray(labels, dtype=np.int64)
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        val_times = None if val is None else self._encode(np.asarray(val[0]))
+        val_times = None if val is None else self.net.encode(np.asarray(val[0]))
         self._reconcile_log()
+        calibrated = self._calibrate(images) if self.epoch == 0 else None
         while self.epoch < self.epochs:
             e = self.epoch
             readout_only = e >= self.epochs - self.readout_epochs
@@ -227,7 +247,7 @@ class Trainer:
                     batch = images[idx]
                     if draws is not None:
                         batch = self.augment.apply(batch, draws[lo : lo + chunk])
-                    times = self._encode(batch)
+                    times = self.net.encode(batch)
                     try:
                         stats = self.rule.steps(times, labels[idx], self.batch_size)
                     except DivergenceError as err:
@@ -266,6 +286,8 @@ class Trainer:
                 "readout_only": readout_only,
                 "readout_averaged": averaged,
             }
+            if calibrated is not None:
+                record["calibrated_thresholds"], calibrated = calibrated, None
             if val_times is not None:
                 record["val"] = evaluate(self.net, val_times, np.asarray(val[1], dtype=np.int64))
             self.epoch += 1
@@ -280,6 +302,17 @@ class Trainer:
             if self.on_epoch is not None:
                 self.on_epoch(record)
         return self.history
+
+    def _calibrate(self, images) -> list[float] | None:
+        """Set the thresholds ``calibrate`` asks for; returns every spiking layer's."""
+        if self.calibrate is None:
+            return None
+        spiking = [i for i, layer in enumerate(self.net.layers) if not isinstance(layer, MaxPool2d)]
+        chosen = [(i, f) for i, f in zip(spiking, self.calibrate) if f > 0]
+        self.net.calibrate_thresholds(
+            self.net.encode(images[:256]), [f for _, f in chosen], [i for i, _ in chosen]
+        )
+        return [float(layer.threshold) for layer in self.net.spiking_layers]
 
     def _log(self, record: dict) -> None:
         if self.out_dir is None:
@@ -324,6 +357,7 @@ class Trainer:
             "readout_lr": self.readout_lr,
             "readout_average": self.readout_average,
             "augment": None if self.augment is None else dataclasses.asdict(self.augment),
+            "calibrate": self.calibrate,
             "seed": self.seed,
             "history": self.history,
             "rule": {"name": rule.name, **rule.config(), "lr": self.base_lr},
@@ -384,6 +418,7 @@ class Trainer:
             readout_lr=state.get("readout_lr"),
             readout_average=state.get("readout_average"),
             augment=None if state.get("augment") is None else Augment(**state["augment"]),
+            calibrate=state.get("calibrate"),
         )
         trainer.epoch, trainer.history = state["epoch"], state["history"]
         return trainer
@@ -411,6 +446,11 @@ def _check_state(state: dict, path) -> None:
         "seed": is_int(state.get("seed"), 0),
         "lr_decay": isinstance(state.get("lr_decay"), (int, float)),
         "rule": isinstance(state.get("rule"), dict),
+        "calibrate": state.get("calibrate") is None
+        or (
+            isinstance(state["calibrate"], list)
+            and all(isinstance(f, (int, float)) for f in state["calibrate"])
+        ),
         "history": isinstance(state.get("history"), list)
         and all(isinstance(r, dict) and is_int(r.get("epoch"), 1) for r in state["history"]),
     }
