@@ -27,6 +27,19 @@ def _conv_net(seed, backend, psp, binary=False):
     return sr.Network(layers, (1, 6, 6), tmax=TMAX, psp=psp, seed=seed, backend=backend)
 
 
+def _two_conv_net(seed, backend, psp, binary=False):
+    """Conv -> pool -> conv -> pool: the gradient crosses a conv layer's input.
+    Thresholds off the integers, which sums of binary weights hit exactly."""
+    layers = [
+        sr.Conv2d(1, 2, 3, threshold=1.5, binary=binary),
+        sr.MaxPool2d(2),
+        sr.Conv2d(2, 3, 2, threshold=1.3, binary=binary),
+        sr.MaxPool2d(2),
+        sr.Dense(3, 3, threshold=0.8),
+    ]
+    return sr.Network(layers, (1, 8, 8), tmax=TMAX, psp=psp, seed=seed, backend=backend)
+
+
 def _inputs(seed, shape, batch=4):
     rng = np.random.default_rng(seed)
     x = rng.uniform(0, TMAX, size=(batch, *shape))
@@ -92,7 +105,7 @@ def _check_finite_differences(net, x, y, rule, h=1e-6, per_layer=12):
 
 @pytest.mark.parametrize("backend", ["numpy", "rust"])
 @pytest.mark.parametrize("loss", ["cross_entropy", "stidi"])
-@pytest.mark.parametrize("make", [_dense_net, _conv_net])
+@pytest.mark.parametrize("make", [_dense_net, _conv_net, _two_conv_net])
 @settings(max_examples=8)
 @given(seed=st.integers(0, 2**16), tau_fall=st.sampled_from([np.inf, 30.0]))
 def test_gradients_match_finite_differences(backend, loss, make, seed, tau_fall):
@@ -122,7 +135,7 @@ def _pool_winners(net, x):
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "stidi"])
-@pytest.mark.parametrize("make", [_dense_net, _conv_net])
+@pytest.mark.parametrize("make", [_dense_net, _conv_net, _two_conv_net])
 @pytest.mark.parametrize("binary", [False, True])
 @settings(max_examples=6)
 @given(seed=st.integers(0, 2**16))
@@ -170,7 +183,7 @@ def test_engines_agree(loss, make, binary, seed):
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "stidi"])
-@pytest.mark.parametrize("make", [_dense_net, _conv_net])
+@pytest.mark.parametrize("make", [_dense_net, _conv_net, _two_conv_net])
 @settings(max_examples=6, deadline=None)
 @given(seed=st.integers(0, 2**16), silent_down=st.sampled_from([0.5, 1.0, 3.0]))
 def test_engines_agree_with_silent_down(loss, make, seed, silent_down):
