@@ -33,8 +33,20 @@ def test_a_preset_alone_sets_up_the_run_of_its_shipped_network(name, dataset, tm
     homeostasis. Training is deterministic, so the same run follows."""
     _, saved = checkpoint.load(shipped.pretrained_path(name, dataset))
     trainer = _new_trainer(config.resolve(flags={"preset": name, "dataset": dataset}), tmp_path)
-    assert checkpoint.network_config(trainer.net) == saved["network"]
     ours, theirs = trainer.state(), saved["trainer"]
+    assert ours["calibrate"] == theirs.get("calibrate")
+    if trainer.calibrate is not None:
+        # Calibration sets these thresholds as training starts; the run recorded them,
+        # and training leaves thresholds alone.
+        recorded = theirs["history"][0]["calibrated_thresholds"]
+        shipped_thresholds = [
+            spec["threshold"] for spec in saved["network"]["layers"] if "threshold" in spec
+        ]
+        assert shipped_thresholds == recorded
+        for layer, fraction, th in zip(trainer.net.spiking_layers, trainer.calibrate, recorded):
+            if fraction > 0:
+                layer.threshold = th
+    assert checkpoint.network_config(trainer.net) == saved["network"]
     for key in ("epochs", "batch_size", "lr_decay", "readout_epochs", "seed", "homeostasis"):
         assert ours[key] == theirs[key], key
     for key in ("readout_lr", "readout_average"):
@@ -43,7 +55,7 @@ def test_a_preset_alone_sets_up_the_run_of_its_shipped_network(name, dataset, tm
         theirs.get("augment") or {"shift": 0, "flip": False}
     )
     settings = [{k: v for k, v in r.items() if k != "name"} for r in (ours["rule"], theirs["rule"])]
-    assert ours["rule"]["name"] == theirs["rule"]["name"] == "stidi-bp"
+    assert ours["rule"]["name"] == theirs["rule"]["name"] == presets.get(name).rule
     assert settings[0] == settings[1]
     for key in ("dataset", "train_size", "val_size"):
         assert ours["config"][key] == theirs["config"][key], key

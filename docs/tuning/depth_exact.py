@@ -16,7 +16,8 @@ plateau (eps' = 0), and |grad|/|w|.
     python docs/tuning/depth_exact.py                        # csnn as the preset builds it
     python docs/tuning/depth_exact.py --shallow --th 4,100   # csnn-shallow
     python docs/tuning/depth_exact.py --tau 256 --init=-1,1/-1,1/0,1 \\
-        --calibrate 0.5,0.5,0.5 --lr 0.005,0.003,0.01 [--skip] [--c2 64] [--silent-down 1]
+        --calibrate 0.5,0.5,0.5 --lr 0.005,0.003,0.01 [--skip] [--c2 64] [--silent-down 1] \\
+        [--window 0.5] [--k2 3] [--pool2 0] [--train 58000 --epochs 8 --decay 0.8] [--probe]
 
 Set STIDI_RS_DATA, and RAYON_NUM_THREADS to share the machine.
 """
