@@ -66,9 +66,11 @@ def build(args):
                 skip=1 if args.skip else None,
             )  # fmt: skip
         )
+    ramp = args.neuron == "ramp"
     return sr.Network(
-        layers, (1, 28, 28), psp=sr.PSP(args.tau), seed=args.seed, input_window=args.window
-    )
+        layers, (1, 28, 28), psp=None if ramp else sr.PSP(args.tau), seed=args.seed,
+        input_window=args.window, neuron=args.neuron,
+    )  # fmt: skip
 
 
 def diagnose(net, t_in, labels, rule):
@@ -141,6 +143,12 @@ def main():
     p.add_argument("--init", default=None, help="per spiking layer low,high joined by /")
     p.add_argument("--tau", type=float, default=40.0, help="PSP rise (tau_fall = inf)")
     p.add_argument("--calibrate", default=None, help="fire fraction per spiking layer")
+    p.add_argument("--neuron", default="psp", help="psp or ramp (--tau is then unused)")
+    p.add_argument("--tau-soft", type=float, default=16.0, help="cross-entropy temperature")
+    p.add_argument("--silent-push", type=float, default=1.0)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--rule", default="exact", help="exact or stidi-bp (--lr its rates)")
+    p.add_argument("--conv-reduce", default="sum", help="STiDi-BP's conv_reduce")
     p.add_argument("--lr", default="0.01", help="one rate or one per spiking layer")
     p.add_argument("--activity", type=float, default=0.0)
     p.add_argument("--min-slope", type=float, default=0.1)
@@ -175,10 +183,14 @@ def main():
         got = net.calibrate_thresholds(enc(xtr[:256]), floats(args.calibrate), spiking)
         print("calibrated thresholds", [f"{t:.4g}" for t in got])
     lr = floats(args.lr)
-    rule = sr.ExactGradient(
-        net, lr=lr if len(lr) > 1 else lr[0], silent_push=1.0, activity=args.activity,
-        min_slope=args.min_slope, loss=args.loss, silent_down=args.silent_down,
-    )  # fmt: skip
+    if args.rule == "stidi-bp":
+        rule = sr.STiDiBP(net, lr=lr if len(lr) > 1 else lr[0], conv_reduce=args.conv_reduce)
+    else:
+        rule = sr.ExactGradient(
+            net, lr=lr if len(lr) > 1 else lr[0], silent_push=args.silent_push,
+            activity=args.activity, min_slope=args.min_slope, loss=args.loss,
+            silent_down=args.silent_down, tau_soft=args.tau_soft,
+        )  # fmt: skip
     vt, probe = enc(xv), (enc(xtr[-64:]), ytr[-64:])
     chunk, start = 16 * 64, time.time()
     base = list(rule.lr)
@@ -187,7 +199,7 @@ def main():
         order = np.random.default_rng([0, e]).permutation(len(xtr))
         for c, lo in enumerate(range(0, len(xtr), chunk)):
             idx = order[lo : lo + chunk]
-            rule.steps(enc(xtr[idx]), ytr[idx], 16)
+            rule.steps(enc(xtr[idx]), ytr[idx], args.batch)
             if args.diag and c % args.diag == args.diag - 1:
                 net.backend = "numpy"
                 print(f"  [epoch {e + 1} chunk {c + 1}] {diagnose(net, *probe, rule)}")

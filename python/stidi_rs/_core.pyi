@@ -19,6 +19,7 @@ class Engine:
         tau_rise: float,
         tau_fall: float,
         tmax: float,
+        neuron: str = "psp",
     ) -> None: ...
     def forward(
         self,

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .layers import PSP, Conv2d, Dense, MaxPool2d, unpack_signs
-from .network import BACKENDS, Network, _layer_spec
+from .network import BACKENDS, NEURONS, Network, _layer_spec
 
 __all__ = ["save", "load", "CheckpointError", "CheckpointNotFoundError", "FORMAT"]
 
@@ -47,6 +47,8 @@ def network_config(net: Network) -> dict:
     }
     if net.input_window != 1:  # absent otherwise, as in checkpoints written before it
         config["input_window"] = net.input_window
+    if net.neuron != "psp":  # likewise
+        config["neuron"] = net.neuron
     return config
 
 
@@ -68,6 +70,7 @@ def network_from_config(config: dict, backend: str = "rust") -> Network:
         seed=None,
         backend=backend,
         input_window=config.get("input_window", 1.0),
+        neuron=config.get("neuron", "psp"),
     )
 
 
@@ -255,11 +258,15 @@ def _check_config(config, bad) -> None:
         raise bad("config trainer is not an object")
     net = config.get("network")
     keys = {"input_shape", "tmax", "psp", "layers"}
-    if not isinstance(net, dict) or set(net) - {"input_window"} != keys:
-        raise bad(f"config network must be an object with keys {sorted(keys)} (and input_window)")
+    if not isinstance(net, dict) or set(net) - {"input_window", "neuron"} != keys:
+        raise bad(
+            f"config network must be an object with keys {sorted(keys)} (and input_window, neuron)"
+        )
     window = net.get("input_window", 1.0)
     if not (_is_number(window) and 0 < window <= 1):
         raise bad(f"input_window must be a number in (0, 1], got {window!r}")
+    if net.get("neuron", "psp") not in NEURONS:
+        raise bad(f"neuron must be one of {NEURONS}, got {net.get('neuron')!r}")
     shape = net["input_shape"]
     if not (isinstance(shape, list) and len(shape) in (1, 3) and all(map(_is_int, shape))):
         raise bad(f"input_shape must be 1 or 3 sizes in [1, {_MAX_SIZE}], got {shape!r}")

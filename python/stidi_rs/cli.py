@@ -262,6 +262,17 @@ def _unset(s: dict, key: str):
     return None if value == config.UNSET[key] else value
 
 
+_NETWORK_SETTINGS = (
+    "widths",
+    "thresholds",
+    "tau_rise",
+    "tau_fall",
+    "input_window",
+    "neuron",
+    "init",
+)
+
+
 def _new_trainer(s: dict, out: Path, progress=None) -> Trainer:
     """A trainer for a new run of resolved settings ``s`` (see :mod:`stidi_rs.config`)."""
     preset = presets.get(s["preset"])
@@ -269,11 +280,7 @@ def _new_trainer(s: dict, out: Path, progress=None) -> Trainer:
         seed=s["seed"],
         backend=s["backend"],
         dataset=s["dataset"],
-        **{
-            k: s[k]
-            for k in ("widths", "thresholds", "tau_rise", "tau_fall", "input_window", "init")
-            if k in s
-        },
+        **{k: s[k] for k in _NETWORK_SETTINGS if k in s},
     )
     rule_args = dict(s.get("rule_set", {}))
     rule_args.update({k: s[k] for k in ("lr", "displacement", "gamma") if k in s})
@@ -483,6 +490,14 @@ def _add_setting_flags(p, sweep: bool = False) -> None:
         metavar="F",
         help="input spikes span the first F of the time window, in (0, 1]; the rest is "
         "left to the layers above (default: preset's, 1)",
+    )
+    p.add_argument(
+        "--neuron",
+        choices=("psp", "ramp"),
+        default=None,
+        help="psp: every layer shares one time window; ramp: every spiking layer has its "
+        "own window and fires on a ramp after the window below closes (default: preset's, "
+        "psp)",
     )
     p.add_argument(
         "--calibrate",

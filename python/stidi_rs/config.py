@@ -148,6 +148,7 @@ SETTINGS = {
     "tau_rise": _positive,
     "tau_fall": _positive_or_inf,
     "input_window": _window,
+    "neuron": _choice("psp", "ramp"),
     "calibrate": _fractions,
     "init": _ranges,
     "epochs": _int(1),

@@ -282,6 +282,7 @@ class STiDiBP(Rule):
             self.weight_decay,
             self.conv_reduce,
             self.displacement,
+            self.network.neuron,
         )
 
     def _numpy_update(self, t, y):
@@ -423,6 +424,7 @@ class ExactGradient(Rule):
             self.silent_push,
             self.activity,
             self.silent_down,
+            net.neuron,
         )
         penalty, hinge = reference.sum_hinge(net.layers, self.sum_hinge)
         grads = [

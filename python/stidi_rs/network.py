@@ -10,9 +10,10 @@ import numpy as np
 from . import reference
 from .layers import PSP, Conv2d, Dense, MaxPool2d, _positive_float
 
-__all__ = ["Network", "encode", "BACKENDS"]
+__all__ = ["Network", "encode", "BACKENDS", "NEURONS"]
 
 BACKENDS = ("rust", "numpy")
+NEURONS = ("psp", "ramp")
 
 
 def encode(
@@ -97,6 +98,11 @@ class Network:
     psp : the postsynaptic potential kernel, default ``PSP(40.0)`` (never falls).
     input_window : the fraction of ``[0, tmax)`` that :meth:`encode` puts the input
         spikes in (default 1: all of it) [ours].
+    neuron : ``"psp"`` (default): every layer shares the window ``[0, tmax)`` and
+        integrates ``psp``. ``"ramp"``: every spiking layer has its own window; a
+        neuron integrates linear PSPs while the window below is open and then fires
+        on a ramp of slope ``1/tmax`` (docs/algorithm.md §3a) [ours]. Its PSP is
+        ``PSP(tmax)``, which ``psp`` must be if given.
     seed : seeds the weight initialisation of every spiking layer whose ``weight``
         was not assigned before; assigned weights are kept.
     backend : ``"rust"`` (multithreaded engine) or ``"numpy"`` (the reference).
@@ -111,6 +117,7 @@ class Network:
         seed: int | None = 0,
         backend: str = "rust",
         input_window: float = 1.0,
+        neuron: str = "psp",
     ):
         self.layers = list(layers)
         if not self.layers:
@@ -128,9 +135,18 @@ class Network:
         self.input_shape = shape
         self.tmax = _positive_float("tmax", tmax)
         self.input_window = _input_window(input_window)
-        self.psp = PSP(40.0) if psp is None else psp
+        if neuron not in NEURONS:
+            raise ValueError(f"unknown neuron {neuron!r}: choose one of {NEURONS}")
+        self.neuron = neuron
+        default = PSP(self.tmax) if neuron == "ramp" else PSP(40.0)
+        self.psp = default if psp is None else psp
         if not isinstance(self.psp, PSP):
             raise ValueError(f"psp must be a stidi_rs.PSP, got {psp!r}")
+        if neuron == "ramp" and self.psp != default:
+            raise ValueError(
+                f"ramp neurons integrate with a linear PSP: psp must be PSP({self.tmax:g}) "
+                f"(tau_rise = tmax, tau_fall = inf) or None, got {self.psp!r}"
+            )
         self.output_shapes = []
         for i, layer in enumerate(self.layers):
             try:
@@ -173,6 +189,7 @@ class Network:
             self.psp.tau_rise,
             self.psp.tau_fall,
             self.tmax,
+            self.neuron,
         )
         if self._engine is None or key != self._engine_key:
             from . import _core
@@ -212,7 +229,7 @@ class Network:
             empty = [np.zeros((0, *s)) for s in self.output_shapes]
             return empty, np.zeros((0, self.n_classes))
         if self.backend == "numpy":
-            return reference.forward(self.layers, t, self.psp, self.tmax)
+            return reference.forward(self.layers, t, self.psp, self.tmax, self.neuron)
         weights, packed = self._params()
         flat, v_end, self._events = self._rust().forward(weights, packed, t.reshape(len(t), -1))
         times = [f.reshape(len(t), *s) for f, s in zip(flat, self.output_shapes)]
@@ -238,7 +255,7 @@ class Network:
         for lo in range(0, len(t), batch_size):
             chunk = t[lo : lo + batch_size]
             if self.backend == "numpy":
-                outs, _ = reference.forward(self.layers, chunk, self.psp, self.tmax)
+                outs, _ = reference.forward(self.layers, chunk, self.psp, self.tmax, self.neuron)
                 total += int(reference.synaptic_events(self.layers, chunk, outs, self.tmax).sum())
             else:
                 self._forward(chunk)
@@ -340,6 +357,7 @@ class Network:
             f"Network([\n  {body}\n], input_shape={self.input_shape}, tmax={self.tmax:g}, "
             f"psp={self.psp}, "
             + (f"input_window={self.input_window:g}, " if self.input_window != 1 else "")
+            + (f"neuron={self.neuron!r}, " if self.neuron != "psp" else "")
             + f"backend={self.backend!r})"
         )
 

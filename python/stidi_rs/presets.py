@@ -57,6 +57,7 @@ class Preset:
         tau_fall: float | None = None,
         input_window: float | None = None,
         init: list | None = None,
+        neuron: str | None = None,
     ) -> Network:
         """The untrained network of ``dataset``'s recipe (the default one if None).
 
@@ -64,7 +65,9 @@ class Preset:
         channels or dense neurons, in order; the layers after them follow),
         ``thresholds`` one per spiking layer, ``tau_rise``/``tau_fall`` the PSP,
         ``input_window`` the span of the input spikes, ``init`` one weight range
-        ``(low, high)`` per spiking layer (both default to the recipe's).
+        ``(low, high)`` per spiking layer, ``neuron`` the neuron model (these three
+        default to the recipe's). Ramp neurons bring their own PSP, so the preset's
+        is not used with them (an explicit ``tau_rise``/``tau_fall`` is checked).
         """
         if dataset is not None:
             _check_dataset(dataset)
@@ -73,6 +76,8 @@ class Preset:
             input_window = recipe.get("input_window", 1.0)
         if init is None:
             init = recipe.get("init")
+        if neuron is None:
+            neuron = recipe.get("neuron", "psp")
         specs = _vary(self.layers_for(dataset), widths, thresholds)
         n_spiking = sum(kind != "maxpool2d" for kind, *_ in specs)
         if init is not None and len(init) != n_spiking:
@@ -92,6 +97,8 @@ class Preset:
             self.tau_rise if tau_rise is None else tau_rise,
             self.tau_fall if tau_fall is None else tau_fall,
         )
+        if neuron == "ramp" and tau_rise is None and tau_fall is None:
+            psp = None
         return Network(
             layers,
             self.input_shape,
@@ -99,6 +106,7 @@ class Preset:
             seed=seed,
             backend=backend,
             input_window=input_window,
+            neuron=neuron,
         )
 
 

@@ -24,6 +24,8 @@ __all__ = [
     "fold",
     "dense_forward",
     "conv2d_forward",
+    "ramp_drive",
+    "ramp_times",
     "maxpool2d_forward",
     "maxpool2d_route",
     "decide",
@@ -36,6 +38,7 @@ __all__ = [
     "updates",
     "output_loss",
     "exact_factor",
+    "ramp_factor",
     "exact_gradients",
     "sum_hinge",
 ]
@@ -162,6 +165,35 @@ def conv2d_forward(t_in, w, threshold, psp, tmax):
     return t.reshape(b, ho, wo, c_out).transpose(0, 3, 1, 2)
 
 
+# §3a ramp neurons ---------------------------------------------------------------
+def ramp_drive(t_in: np.ndarray, w: np.ndarray, tmax: float) -> np.ndarray:
+    """``u_j = Σ_i w_ji (T − t_i)`` over the inputs that spiked: ``(R, n), (m, n) -> (R, m)``."""
+    return (tmax - np.asarray(t_in, dtype=np.float64)) @ w.T
+
+
+def ramp_times(u: np.ndarray, threshold: float, tmax: float) -> np.ndarray:
+    """A ramp neuron fires at ``θ·T − u`` of its window, at 0 if that is negative,
+    never (``T``) if it is ``≥ T``."""
+    t = threshold * tmax - u
+    return np.where(t >= tmax, tmax, np.maximum(t, 0.0))
+
+
+def _conv_rows(t_in: np.ndarray, w: np.ndarray):
+    c_out, _, k, _ = w.shape
+    patches = unfold(t_in, k)
+    b, ho, wo, n = patches.shape
+    return patches.reshape(-1, n), w.reshape(c_out, n), (b, ho, wo, c_out)
+
+
+def _ramp_layer(t_in, w, threshold, tmax, conv: bool):
+    if conv:
+        rows, w2, (b, ho, wo, c_out) = _conv_rows(t_in, w)
+        u = ramp_drive(rows, w2, tmax).reshape(b, ho, wo, c_out).transpose(0, 3, 1, 2)
+        return ramp_times(u, threshold, tmax), u
+    u = ramp_drive(t_in, w, tmax)
+    return ramp_times(u, threshold, tmax), u
+
+
 def _windows(x: np.ndarray, p: int) -> np.ndarray:
     b, c, h, w = x.shape
     hp, wp = h // p, w // p
@@ -223,24 +255,29 @@ def normalise(e: np.ndarray) -> np.ndarray:
     return (flat / np.where(norm > 0, norm, 1.0)).reshape(e.shape)
 
 
-def layer_update(t_in, t_out, e, threshold, psp, tmax):
+def layer_update(t_in, t_out, e, threshold, psp, tmax, t_kernel=None):
     """``sum_rows -e_j (t_j/theta) eps(t_j - t_i) / T`` for rows ``(R, n), (R, m), (R, m)``.
 
     Returns ``(m, n)`` before the learning rate, summed over rows.
     The causal mask ``t_i < t_j`` is built into ``eps`` (zero for ``s <= 0``).
+    ``t_kernel`` (default ``t_out``) is where the kernels are evaluated: ``T`` for
+    ramp neurons (§3a).
     """
     factor = e * t_out / threshold  # (R, m)
-    k = eps(t_out[:, :, None] - t_in[:, None, :], psp.tau_rise, psp.tau_fall)  # (R, m, n)
+    tk = t_out if t_kernel is None else t_kernel
+    k = eps(tk[:, :, None] - t_in[:, None, :], psp.tau_rise, psp.tau_fall)  # (R, m, n)
     return -np.einsum("rm,rmn->mn", factor, k) / tmax
 
 
-def displacement(t_in, t_out, e, w_fwd, threshold, psp, beta, mode="exact"):
+def displacement(t_in, t_out, e, w_fwd, threshold, psp, beta, mode="exact", t_kernel=None):
     """``d_i = beta sum_j e_j (t_j/theta) w_ji eps'(t_j - t_i)`` for rows: ``(R, n)``.
 
     ``mode="causal"`` puts ``1/tau_rise`` in place of ``eps'`` for every earlier input.
+    ``t_kernel`` as in :func:`layer_update`.
     """
     factor = e * t_out / threshold
-    s = t_out[:, :, None] - t_in[:, None, :]
+    tk = t_out if t_kernel is None else t_kernel
+    s = tk[:, :, None] - t_in[:, None, :]
     if mode == "causal":
         k = np.where(s > 0, 1.0 / psp.tau_rise, 0.0)
     else:
@@ -264,23 +301,31 @@ def layer_input(layers, li: int, t_in: np.ndarray, times) -> np.ndarray:
     return np.concatenate([x.reshape(len(x), -1), times[skip].reshape(len(x), -1)], axis=1)
 
 
-def forward(layers, t_in: np.ndarray, psp, tmax: float):
-    """Spike times of every layer, and ``V(T)`` of the last layer (if it is Dense)."""
+def forward(layers, t_in: np.ndarray, psp, tmax: float, neuron: str = "psp"):
+    """Spike times of every layer, and ``V(T)`` of the last layer (if it is Dense).
+    With ``neuron="ramp"`` times are relative to each layer's window (§3a)."""
     times = []
+    u = None
     for li, layer in enumerate(layers):
         x = layer_input(layers, li, t_in, times)
         if layer.kind == "maxpool2d":
             x = maxpool2d_forward(x, layer.kernel_size)[0]
         else:
             w = _forward_weight(layer)
-            if layer.kind == "conv2d":
+            if neuron == "ramp":
+                conv = layer.kind == "conv2d"
+                x_in = x if conv else x.reshape(len(x), -1)
+                x, u = _ramp_layer(x_in, w, layer.threshold, tmax, conv)
+            elif layer.kind == "conv2d":
                 x = conv2d_forward(x, w, layer.threshold, psp, tmax)
             else:
                 x = dense_forward(x.reshape(len(x), -1), w, layer.threshold, psp, tmax)
         times.append(x)
     last = layers[-1]
     v_end = None
-    if last.kind == "dense":
+    if last.kind == "dense" and neuron == "ramp":
+        v_end = (u + tmax) / tmax  # V at the end of the output's window
+    elif last.kind == "dense":
         prev = layer_input(layers, len(layers) - 1, t_in, times)
         v_end = potential(
             prev.reshape(len(prev), -1), _forward_weight(last), tmax, psp.tau_rise, psp.tau_fall
@@ -323,13 +368,14 @@ def updates(
     weight_decay,
     conv_reduce="sum",
     displacement_mode="exact",
+    neuron="psp",
 ):
     """One STiDi-BP step: the weight change of every layer (``None`` for pooling).
 
     ``lr`` and ``beta`` hold one value per spiking layer. Also returns the forward
     pass ``(times, v_end)`` the step was computed from and the output errors.
     """
-    times, v_end = forward(layers, t_in, psp, tmax)
+    times, v_end = forward(layers, t_in, psp, tmax, neuron)
     batch = len(t_in)
     spiking = [i for i, layer in enumerate(layers) if layer.kind != "maxpool2d"]
     deltas: list = [None] * len(layers)
@@ -353,20 +399,22 @@ def updates(
             rows_in = unfold(x, k).reshape(-1, c_in * k * k)
             rows_out = y.transpose(0, 2, 3, 1).reshape(-1, c_out)
             rows_e = e_hat.transpose(0, 2, 3, 1).reshape(-1, c_out)
-            grad = layer_update(rows_in, rows_out, rows_e, layer.threshold, psp, tmax)
+        else:
+            rows_in, rows_out, rows_e = x.reshape(batch, -1), y, e_hat
+        rows_k = np.full_like(rows_out, tmax) if neuron == "ramp" else rows_out
+        grad = layer_update(rows_in, rows_out, rows_e, layer.threshold, psp, tmax, rows_k)
+        if layer.kind == "conv2d":
             if conv_reduce == "mean":
                 grad /= y.shape[2] * y.shape[3]
             grad = grad.reshape(w.shape)
-        else:
-            rows_in, rows_out, rows_e = x.reshape(batch, -1), y, e_hat
-            grad = layer_update(rows_in, rows_out, rows_e, layer.threshold, psp, tmax)
         deltas[li] = lr[s] * (grad / batch - weight_decay * w)
         if s == 0:
             break
         w_fwd = _forward_weight(layer).reshape(len(w), -1)
         d = displacement(
-            rows_in, rows_out, rows_e, w_fwd, layer.threshold, psp, beta[s], displacement_mode
-        )
+            rows_in, rows_out, rows_e, w_fwd, layer.threshold, psp, beta[s], displacement_mode,
+            rows_k,
+        )  # fmt: skip
         if layer.kind == "conv2d":
             ho, wo = y.shape[2:]
             d = fold(d.reshape(batch, ho, wo, -1), x.shape[1], k)
@@ -437,6 +485,20 @@ def exact_factor(
     return a, np.where(fired, a, silent_down * push)
 
 
+def ramp_factor(t_out, delta, tmax, silent_push, silent_down=0.0):
+    """``a_j`` and ``a_prop`` of :func:`exact_factor` for ramp neurons (§3a, §10):
+    ``V' = 1/T``, so ``a = (dL/dt_j)·T`` inside the window. A neuron pinned at the
+    window start (``t_j = 0``) does not move with its weights; like a silent one it
+    gets ``silent_push · (dL/dt_j) · T`` when the loss pushes it out of the pin
+    (later for a pinned one, earlier for a silent one) and passes ``silent_down``
+    times that down [ours]."""
+    inside = (t_out > 0) & (t_out < tmax)
+    pinned = ((t_out >= tmax) & (delta > 0)) | ((t_out <= 0) & (delta < 0))
+    push = np.where(pinned, silent_push * delta * tmax, 0.0)
+    a = np.where(inside, delta * tmax, push)
+    return a, np.where(inside, a, silent_down * push)
+
+
 def exact_gradients(
     layers,
     t_in,
@@ -450,6 +512,7 @@ def exact_gradients(
     silent_push=0.0,
     activity=0.0,
     silent_down=0.0,
+    neuron="psp",
 ):
     """Batch-mean loss and ``dL/dw`` of every layer (``None`` for pooling).
 
@@ -459,7 +522,7 @@ def exact_gradients(
     signs forward and pass the gradient straight through to the real weights.
     Also returns the forward pass ``(times, v_end)``.
     """
-    times, v_end = forward(layers, t_in, psp, tmax)
+    times, v_end = forward(layers, t_in, psp, tmax, neuron)
     batch = len(t_in)
     value, delta = output_loss(times[-1], labels, tmax, loss, gamma, tau_soft)
     hidden = [i for i, layer in enumerate(layers[:-1]) if layer.kind != "maxpool2d"]
@@ -486,13 +549,18 @@ def exact_gradients(
             rows_d = delta.transpose(0, 2, 3, 1).reshape(-1, c_out)
         else:
             rows_in, rows_out, rows_d = x.reshape(batch, -1), y, delta
-        a, a_prop = exact_factor(
-            rows_in, rows_out, rows_d, w_fwd, layer.threshold, psp, tmax, min_slope, silent_push,
-            silent_down,
-        )  # fmt: skip
-        k_eps = eps(rows_out[:, :, None] - rows_in[:, None, :], psp.tau_rise, psp.tau_fall)
+        if neuron == "ramp":
+            a, a_prop = ramp_factor(rows_out, rows_d, tmax, silent_push, silent_down)
+            rows_k = np.full_like(rows_out, tmax)
+        else:
+            a, a_prop = exact_factor(
+                rows_in, rows_out, rows_d, w_fwd, layer.threshold, psp, tmax, min_slope,
+                silent_push, silent_down,
+            )  # fmt: skip
+            rows_k = rows_out
+        k_eps = eps(rows_k[:, :, None] - rows_in[:, None, :], psp.tau_rise, psp.tau_fall)
         grads[li] = (-np.einsum("rm,rmn->mn", a, k_eps) / batch).reshape(w.shape)
-        s = rows_out[:, :, None] - rows_in[:, None, :]
+        s = rows_k[:, :, None] - rows_in[:, None, :]
         d = np.einsum("rm,mn,rmn->rn", a_prop, w_fwd, deps(s, psp.tau_rise, psp.tau_fall))
         if layer.kind == "conv2d":
             ho, wo = y.shape[2:]

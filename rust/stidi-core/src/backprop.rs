@@ -245,7 +245,7 @@ pub(crate) fn accumulate_row(
                     touched.push(0);
                     continue;
                 }
-                let tj = rec.times[l][o];
+                let tj = net.kernel_time(rec.times[l][o]);
                 let act = &rec.active[l];
                 let mut k = 0;
                 if kern.inf {
@@ -294,7 +294,7 @@ pub(crate) fn accumulate_row(
                             let base = c * geom.h * geom.w + (oy + ky) * geom.w + ox;
                             let r0 = (c * k + ky) * k;
                             for (a, &ti) in acc[r0..r0 + k].iter_mut().zip(&x[base..base + k]) {
-                                *a += gj * kern.eps(tj - ti);
+                                *a += gj * kern.eps(net.kernel_time(tj) - ti);
                             }
                         }
                     }

@@ -9,7 +9,7 @@ use crate::backprop::{
 };
 use crate::engine::{RowWeights, Scratch};
 use crate::network::{Layer, Network};
-use crate::spec::{ExactConfig, Loss};
+use crate::spec::{ExactConfig, Loss, Neuron};
 use crate::stidibp::output_targets;
 
 #[allow(clippy::too_many_arguments)]
@@ -90,6 +90,7 @@ fn backward_sample(
     lr: &[f64],
 ) -> (f64, Vec<Vec<f64>>) {
     let tmax = net.tmax;
+    let ramp = net.neuron == Neuron::Ramp;
     let kern = Kern::new(&net.psp);
     let (mut loss, mut delta) = output_loss(&times[times.len() - 1], label, cfg, tmax);
     // The activity term: the mean spike time (in units of T) of every hidden
@@ -114,6 +115,14 @@ fn backward_sample(
         }
         let xin = net.input_of(l, x, times, &mut cat);
         let y = &times[l];
+        // Where the kernels are evaluated (ramp neurons: the end of the window below).
+        let yk_ramp;
+        let yk: &[f64] = if ramp {
+            yk_ramp = vec![tmax; y.len()];
+            &yk_ramp
+        } else {
+            y
+        };
         let w = weights[l];
         if cfg.activity > 0.0 && l < last && !matches!(net.layers[l], Layer::Pool { .. }) {
             let c = cfg.activity / (tmax * y.len() as f64);
@@ -125,6 +134,10 @@ fn backward_sample(
             Layer::Pool { g } => {
                 delta = route_pool(&delta, xin, g);
                 continue;
+            }
+            // A ramp neuron's slope is 1/tmax whatever its weights.
+            Layer::Conv { theta, binary, .. } | Layer::Dense { theta, binary, .. } if ramp => {
+                (*theta, *binary, Vec::new())
             }
             Layer::Conv { g, theta, binary } => (
                 *theta,
@@ -138,23 +151,42 @@ fn backward_sample(
             ),
         };
         si -= 1;
-        let floor = cfg.min_slope * theta / tmax;
-        let a: Vec<f64> = delta
-            .iter()
-            .zip(y)
-            .zip(&slope)
-            .map(|((&d, &tj), &s)| {
-                if d == 0.0 {
-                    0.0 // its slope was not computed (and may be 0 with no floor)
-                } else if tj < tmax {
-                    d / s.max(floor)
-                } else if d > 0.0 {
-                    cfg.silent_push * d * tmax / theta
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let a: Vec<f64> = if ramp {
+            // Pinned at the window start (t = 0) the time does not move with the
+            // weights; silent_push acts on it when the loss wants it later, as on
+            // a silent neuron that the loss wants earlier.
+            delta
+                .iter()
+                .zip(y)
+                .map(|(&d, &tj)| {
+                    if tj > 0.0 && tj < tmax {
+                        d * tmax
+                    } else if (tj >= tmax && d > 0.0) || (tj <= 0.0 && d < 0.0) {
+                        cfg.silent_push * d * tmax
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        } else {
+            let floor = cfg.min_slope * theta / tmax;
+            delta
+                .iter()
+                .zip(y)
+                .zip(&slope)
+                .map(|((&d, &tj), &s)| {
+                    if d == 0.0 {
+                        0.0 // its slope was not computed (and may be 0 with no floor)
+                    } else if tj < tmax {
+                        d / s.max(floor)
+                    } else if d > 0.0 {
+                        cfg.silent_push * d * tmax / theta
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        };
         gs[si] = a;
         if !lr[..si].iter().any(|&lr| lr != 0.0) {
             break;
@@ -164,7 +196,13 @@ fn backward_sample(
         let a_prop: Vec<f64> = gs[si]
             .iter()
             .zip(y)
-            .map(|(&a, &tj)| if tj < tmax { a } else { cfg.silent_down * a })
+            .map(|(&a, &tj)| {
+                if tj < tmax && !(ramp && tj <= 0.0) {
+                    a
+                } else {
+                    cfg.silent_down * a
+                }
+            })
             .collect();
         let mut dsum = vec![0.0; xin.len()];
         match &net.layers[l] {
@@ -172,14 +210,14 @@ fn backward_sample(
                 &kern,
                 geom,
                 xin,
-                y,
+                yk,
                 &a_prop,
                 w,
                 binary,
                 0..geom.cin,
                 &mut dsum,
             ),
-            _ => disp_dense(&kern, xin, y, &a_prop, w, binary, &mut dsum),
+            _ => disp_dense(&kern, xin, yk, &a_prop, w, binary, &mut dsum),
         }
         delta = dsum;
         if let Layer::Dense { skip: Some(k), .. } = net.layers[l] {

@@ -13,6 +13,7 @@ mod error;
 mod exact;
 mod network;
 mod psp;
+mod ramp;
 mod spec;
 mod stidibp;
 mod threads;
@@ -28,7 +29,7 @@ pub use network::{ForwardOut, Network};
 pub use psp::Psp;
 pub use spec::{
     ConvReduce, Displacement, ExactConfig, Hyper, LayerParams, LayerParamsMut, LayerSpec, Loss,
-    Optimizer, Rule,
+    Neuron, Optimizer, Rule,
 };
 pub use threads::{max_threads, num_threads, set_num_threads};
 pub use train::{Moments, StepStats};

@@ -4,12 +4,13 @@ use rayon::ThreadPool;
 use crate::bits::{packed_words, signs_match};
 use crate::decide::decide_with_tmax;
 use crate::engine::{
-    build_events, conv_times, dense_times, pool_times, potential_at, transpose, Active, ConvGeom,
-    Event, PoolGeom, RowWeights, Scratch,
+    build_events, conv_times, dense_times, pool_times, potential_at, sort_active, transpose,
+    Active, ConvGeom, Event, PoolGeom, RowWeights, Scratch,
 };
 use crate::error::{invalid, Result};
 use crate::psp::Psp;
-use crate::spec::{LayerParams, LayerSpec};
+use crate::ramp;
+use crate::spec::{LayerParams, LayerSpec, Neuron};
 use crate::threads::current_pool;
 
 /// Result of [`Network::forward`].
@@ -81,6 +82,7 @@ pub struct Network {
     shapes: Vec<Vec<usize>>,
     pub(crate) psp: Psp,
     pub(crate) tmax: f64,
+    pub(crate) neuron: Neuron,
     pub(crate) in_size: usize,
     /// Layer index of each spiking layer, in order.
     pub(crate) spiking: Vec<usize>,
@@ -259,9 +261,43 @@ impl Network {
             shapes,
             psp,
             tmax,
+            neuron: Neuron::Psp,
             in_size,
             spiking,
         })
+    }
+
+    /// The same network with another neuron model. Ramp neurons integrate with
+    /// the linear PSP of slope `1/tmax` (contract §3a), so they need
+    /// `Psp::new(tmax, inf)`: the learning rules read their kernel from it.
+    pub fn with_neuron(mut self, neuron: Neuron) -> Result<Network> {
+        if neuron == Neuron::Ramp
+            && (self.psp.tau_rise != self.tmax || self.psp.tau_fall.is_finite())
+        {
+            return invalid!(
+                "ramp neurons integrate with a linear PSP: tau_rise must equal tmax={} and tau_fall be inf, got ({}, {})",
+                self.tmax,
+                self.psp.tau_rise,
+                self.psp.tau_fall
+            );
+        }
+        self.neuron = neuron;
+        Ok(self)
+    }
+
+    pub fn neuron(&self) -> Neuron {
+        self.neuron
+    }
+
+    /// The time at which the learning rules evaluate a neuron's kernels: its spike
+    /// time, or for ramp neurons the end of the window below (`tmax` in that
+    /// window's time), where their drive is taken.
+    #[inline]
+    pub(crate) fn kernel_time(&self, tj: f64) -> f64 {
+        match self.neuron {
+            Neuron::Psp => tj,
+            Neuron::Ramp => self.tmax,
+        }
     }
 
     pub fn layers(&self) -> &[LayerSpec] {
@@ -501,8 +537,25 @@ impl Network {
         for (l, (layer, w)) in self.layers.iter().zip(prep).enumerate() {
             let inp = self.input_of(l, x, &out, &mut cat);
             let mut kept = Vec::new();
+            let ramp = self.neuron == Neuron::Ramp;
             let y = match (layer, w) {
                 (Layer::Pool { g }, _) => pool_times(inp, g),
+                (Layer::Conv { g, theta, .. }, Some(w)) if ramp => {
+                    n_events += (0..inp.len())
+                        .filter(|&i| inp[i] < self.tmax)
+                        .map(|i| g.fan_out(i))
+                        .sum::<u64>();
+                    ramp::times(&ramp::conv_drive(inp, g, w, self.tmax), *theta, self.tmax)
+                }
+                (Layer::Dense { n_out, theta, .. }, Some(w)) if ramp => {
+                    sort_active(inp, self.tmax, act);
+                    n_events += (act.len() * n_out) as u64;
+                    if keep.is_some() {
+                        kept.clone_from(act);
+                    }
+                    let u = ramp::dense_drive(inp, w, *n_out, self.tmax);
+                    ramp::times(&u, *theta, self.tmax)
+                }
                 (Layer::Conv { g, theta, .. }, Some(w)) => {
                     build_events(inp, &self.psp, self.tmax, act, events);
                     n_events += act.iter().map(|a| g.fan_out(a.src as usize)).sum::<u64>();
@@ -538,7 +591,12 @@ impl Network {
             (Layer::Dense { n_out, .. }, Some(w)) => {
                 let mut cat = Vec::new();
                 let inp = self.input_of(l, x, times, &mut cat);
-                potential_at(inp, w, *n_out, &self.psp, self.tmax)
+                match self.neuron {
+                    Neuron::Psp => potential_at(inp, w, *n_out, &self.psp, self.tmax),
+                    Neuron::Ramp => {
+                        ramp::v_end(&ramp::dense_drive(inp, w, *n_out, self.tmax), self.tmax)
+                    }
+                }
             }
             _ => Vec::new(),
         }

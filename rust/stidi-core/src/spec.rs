@@ -23,6 +23,28 @@ pub enum LayerSpec {
     },
 }
 
+/// The neuron model of every spiking layer (contract §3 and §3a).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Neuron {
+    /// One window `[0, tmax)` for all layers; `V` is a sum of PSPs (§3).
+    Psp,
+    /// Every spiking layer has its own window; a neuron integrates its inputs'
+    /// linear PSPs during the window below and fires in its own on a ramp of
+    /// slope `1/tmax` (§3a).
+    Ramp,
+}
+
+impl std::str::FromStr for Neuron {
+    type Err = crate::Error;
+    fn from_str(name: &str) -> crate::Result<Self> {
+        match name {
+            "psp" => Ok(Neuron::Psp),
+            "ramp" => Ok(Neuron::Ramp),
+            other => crate::error::invalid!("neuron must be 'psp' or 'ramp', got {other:?}"),
+        }
+    }
+}
+
 /// How a Conv2d reduces the per-position updates of a shared weight.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ConvReduce {

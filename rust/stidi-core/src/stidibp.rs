@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use crate::backprop::{disp_conv, disp_dense, route_pool, Kern, SampleRec};
 use crate::engine::{RowWeights, Scratch, SPLIT_MIN_NEURONS};
 use crate::network::{Layer, Network};
-use crate::spec::Hyper;
+use crate::spec::{Hyper, Neuron};
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn sample_pass(
@@ -118,6 +118,14 @@ fn backward_sample(
             break;
         }
         let g = &gs[si];
+        // Where the kernels are evaluated (ramp neurons: the end of the window below).
+        let yk_ramp;
+        let y: &[f64] = if net.neuron == Neuron::Ramp {
+            yk_ramp = vec![tmax; y.len()];
+            &yk_ramp
+        } else {
+            y
+        };
         let mut dsum = vec![0.0; xin.len()];
         let w = weights[l];
         match &net.layers[l] {

@@ -10,7 +10,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use stidi_core::{
-    ExactConfig, Hyper, LayerParams, LayerParamsMut, LayerSpec, Moments, Network, Psp, Rule,
+    ExactConfig, Hyper, LayerParams, LayerParamsMut, LayerSpec, Moments, Network, Neuron, Psp, Rule,
 };
 
 // A ValueError, so that callers catching bad input catch it too.
@@ -77,19 +77,24 @@ struct Engine {
 #[pymethods]
 impl Engine {
     #[new]
+    #[pyo3(signature = (layers, input_shape, tau_rise, tau_fall, tmax, neuron = "psp"))]
     fn new(
         layers: Vec<Bound<'_, PyDict>>,
         input_shape: Vec<usize>,
         tau_rise: f64,
         tau_fall: f64,
         tmax: f64,
+        neuron: &str,
     ) -> PyResult<Self> {
         let specs = layers
             .iter()
             .map(layer_spec)
             .collect::<PyResult<Vec<_>>>()?;
         let psp = Psp::new(tau_rise, tau_fall).map_err(value_error)?;
-        let net = Network::new(specs, &input_shape, psp, tmax).map_err(value_error)?;
+        let neuron: Neuron = neuron.parse().map_err(value_error)?;
+        let net = Network::new(specs, &input_shape, psp, tmax)
+            .and_then(|net| net.with_neuron(neuron))
+            .map_err(value_error)?;
         Ok(Engine { net })
     }
 

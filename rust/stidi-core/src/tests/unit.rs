@@ -543,3 +543,45 @@ fn skip_sends_the_outputs_errors_to_the_layer_it_reads() {
     assert_ne!(params.w[0], w0[0]);
     assert_ne!(params.w[2], w0[2]);
 }
+
+#[test]
+fn ramp_neurons_fire_at_theta_t_minus_their_drive() {
+    use crate::Neuron;
+    let tmax = 100.0;
+    let ramp = |theta: f64| {
+        Network::new(
+            vec![dense(3, 4, theta)],
+            &[3],
+            Psp::new(tmax, INF).unwrap(),
+            tmax,
+        )
+        .unwrap()
+        .with_neuron(Neuron::Ramp)
+        .unwrap()
+    };
+    // Inputs at 20, 70 and never: drives u = 80 w0 + 30 w1.
+    let x = [20.0, 70.0, tmax];
+    let w = vec![
+        0.5, 1.0, 9.0, // u = 70: fires at 100 - 70 = 30
+        1.0, 1.0, 9.0, // u = 110 >= θT: pinned at the window start, 0
+        -0.5, 0.5, 9.0, // u = -25: 125 >= T, silent
+        0.25, 0.0, -9.0, // u = 20: 80
+    ];
+    let params = Params::new(&ramp(1.0), vec![w.clone()]);
+    let out = ramp(1.0).forward(&params.views(), &x, 1).unwrap();
+    assert_eq!(out.times[0], vec![30.0, 0.0, tmax, 80.0]);
+    // V at the end of the window, (u + T)/T.
+    assert_eq!(out.v_end, vec![1.7, 2.1, 0.75, 1.2]);
+    // A higher threshold delays every spike by (θ − 1)T.
+    let out = ramp(1.2).forward(&params.views(), &x, 1).unwrap();
+    assert_eq!(out.times[0], vec![50.0, 10.0, tmax, tmax]);
+    // Ramp neurons need the linear PSP of slope 1/tmax.
+    let psp40 = Network::new(
+        vec![dense(3, 4, 1.0)],
+        &[3],
+        Psp::new(40.0, INF).unwrap(),
+        tmax,
+    );
+    assert!(psp40.unwrap().with_neuron(Neuron::Ramp).is_err());
+    assert!("lif".parse::<Neuron>().is_err());
+}

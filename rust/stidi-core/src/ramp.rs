@@ -1,0 +1,69 @@
+//! Ramp neurons (contract §3a): every spiking layer has its own window of length
+//! `tmax`. A neuron integrates its inputs' linear PSPs (slope `1/tmax`) while the
+//! window below is open and may not fire before it closes; from then on a ramp
+//! current tops its slope up to `1/tmax` whatever its weights, so with
+//! `u_j = Σ_i w̃_ji (tmax − t_i)` over the inputs that spiked it fires at
+//! `θ·tmax − u_j` of its own window, at 0 if `u_j ≥ θ·tmax` and never if that is
+//! `≥ tmax`. Times are relative to each layer's window.
+
+use crate::engine::{ConvGeom, RowWeights};
+
+/// Spike time of a ramp neuron with drive `u` (`tmax`: no spike).
+#[inline]
+pub(crate) fn fire_time(u: f64, theta: f64, tmax: f64) -> f64 {
+    let t = theta * tmax - u;
+    if t >= tmax {
+        tmax
+    } else {
+        t.max(0.0)
+    }
+}
+
+/// `V` at the end of the neuron's window, `(u + tmax) / tmax`: what the decision
+/// rule compares when outputs tie.
+pub(crate) fn v_end(u: &[f64], tmax: f64) -> Vec<f64> {
+    u.iter().map(|&u| (u + tmax) / tmax).collect()
+}
+
+/// Drives `u_j` of a Dense layer (inputs in index order).
+pub(crate) fn dense_drive(x: &[f64], w: &RowWeights, n_out: usize, tmax: f64) -> Vec<f64> {
+    let mut u = vec![0.0; n_out];
+    for (i, &t) in x.iter().enumerate() {
+        if t < tmax {
+            w.axpy(i, tmax - t, &mut u);
+        }
+    }
+    u
+}
+
+/// Drives of a Conv2d, laid out `(C_out, Ho, Wo)`; each position sums its
+/// receptive field in weight order.
+pub(crate) fn conv_drive(x: &[f64], g: &ConvGeom, w: &RowWeights, tmax: f64) -> Vec<f64> {
+    let positions = g.positions();
+    let mut u = vec![0.0; g.cout * positions];
+    let mut acc = vec![0.0; g.cout];
+    for p in 0..positions {
+        let (oy, ox) = (p / g.wo, p % g.wo);
+        acc.iter_mut().for_each(|a| *a = 0.0);
+        for c in 0..g.cin {
+            for ky in 0..g.k {
+                let base = c * g.h * g.w + (oy + ky) * g.w + ox;
+                let r0 = (c * g.k + ky) * g.k;
+                for (kx, &t) in x[base..base + g.k].iter().enumerate() {
+                    if t < tmax {
+                        w.axpy(r0 + kx, tmax - t, &mut acc);
+                    }
+                }
+            }
+        }
+        for (o, &a) in acc.iter().enumerate() {
+            u[o * positions + p] = a;
+        }
+    }
+    u
+}
+
+/// Spike times from drives.
+pub(crate) fn times(u: &[f64], theta: f64, tmax: f64) -> Vec<f64> {
+    u.iter().map(|&u| fire_time(u, theta, tmax)).collect()
+}

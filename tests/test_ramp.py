@@ -1,0 +1,297 @@
+"""Ramp neurons (docs/algorithm.md §3a): the closed form against the neuron's
+dynamics, both engines against each other for the forward pass and both rules,
+exact gradients against finite differences, and the option's plumbing (errors,
+checkpoints, presets, CLI)."""
+
+import json
+
+import numpy as np
+import pytest
+import stidi_rs as sr
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from stidi_rs import checkpoint, config
+from stidi_rs import reference as ref
+from stidi_rs.cli import main
+
+TMAX = 100.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    n=st.integers(1, 8),
+    theta=st.floats(0.05, 3.0),
+)
+def test_closed_form_is_the_neurons_first_crossing(seed, n, theta):
+    """Integrate the neuron as described: linear PSPs of slope 1/T from each input
+    spike, no firing before the window below closes at T, then a ramp current
+    that brings the slope to 1/T. Its first crossing of θ in [T, 2T) is the
+    closed form's time (relative to T)."""
+    rng = np.random.default_rng(seed)
+    t_in = rng.uniform(0, TMAX, n)
+    t_in[rng.random(n) < 0.3] = TMAX  # inputs that never spike
+    w = rng.normal(0, 1.5 / n, n)
+    spiked = t_in < TMAX
+    grid = TMAX + np.linspace(0, TMAX, 200_001)
+    psp = (w[spiked] * (grid[:, None] - t_in[spiked]) / TMAX).sum(axis=1)
+    v = psp + (grid - TMAX) * (1.0 - w[spiked].sum()) / TMAX
+    got = ref.ramp_times(ref.ramp_drive(t_in[None], w[None], TMAX), theta, TMAX)[0, 0]
+    crossed = np.flatnonzero(v >= theta)
+    step = grid[1] - grid[0]
+    assume(np.abs(v - theta).min() > 1e-9 or crossed.size == 0)  # not tangent at an end
+    if crossed.size == 0 or grid[crossed[0]] >= 2 * TMAX:
+        assert got == TMAX
+    else:
+        assert got == pytest.approx(grid[crossed[0]] - TMAX, abs=step)
+
+
+def _dense_net(seed, backend, binary=False):
+    layers = [
+        sr.Dense(6, 5, threshold=0.6, binary=binary, init=(-0.2, 0.4)),
+        sr.Dense(5, 3, threshold=0.5, init=(-0.3, 0.6)),
+    ]
+    return sr.Network(layers, (6,), tmax=TMAX, seed=seed, backend=backend, neuron="ramp")
+
+
+def _conv_net(seed, backend, binary=False):
+    layers = [
+        sr.Conv2d(1, 3, 3, threshold=0.9, binary=binary, init=(-0.1, 0.3)),
+        sr.MaxPool2d(2),
+        sr.Dense(12, 4, threshold=0.4, init=(-0.2, 0.4)),
+        sr.Dense(16, 3, threshold=0.4, skip=1, init=(-0.2, 0.3)),
+    ]
+    return sr.Network(layers, (1, 6, 6), tmax=TMAX, seed=seed, backend=backend, neuron="ramp")
+
+
+def _two_conv_net(seed, backend, binary=False):
+    layers = [
+        sr.Conv2d(1, 2, 3, threshold=0.9, binary=binary, init=(-0.1, 0.3)),
+        sr.MaxPool2d(2),
+        sr.Conv2d(2, 3, 2, threshold=0.3, binary=binary, init=(-0.1, 0.25)),
+        sr.MaxPool2d(2),
+        sr.Dense(3, 3, threshold=0.2, init=(-0.3, 0.6)),
+    ]
+    return sr.Network(layers, (1, 8, 8), tmax=TMAX, seed=seed, backend=backend, neuron="ramp")
+
+
+MAKERS = [_dense_net, _conv_net, _two_conv_net]
+
+
+def _inputs(seed, shape, batch=4):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, TMAX, size=(batch, *shape))
+    x[rng.random(x.shape) < 0.3] = TMAX
+    return x, rng.integers(0, 3, batch)
+
+
+def _structure(net, x, gamma):
+    """What decides the smooth piece: which neurons are inside their window (not
+    pinned at its start, not silent), pooling winners, the output's order."""
+    times = net.forward(x)
+    parts = []
+    for li, layer in enumerate(net.layers):
+        y = times[li]
+        if layer.kind == "maxpool2d":
+            xin = ref.layer_input(net.layers, li, x, times)
+            parts.append(ref.maxpool2d_forward(xin, layer.kernel_size)[1])
+        else:
+            parts += [y <= 0, y >= TMAX]
+            w = ref._forward_weight(layer).reshape(len(layer.weight), -1)
+            parts.append(w.sum(axis=1) < layer.threshold)  # the sum hinge's kink
+    t = times[-1]
+    t_min = t.min(axis=1, keepdims=True)
+    parts += [np.argmin(t, axis=1), t - t_min < gamma, t_min + gamma < TMAX]
+    return parts
+
+
+@pytest.mark.parametrize("backend", ["numpy", "rust"])
+@pytest.mark.parametrize("loss", ["cross_entropy", "stidi"])
+@pytest.mark.parametrize("make", MAKERS)
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_exact_gradients_match_finite_differences(backend, loss, make, seed):
+    net = make(seed, backend)
+    x, y = _inputs(seed, net.input_shape)
+    rule = sr.ExactGradient(
+        net, loss=loss, tau_soft=10.0, silent_push=0.0, sum_hinge=0.05, activity=0.5
+    )
+    loss0, grads = rule.gradients(x, y)
+    rng = np.random.default_rng(0)
+    checked = 0
+    for layer, grad in zip(net.spiking_layers, grads):
+        w0 = layer.weight.copy()
+        for i in rng.choice(w0.size, size=min(10, w0.size), replace=False):
+            idx = np.unravel_index(i, w0.shape)
+            base, values, kinks = _structure(net, x, rule.gamma), [], False
+            for sign in (1.0, -1.0):
+                w = w0.copy()
+                w[idx] += sign * 1e-6
+                layer.weight = w
+                values.append(rule.gradients(x, y)[0])
+                here = _structure(net, x, rule.gamma)
+                kinks |= not all(np.array_equal(a, b) for a, b in zip(base, here))
+            layer.weight = w0
+            if kinks:
+                continue
+            fd = (values[0] - values[1]) / 2e-6
+            assert fd == pytest.approx(grad[idx], rel=1e-4, abs=1e-7), (layer, idx)
+            checked += 1
+    assert checked >= 10
+
+
+def test_ramp_gradient_is_the_clipped_relu_one():
+    """Inside its window a ramp neuron's earliness T − t is Σ w (T − t_i) − (θ − 1)T:
+    the loss's gradient is that of a clipped ReLU unit, dt_j/dw_ji = −(T − t_i)."""
+    net = _dense_net(3, "numpy")
+    x, y = _inputs(3, net.input_shape, batch=1)
+    rule = sr.ExactGradient(net, loss="cross_entropy", tau_soft=10.0, silent_push=0.0)
+    _, grads = rule.gradients(x, y)
+    hidden, out = net.forward(x)
+    # dL/dt of the output, then chained by hand through one hidden layer.
+    _, dl_dt = ref.output_loss(out, y, TMAX, "cross_entropy", tau_soft=10.0)
+    inside_out = (out > 0) & (out < TMAX)
+    w2 = net.layers[1].weight
+    expect2 = -(dl_dt * inside_out)[0][:, None] * (TMAX - hidden[0])[None, :]
+    np.testing.assert_allclose(grads[1], expect2, rtol=1e-12, atol=1e-15)
+    dl_dh = (dl_dt * inside_out)[0] @ w2 * (hidden[0] < TMAX)
+    inside_h = (hidden[0] > 0) & (hidden[0] < TMAX)
+    expect1 = -(dl_dh * inside_h)[:, None] * (TMAX - x[0])[None, :]
+    np.testing.assert_allclose(grads[0], expect1, rtol=1e-12, atol=1e-15)
+
+
+def _winners(net, x):
+    times = net.forward(x)
+    return [
+        ref.maxpool2d_forward(times[i - 1], layer.kernel_size)[1]
+        for i, layer in enumerate(net.layers)
+        if layer.kind == "maxpool2d"
+    ]
+
+
+@pytest.mark.parametrize("rule_name", ["exact", "stidi-bp"])
+@pytest.mark.parametrize("make", MAKERS)
+@pytest.mark.parametrize("binary", [False, True])
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_engines_agree(rule_name, make, binary, seed):
+    nets = {b: make(seed, b, binary) for b in ("numpy", "rust")}
+    x, y = _inputs(seed, nets["numpy"].input_shape, batch=7)
+    winners = [_winners(net, x) for net in nets.values()]
+    assume(all(np.array_equal(a, b) for a, b in zip(*winners)))
+    fwd = [net.forward(x) for net in nets.values()]
+    for a, b in zip(*fwd):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-10)
+    assert np.array_equal(nets["numpy"].predict(x), nets["rust"].predict(x))
+    results = {}
+    for backend, net in nets.items():
+        n = len(net.spiking_layers)
+        if rule_name == "exact":
+            rule = sr.ExactGradient(
+                net, tau_soft=10.0, silent_push=0.5, silent_down=0.5, activity=0.3,
+                lr=[0.001, 0.002, 0.003][:n],
+            )  # fmt: skip
+        else:
+            rule = sr.STiDiBP(net, lr=[0.001, 0.002, 0.003][:n], gamma=3.0)
+        value, grads = rule.gradients(x, y)
+        stats = None if binary else rule.steps(x, y, batch_size=3)
+        weights = [lay.weight.copy() for lay in net.spiking_layers]
+        results[backend] = (value, grads, weights, stats)
+    (l_np, g_np, w_np, s_np), (l_rs, g_rs, w_rs, s_rs) = results.values()
+    assert l_rs == pytest.approx(l_np, rel=1e-12)
+    for a, b in zip(g_np, g_rs):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
+    for a, b in zip(w_np, w_rs):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
+    if not binary:
+        assert np.array_equal(s_rs["predictions"], s_np["predictions"])
+
+
+def test_pins_get_silent_push_and_nothing_else():
+    """A neuron pinned at its window start whose loss wants it later, and a silent
+    one the loss wants earlier, get silent_push · (dL/dt) · T; pinned ones the loss
+    wants earlier get nothing."""
+    t = np.array([[0.0, 0.0, TMAX, TMAX, 40.0]])
+    d = np.array([[-1.0, 1.0, 1.0, -1.0, 2.0]])
+    a, a_prop = ref.ramp_factor(t, d, TMAX, silent_push=0.5, silent_down=0.2)
+    np.testing.assert_array_equal(a, [[-50.0, 0.0, 50.0, 0.0, 200.0]])
+    np.testing.assert_array_equal(a_prop, [[-10.0, 0.0, 10.0, 0.0, 200.0]])
+
+
+def test_results_do_not_depend_on_thread_count():
+    out = []
+    for threads in (1, 2):
+        sr.set_num_threads(threads)
+        net = _two_conv_net(5, "rust")
+        x, y = _inputs(5, net.input_shape, batch=12)
+        sr.ExactGradient(net, lr=0.01, silent_push=1.0).steps(x, y, batch_size=4)
+        out.append([lay.weight.copy() for lay in net.spiking_layers])
+    sr.set_num_threads(0)
+    for a, b in zip(*out):
+        assert np.array_equal(a, b)
+
+
+def test_bad_neuron_options_are_named():
+    layers = [sr.Dense(4, 2, 1.0)]
+    with pytest.raises(ValueError, match="unknown neuron 'lif'"):
+        sr.Network(layers, (4,), neuron="lif")
+    with pytest.raises(ValueError, match=r"psp must be PSP\(100\)"):
+        sr.Network(layers, (4,), tmax=100.0, psp=sr.PSP(40.0), neuron="ramp")
+    net = sr.Network(layers, (4,), tmax=100.0, neuron="ramp")
+    assert net.psp == sr.PSP(100.0) and "neuron='ramp'" in repr(net)
+    with pytest.raises(ValueError, match="neuron = 'lif' must be one of"):
+        config.check({"neuron": "lif"}, "here")
+
+
+def test_the_neuron_survives_a_checkpoint(tmp_path):
+    net = _conv_net(1, "rust")
+    x, _ = _inputs(1, net.input_shape)
+    path = checkpoint.save(tmp_path / "ramp.npz", net)
+    back, _ = checkpoint.load(path)
+    assert back.neuron == "ramp"
+    for a, b in zip(net.forward(x), back.forward(x)):
+        np.testing.assert_array_equal(a, b)
+    # The default is not written, so files read the same as before the option.
+    plain = checkpoint.save(tmp_path / "psp.npz", sr.Network([sr.Dense(4, 2, 1.0)], (4,)))
+    assert "neuron" not in _raw_config(plain)["network"]
+
+
+def _raw_config(path):
+    return json.loads(np.load(path)["config"].tobytes())
+
+
+def test_a_damaged_neuron_in_a_checkpoint_is_named(tmp_path):
+    path = checkpoint.save(tmp_path / "ramp.npz", _dense_net(0, "rust"))
+    arrays = dict(np.load(path))
+    raw = _raw_config(path)
+    raw["network"]["neuron"] = "lif"
+    arrays["config"] = np.frombuffer(json.dumps(raw).encode(), dtype=np.uint8)
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(checkpoint.CheckpointError, match="neuron must be one of"):
+        checkpoint.load(tmp_path / "bad.npz")
+
+
+def test_a_preset_builds_ramp_neurons():
+    net = sr.presets.get("csnn-exact").build(dataset="fashion-mnist", neuron="ramp")
+    assert net.neuron == "ramp" and net.psp == sr.PSP(net.tmax)
+    with pytest.raises(ValueError, match="ramp neurons integrate with a linear PSP"):
+        sr.presets.get("csnn-exact").build(dataset="fashion-mnist", neuron="ramp", tau_rise=40)
+
+
+@pytest.mark.needs_data
+def test_cli_trains_ramp_neurons(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--preset", "dense", "--train-size", "600", "--test-size", "300"]
+    args += ["--epochs", "1", "--readout-epochs", "0", "--neuron", "ramp"]
+    args += ["--init=-0.09,0.09/-0.12,0.12", "--calibrate", "0.5,0.5", "--rule", "exact"]
+    args += ["--lr", "0.0003", "--rule-set", "silent_push=1"]
+    assert main([*args, "--out", str(out), "--no-progress"]) == 0
+    net, _ = checkpoint.load(out / "last.npz")
+    assert net.neuron == "ramp"
+    assert config.load(out / "config.toml")["neuron"] == "ramp"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    accuracy = records[-1]["test"]["accuracy"]
+    assert accuracy > 0.5  # ten classes: far above chance after one small epoch
+    capsys.readouterr()
+    assert main(["eval", str(out / "last.npz"), "--test-size", "300", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == accuracy
