@@ -169,9 +169,15 @@ def test_forward_agrees_with_reference(case):
 
 
 @given(
-    network_case(), st.integers(1, 3), st.booleans(), CONV_REDUCE, DISPLACEMENT, st.integers(0, 3)
+    network_case(),
+    st.integers(1, 3),
+    st.booleans(),
+    CONV_REDUCE,
+    DISPLACEMENT,
+    st.integers(0, 3),
+    st.sampled_from(["paper", "exact"]),
 )
-def test_learning_steps_agree_with_reference(case, steps, normalize, reduce, disp, frozen):
+def test_learning_steps_agree_with_reference(case, steps, normalize, reduce, disp, frozen, slope):
     net, x, labels = case
     start = snapshot(net)
     # The first `frozen` spiking layers get lr 0, as in read-out epochs: the engine
@@ -185,6 +191,7 @@ def test_learning_steps_agree_with_reference(case, steps, normalize, reduce, dis
         weight_decay=1e-3,
         conv_reduce=reduce,
         displacement=disp,
+        slope=slope,
     )
     net.backend = "rust"
     rust_stats = [sr.STiDiBP(net, **kwargs).step(x, labels) for _ in range(steps)]
@@ -351,6 +358,7 @@ def test_train_steps_equals_steps_one_by_one(case, batch_size, decay, reduce, di
         "weight_decay": 1e-3 if decay else 0.0,
         "conv_reduce": reduce,
         "displacement": disp,
+        "slope": "paper",
     }
     start = snapshot(net)
     one_by_one = []

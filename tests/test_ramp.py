@@ -169,7 +169,7 @@ def _winners(net, x):
     ]
 
 
-@pytest.mark.parametrize("rule_name", ["exact", "stidi-bp"])
+@pytest.mark.parametrize("rule_name", ["exact", "stidi-bp", "stidi-bp-exact-slope"])
 @pytest.mark.parametrize("make", MAKERS)
 @pytest.mark.parametrize("binary", [False, True])
 @settings(max_examples=6, deadline=None)
@@ -192,7 +192,8 @@ def test_engines_agree(rule_name, make, binary, seed):
                 lr=[0.001, 0.002, 0.003][:n],
             )  # fmt: skip
         else:
-            rule = sr.STiDiBP(net, lr=[0.001, 0.002, 0.003][:n], gamma=3.0)
+            slope = "exact" if rule_name.endswith("slope") else "paper"
+            rule = sr.STiDiBP(net, lr=[0.001, 0.002, 0.003][:n], gamma=3.0, slope=slope)
         value, grads = rule.gradients(x, y)
         stats = None if binary else rule.steps(x, y, batch_size=3)
         weights = [lay.weight.copy() for lay in net.spiking_layers]
@@ -205,6 +206,23 @@ def test_engines_agree(rule_name, make, binary, seed):
         np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
     if not binary:
         assert np.array_equal(s_rs["predictions"], s_np["predictions"])
+
+
+def test_exact_slope_is_t_for_ramp_neurons():
+    """STiDi-BP's slope="exact" uses −dt/dV = T for every ramp neuron (pinned and
+    silent ones too), the paper's t_j/θ otherwise."""
+    net = _dense_net(2, "numpy")
+    x, y = _inputs(2, net.input_shape, batch=3)
+    grads = {}
+    for slope in ("paper", "exact"):
+        grads[slope] = sr.STiDiBP(net, lr=1.0, slope=slope, normalize=False).gradients(x, y)[1]
+    hidden, out = net.forward(x)
+    # Output layer: Δw ∝ e_j · factor_j · ε(T − t_i); the same e, only the factor differs.
+    e = (ref.output_targets(out, y, 3.0, TMAX) - out) / TMAX
+    k = (TMAX - hidden) / TMAX
+    for slope, factor in (("paper", out / net.layers[1].threshold), ("exact", TMAX + 0 * out)):
+        expect = np.einsum("rm,rn->mn", e * factor, k) / TMAX / len(x)
+        np.testing.assert_allclose(grads[slope][1], expect, rtol=1e-12, atol=1e-15)
 
 
 def test_pins_get_silent_push_and_nothing_else():

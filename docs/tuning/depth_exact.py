@@ -149,6 +149,7 @@ def main():
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--rule", default="exact", help="exact or stidi-bp (--lr its rates)")
     p.add_argument("--conv-reduce", default="sum", help="STiDi-BP's conv_reduce")
+    p.add_argument("--slope", default="paper", help="STiDi-BP's slope: paper or exact")
     p.add_argument("--lr", default="0.01", help="one rate or one per spiking layer")
     p.add_argument("--activity", type=float, default=0.0)
     p.add_argument("--min-slope", type=float, default=0.1)
@@ -184,7 +185,9 @@ def main():
         print("calibrated thresholds", [f"{t:.4g}" for t in got])
     lr = floats(args.lr)
     if args.rule == "stidi-bp":
-        rule = sr.STiDiBP(net, lr=lr if len(lr) > 1 else lr[0], conv_reduce=args.conv_reduce)
+        rule = sr.STiDiBP(
+            net, lr=lr if len(lr) > 1 else lr[0], conv_reduce=args.conv_reduce, slope=args.slope
+        )
     else:
         rule = sr.ExactGradient(
             net, lr=lr if len(lr) > 1 else lr[0], silent_push=args.silent_push,

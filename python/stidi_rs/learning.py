@@ -228,6 +228,8 @@ class STiDiBP(Rule):
     displacement : PSP slope in the displacement of the layer below: ``"exact"``
         (``ε'``, zero once a PSP has peaked when ``τ2 = ∞``) or ``"causal"`` (``1/τ1``
         for every earlier input, as S4NN's backward pass).
+    slope : what stands for ``−dt_j/dV_j``: ``"paper"`` (``t_j/θ``) or ``"exact"``
+        (``1/V'_j``; ``T`` for ramp neurons) [ours].
     """
 
     name = "stidi-bp"
@@ -242,6 +244,7 @@ class STiDiBP(Rule):
         weight_decay: float = 0.0,
         conv_reduce: str = "sum",
         displacement: str = "exact",
+        slope: str = "paper",
     ):
         super().__init__(network, lr)
         n = len(network.spiking_layers)
@@ -253,6 +256,7 @@ class STiDiBP(Rule):
             raise ValueError(f"weight_decay must be finite and >= 0, got {weight_decay}")
         self.conv_reduce = _choice("conv_reduce", conv_reduce, ("sum", "mean"))
         self.displacement = _choice("displacement", displacement, ("exact", "causal"))
+        self.slope = _choice("slope", slope, ("paper", "exact"))
 
     def config(self) -> dict:
         return {
@@ -263,6 +267,7 @@ class STiDiBP(Rule):
             "weight_decay": self.weight_decay,
             "conv_reduce": self.conv_reduce,
             "displacement": self.displacement,
+            "slope": self.slope,
         }
 
     def _settings(self) -> dict:
@@ -283,6 +288,7 @@ class STiDiBP(Rule):
             self.conv_reduce,
             self.displacement,
             self.network.neuron,
+            self.slope,
         )
 
     def _numpy_update(self, t, y):

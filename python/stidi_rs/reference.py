@@ -33,6 +33,7 @@ __all__ = [
     "normalise",
     "layer_update",
     "displacement",
+    "slope_factor",
     "forward",
     "synaptic_events",
     "updates",
@@ -255,27 +256,29 @@ def normalise(e: np.ndarray) -> np.ndarray:
     return (flat / np.where(norm > 0, norm, 1.0)).reshape(e.shape)
 
 
-def layer_update(t_in, t_out, e, threshold, psp, tmax, t_kernel=None):
+def layer_update(t_in, t_out, e, threshold, psp, tmax, t_kernel=None, dtdv=None):
     """``sum_rows -e_j (t_j/theta) eps(t_j - t_i) / T`` for rows ``(R, n), (R, m), (R, m)``.
 
     Returns ``(m, n)`` before the learning rate, summed over rows.
     The causal mask ``t_i < t_j`` is built into ``eps`` (zero for ``s <= 0``).
     ``t_kernel`` (default ``t_out``) is where the kernels are evaluated: ``T`` for
-    ramp neurons (§3a).
+    ramp neurons (§3a). ``dtdv`` replaces the paper's ``t_j/θ`` (see :func:`slope_factor`).
     """
-    factor = e * t_out / threshold  # (R, m)
+    factor = e * (t_out / threshold if dtdv is None else dtdv)  # (R, m)
     tk = t_out if t_kernel is None else t_kernel
     k = eps(tk[:, :, None] - t_in[:, None, :], psp.tau_rise, psp.tau_fall)  # (R, m, n)
     return -np.einsum("rm,rmn->mn", factor, k) / tmax
 
 
-def displacement(t_in, t_out, e, w_fwd, threshold, psp, beta, mode="exact", t_kernel=None):
+def displacement(
+    t_in, t_out, e, w_fwd, threshold, psp, beta, mode="exact", t_kernel=None, dtdv=None
+):
     """``d_i = beta sum_j e_j (t_j/theta) w_ji eps'(t_j - t_i)`` for rows: ``(R, n)``.
 
     ``mode="causal"`` puts ``1/tau_rise`` in place of ``eps'`` for every earlier input.
-    ``t_kernel`` as in :func:`layer_update`.
+    ``t_kernel`` and ``dtdv`` as in :func:`layer_update`.
     """
-    factor = e * t_out / threshold
+    factor = e * (t_out / threshold if dtdv is None else dtdv)
     tk = t_out if t_kernel is None else t_kernel
     s = tk[:, :, None] - t_in[:, None, :]
     if mode == "causal":
@@ -283,6 +286,20 @@ def displacement(t_in, t_out, e, w_fwd, threshold, psp, beta, mode="exact", t_ke
     else:
         k = deps(s, psp.tau_rise, psp.tau_fall)
     return beta * np.einsum("rm,mn,rmn->rn", factor, w_fwd, k)
+
+
+def slope_factor(t_in, t_out, w_fwd, threshold, psp, tmax, neuron="psp", slope="paper"):
+    """What STiDi-BP puts for ``−dt_j/dV_j``: the paper's ``t_j/θ``, or with
+    ``slope="exact"`` ``1/V'_j`` (floored at ``0.1 θ/T``; ``T/θ`` for a silent
+    neuron), which for ramp neurons is ``T`` everywhere [ours]."""
+    if slope == "paper":
+        return t_out / threshold
+    if neuron == "ramp":
+        return np.full_like(t_out, tmax)
+    s = t_out[:, :, None] - t_in[:, None, :]
+    v1 = np.einsum("rmn,mn->rm", deps(s, psp.tau_rise, psp.tau_fall), w_fwd)
+    v1 = np.maximum(v1, 0.1 * threshold / tmax)
+    return np.where(t_out < tmax, 1.0 / v1, tmax / threshold)
 
 
 # Network level ----------------------------------------------------------------
@@ -369,6 +386,7 @@ def updates(
     conv_reduce="sum",
     displacement_mode="exact",
     neuron="psp",
+    slope="paper",
 ):
     """One STiDi-BP step: the weight change of every layer (``None`` for pooling).
 
@@ -402,7 +420,9 @@ def updates(
         else:
             rows_in, rows_out, rows_e = x.reshape(batch, -1), y, e_hat
         rows_k = np.full_like(rows_out, tmax) if neuron == "ramp" else rows_out
-        grad = layer_update(rows_in, rows_out, rows_e, layer.threshold, psp, tmax, rows_k)
+        w_fwd = _forward_weight(layer).reshape(len(w), -1)
+        dtdv = slope_factor(rows_in, rows_out, w_fwd, layer.threshold, psp, tmax, neuron, slope)
+        grad = layer_update(rows_in, rows_out, rows_e, layer.threshold, psp, tmax, rows_k, dtdv)
         if layer.kind == "conv2d":
             if conv_reduce == "mean":
                 grad /= y.shape[2] * y.shape[3]
@@ -410,10 +430,9 @@ def updates(
         deltas[li] = lr[s] * (grad / batch - weight_decay * w)
         if s == 0:
             break
-        w_fwd = _forward_weight(layer).reshape(len(w), -1)
         d = displacement(
             rows_in, rows_out, rows_e, w_fwd, layer.threshold, psp, beta[s], displacement_mode,
-            rows_k,
+            rows_k, dtdv,
         )  # fmt: skip
         if layer.kind == "conv2d":
             ho, wo = y.shape[2:]

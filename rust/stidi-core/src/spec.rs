@@ -87,6 +87,27 @@ impl std::str::FromStr for Displacement {
     }
 }
 
+/// What STiDi-BP puts for `−dt_j/dV_j` in its update and displacement (contract §5).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Slope {
+    /// The paper's linear approximation `t_j / θ`.
+    Paper,
+    /// `1 / V'_j(t_j)`, floored at `0.1 θ / T`; `T/θ` for a silent neuron. A ramp
+    /// neuron's is `T` wherever it fires, pinned and silent ones included.
+    Exact,
+}
+
+impl std::str::FromStr for Slope {
+    type Err = crate::Error;
+    fn from_str(name: &str) -> crate::Result<Self> {
+        match name {
+            "paper" => Ok(Slope::Paper),
+            "exact" => Ok(Slope::Exact),
+            other => crate::error::invalid!("slope must be 'paper' or 'exact', got {other:?}"),
+        }
+    }
+}
+
 /// Hyper-parameters of one STiDi-BP step (contract §5).
 #[derive(Clone, Debug)]
 pub struct Hyper {
@@ -100,6 +121,7 @@ pub struct Hyper {
     pub weight_decay: f64,
     pub conv_reduce: ConvReduce,
     pub displacement: Displacement,
+    pub slope: Slope,
 }
 
 /// The loss of the exact-gradient rule (contract §10).

@@ -1,15 +1,17 @@
 //! STiDi-BP (contract §5), phase 1: per sample, the forward pass, the output
 //! targets, every layer's normalised errors and the displacements to the layers
 //! below. The result is, per spiking layer, `g_j = ê_j t_j / θ` (zero where
-//! `ê_j = 0`); phase 2 (the weight rows) is shared with the exact rule, in
+//! `ê_j = 0`; with `Slope::Exact`, `ê_j / V'_j` in place of `ê_j t_j / θ`); phase 2 (the weight rows) is shared with the exact rule, in
 //! [`crate::backprop`], and driven by [`crate::train`].
 
 use rayon::prelude::*;
 
-use crate::backprop::{disp_conv, disp_dense, route_pool, Kern, SampleRec};
+use crate::backprop::{
+    disp_conv, disp_dense, route_pool, slope_conv, slope_dense, Kern, SampleRec,
+};
 use crate::engine::{RowWeights, Scratch, SPLIT_MIN_NEURONS};
 use crate::network::{Layer, Network};
-use crate::spec::{Hyper, Neuron};
+use crate::spec::{Hyper, Neuron, Slope};
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn sample_pass(
@@ -26,6 +28,9 @@ pub(crate) fn sample_pass(
     (rec.loss, rec.g) = backward_sample(net, weights, x, &rec.times, label, hyper, parts);
     rec
 }
+
+/// `V'` floor of `Slope::Exact`, in units of `θ / T` (the exact rule's default).
+const SLOPE_FLOOR: f64 = 0.1;
 
 /// Relative output targets (S4NN family) for one sample.
 pub(crate) fn output_targets(y: &[f64], label: usize, gamma: f64, tmax: f64) -> Vec<f64> {
@@ -59,7 +64,7 @@ pub(crate) fn normalize(e: &mut [f64]) {
     }
 }
 
-/// One sample's output loss and, per spiking layer, `g_j = ê_j t_j / θ`.
+/// One sample's output loss and, per spiking layer, `g_j`.
 fn backward_sample(
     net: &Network,
     weights: &[&[f64]],
@@ -71,6 +76,7 @@ fn backward_sample(
 ) -> (f64, Vec<Vec<f64>>) {
     let tmax = net.tmax;
     let kern = Kern::for_displacement(&net.psp, hyper.displacement);
+    let kern_exact = Kern::new(&net.psp);
     let y_out = &times[times.len() - 1];
     let target = output_targets(y_out, label, hyper.gamma, tmax);
     let mut err: Vec<f64> = target
@@ -106,12 +112,37 @@ fn backward_sample(
         if hyper.normalize {
             normalize(&mut err);
         }
-        let g: Vec<f64> = err
-            .iter()
-            .zip(y)
-            .map(|(&e, &tj)| if e == 0.0 { 0.0 } else { e * tj / theta })
-            .collect();
-        gs[si] = g;
+        gs[si] = match (hyper.slope, net.neuron) {
+            (Slope::Paper, _) => err
+                .iter()
+                .zip(y)
+                .map(|(&e, &tj)| if e == 0.0 { 0.0 } else { e * tj / theta })
+                .collect(),
+            (Slope::Exact, Neuron::Ramp) => err.iter().map(|&e| e * tmax).collect(),
+            (Slope::Exact, Neuron::Psp) => {
+                let w = weights[l];
+                let v1 = match &net.layers[l] {
+                    Layer::Conv { g, .. } => {
+                        slope_conv(&kern_exact, g, xin, y, &err, w, binary, tmax)
+                    }
+                    _ => slope_dense(&kern_exact, xin, y, &err, w, binary, tmax),
+                };
+                let floor = SLOPE_FLOOR * theta / tmax;
+                err.iter()
+                    .zip(y)
+                    .zip(&v1)
+                    .map(|((&e, &tj), &v)| {
+                        if e == 0.0 {
+                            0.0
+                        } else if tj < tmax {
+                            e / v.max(floor)
+                        } else {
+                            e * tmax / theta
+                        }
+                    })
+                    .collect()
+            }
+        };
         // Nothing below learns (the first spiking layer, or read-out training with
         // the layers below frozen): no displacement to compute.
         if !hyper.lr[..si].iter().any(|&lr| lr != 0.0) {

@@ -265,6 +265,7 @@ fn read_rule(d: &Bound<'_, PyDict>) -> PyResult<RuleSettings> {
             "weight_decay",
             "conv_reduce",
             "displacement",
+            "slope",
         ],
         "exact" => &[
             "name",
@@ -308,6 +309,7 @@ fn read_rule(d: &Bound<'_, PyDict>) -> PyResult<RuleSettings> {
                 weight_decay: get("weight_decay")?.extract()?,
                 conv_reduce: parse("conv_reduce")?.parse().map_err(value_error)?,
                 displacement: parse("displacement")?.parse().map_err(value_error)?,
+                slope: parse("slope")?.parse().map_err(value_error)?,
             }),
             adam_step: 0,
         }

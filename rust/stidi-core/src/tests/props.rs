@@ -7,7 +7,7 @@ use crate::engine::{
     RowWeights, PORTABLE_SWEEPS,
 };
 use crate::threads::build_pool;
-use crate::{bits, ConvReduce, Displacement, Hyper, LayerParams, LayerSpec, Network, Psp};
+use crate::{bits, ConvReduce, Displacement, Hyper, LayerParams, LayerSpec, Network, Psp, Slope};
 
 const T: f64 = 32.0;
 const INF: f64 = f64::INFINITY;
@@ -216,6 +216,9 @@ fn hyper_strategy() -> impl Strategy<Value = Hyper> {
                 weight_decay,
                 conv_reduce,
                 displacement,
+                // The naive implementation follows the paper's slope; the exact
+                // one is compared with the NumPy reference (tests/test_ramp.py).
+                slope: Slope::Paper,
             },
         )
 }

@@ -2,7 +2,7 @@ use super::{close, Params};
 use crate::stidibp::{normalize, output_targets};
 use crate::{
     bits, decide, decide_with_tmax, num_threads, set_num_threads, ConvReduce, Displacement, Error,
-    Hyper, LayerParams, LayerSpec, Network, Psp,
+    Hyper, LayerParams, LayerSpec, Network, Psp, Slope,
 };
 
 const INF: f64 = f64::INFINITY;
@@ -271,6 +271,7 @@ fn hyper(lr: f64) -> Hyper {
         weight_decay: 0.0,
         conv_reduce: ConvReduce::Sum,
         displacement: Displacement::Exact,
+        slope: Slope::Paper,
     }
 }
 
@@ -347,6 +348,7 @@ fn binary_layers_check_their_bits() {
         weight_decay: 0.0,
         conv_reduce: ConvReduce::Sum,
         displacement: Displacement::Exact,
+        slope: Slope::Paper,
     };
     params.p[0][0] ^= 1;
     let m = message(net.train_step(&mut params.views_mut(), &x, &[0], 1, &h));
@@ -374,6 +376,7 @@ fn train_step_updates_and_repacks() {
         weight_decay: 0.0,
         conv_reduce: ConvReduce::Sum,
         displacement: Displacement::Exact,
+        slope: Slope::Paper,
     };
     let stats = net
         .train_step(&mut params.views_mut(), &[0.0, 0.0], &[1], 1, &h)
