@@ -176,8 +176,11 @@ def test_forward_agrees_with_reference(case):
     DISPLACEMENT,
     st.integers(0, 3),
     st.sampled_from(["paper", "exact"]),
+    st.sampled_from(["relative", "softmax"]),
 )
-def test_learning_steps_agree_with_reference(case, steps, normalize, reduce, disp, frozen, slope):
+def test_learning_steps_agree_with_reference(
+    case, steps, normalize, reduce, disp, frozen, slope, targets
+):
     net, x, labels = case
     start = snapshot(net)
     # The first `frozen` spiking layers get lr 0, as in read-out epochs: the engine
@@ -192,6 +195,8 @@ def test_learning_steps_agree_with_reference(case, steps, normalize, reduce, dis
         conv_reduce=reduce,
         displacement=disp,
         slope=slope,
+        targets=targets,
+        tau_soft=12.0,
     )
     net.backend = "rust"
     rust_stats = [sr.STiDiBP(net, **kwargs).step(x, labels) for _ in range(steps)]
@@ -359,6 +364,8 @@ def test_train_steps_equals_steps_one_by_one(case, batch_size, decay, reduce, di
         "conv_reduce": reduce,
         "displacement": disp,
         "slope": "paper",
+        "targets": "relative",
+        "tau_soft": 16.0,
     }
     start = snapshot(net)
     one_by_one = []

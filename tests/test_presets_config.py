@@ -7,6 +7,7 @@ import pytest
 import stidi_rs as sr
 from stidi_rs import checkpoint, config, presets, shipped
 from stidi_rs.cli import _new_trainer, main
+from stidi_rs.learning import make_rule
 
 PAIRS = [(name, d) for name, p in presets.PRESETS.items() for d in p.headline]
 
@@ -54,8 +55,12 @@ def test_a_preset_alone_sets_up_the_run_of_its_shipped_network(name, dataset, tm
     assert (ours["augment"] or {"shift": 0, "flip": False}) == (
         theirs.get("augment") or {"shift": 0, "flip": False}
     )
-    settings = [{k: v for k, v in r.items() if k != "name"} for r in (ours["rule"], theirs["rule"])]
     assert ours["rule"]["name"] == theirs["rule"]["name"] == presets.get(name).rule
+    # A knob added after the network shipped is absent from its record: the run
+    # used what is now its default.
+    defaults = make_rule(ours["rule"]["name"], trainer.net).config()
+    recorded = {**defaults, **theirs["rule"]}
+    settings = [{k: v for k, v in r.items() if k != "name"} for r in (ours["rule"], recorded)]
     assert settings[0] == settings[1]
     for key in ("dataset", "train_size", "val_size"):
         assert ours["config"][key] == theirs["config"][key], key
@@ -171,12 +176,17 @@ def test_widths_thresholds_and_psp_vary_a_preset():
     wide = presets.get("csnn").build(widths=[128])
     fashion = presets.get("csnn").build(dataset="fashion-mnist")
     assert checkpoint.network_config(wide) == checkpoint.network_config(fashion)
-    net = presets.get("csnn-deep").build(widths=[32, 64], thresholds=[8, 40, 50], tau_rise=80)
+    net = presets.get("csnn-deep-binary").build(
+        widths=[32, 64], thresholds=[8, 40, 50], tau_rise=80
+    )
     conv1, _, conv2, _, out = net.layers
     assert (conv1.out_channels, conv2.in_channels, conv2.out_channels) == (32, 32, 64)
     assert out.in_features == 64 * 16 and out.out_features == 10
     assert [conv1.threshold, conv2.threshold, out.threshold] == [8, 40, 50]
     assert net.psp == sr.PSP(80.0)
+    ramp = presets.get("csnn-deep").build(widths=[16, 128])
+    assert ramp.neuron == "ramp" and ramp.psp == sr.PSP(ramp.tmax)
+    assert ramp.layers[-1].in_features == 128 * 25
     dense = presets.get("dense").build(widths=[1000])
     assert (dense.layers[0].out_features, dense.layers[1].in_features) == (1000, 1000)
     with pytest.raises(ValueError, match="widths needs 2 size"):

@@ -169,7 +169,9 @@ def _winners(net, x):
     ]
 
 
-@pytest.mark.parametrize("rule_name", ["exact", "stidi-bp", "stidi-bp-exact-slope"])
+@pytest.mark.parametrize(
+    "rule_name", ["exact", "stidi-bp", "stidi-bp-exact-slope", "stidi-bp-softmax"]
+)
 @pytest.mark.parametrize("make", MAKERS)
 @pytest.mark.parametrize("binary", [False, True])
 @settings(max_examples=6, deadline=None)
@@ -192,8 +194,12 @@ def test_engines_agree(rule_name, make, binary, seed):
                 lr=[0.001, 0.002, 0.003][:n],
             )  # fmt: skip
         else:
-            slope = "exact" if rule_name.endswith("slope") else "paper"
-            rule = sr.STiDiBP(net, lr=[0.001, 0.002, 0.003][:n], gamma=3.0, slope=slope)
+            slope = "paper" if rule_name == "stidi-bp" else "exact"
+            targets = "softmax" if rule_name.endswith("softmax") else "relative"
+            rule = sr.STiDiBP(
+                net, lr=[0.001, 0.002, 0.003][:n], gamma=3.0, slope=slope, targets=targets,
+                tau_soft=10.0,
+            )  # fmt: skip
         value, grads = rule.gradients(x, y)
         stats = None if binary else rule.steps(x, y, batch_size=3)
         weights = [lay.weight.copy() for lay in net.spiking_layers]
@@ -223,6 +229,29 @@ def test_exact_slope_is_t_for_ramp_neurons():
     for slope, factor in (("paper", out / net.layers[1].threshold), ("exact", TMAX + 0 * out)):
         expect = np.einsum("rm,rn->mn", e * factor, k) / TMAX / len(x)
         np.testing.assert_allclose(grads[slope][1], expect, rtol=1e-12, atol=1e-15)
+
+
+def test_softmax_targets_displace_along_the_cross_entropy():
+    """targets="softmax": the output errors are τ (p − onehot)/T, and the loss the
+    rule reports is the cross-entropy, the same in both engines."""
+    t = np.array([[10.0, 40.0, TMAX], [0.0, 0.0, 5.0]])
+    labels = np.array([1, 2])
+    loss, e = ref.output_errors(t, labels, 3.0, TMAX, "softmax", tau_soft=10.0)
+    z = np.exp(-t / 10.0)
+    p = z / z.sum(axis=1, keepdims=True)
+    onehot = np.eye(3)[labels]
+    np.testing.assert_allclose(e, 10.0 * (p - onehot) / TMAX, rtol=1e-12)
+    np.testing.assert_allclose(loss, -np.log(p[[0, 1], labels]), rtol=1e-12)
+    assert (e[onehot == 1] < 0).all() and (e[onehot == 0] > 0).all()  # label earlier
+    x, y = _inputs(4, (6,), batch=5)
+    values = []
+    for backend in ("numpy", "rust"):
+        net = _dense_net(4, backend)
+        rule = sr.STiDiBP(net, lr=0.01, targets="softmax", tau_soft=10.0, slope="exact")
+        values.append(rule.steps(x, y)["loss"])
+    np.testing.assert_allclose(values[1], values[0], rtol=1e-12)
+    with pytest.raises(ValueError, match="targets"):
+        sr.STiDiBP(net, targets="absolute")
 
 
 def test_pins_get_silent_push_and_nothing_else():

@@ -150,6 +150,8 @@ def main():
     p.add_argument("--rule", default="exact", help="exact or stidi-bp (--lr its rates)")
     p.add_argument("--conv-reduce", default="sum", help="STiDi-BP's conv_reduce")
     p.add_argument("--slope", default="paper", help="STiDi-BP's slope: paper or exact")
+    p.add_argument("--gamma", type=float, default=3.0, help="STiDi-BP's target margin")
+    p.add_argument("--targets", default="relative", help="STiDi-BP's targets: relative, softmax")
     p.add_argument("--lr", default="0.01", help="one rate or one per spiking layer")
     p.add_argument("--activity", type=float, default=0.0)
     p.add_argument("--min-slope", type=float, default=0.1)
@@ -186,8 +188,9 @@ def main():
     lr = floats(args.lr)
     if args.rule == "stidi-bp":
         rule = sr.STiDiBP(
-            net, lr=lr if len(lr) > 1 else lr[0], conv_reduce=args.conv_reduce, slope=args.slope
-        )
+            net, lr=lr if len(lr) > 1 else lr[0], conv_reduce=args.conv_reduce, slope=args.slope,
+            gamma=args.gamma, targets=args.targets, tau_soft=args.tau_soft,
+        )  # fmt: skip
     else:
         rule = sr.ExactGradient(
             net, lr=lr if len(lr) > 1 else lr[0], silent_push=args.silent_push,
@@ -212,11 +215,22 @@ def main():
             f"epoch {e + 1}: val {100 * v['accuracy']:.2f} %  spikes/image "
             f"{[round(s) for s in v['spikes_per_layer']]}  silent "
             f"{[round(s, 2) for s in v['silent_fraction']]}  decision {v['decision_time']:.0f} "
-            f"no-spike {v['cases']['none']}  {time.time() - start:.0f} s",
+            f"no-spike {v['cases']['none']}  {time.time() - start:.0f} s"
+            + (f"  pinned {pinned(net, vt[:500])}" if args.neuron == "ramp" else ""),
             flush=True,
         )
     if args.probe:
         print("ridge read-out, validation:", probe_layers(net, enc(xtr[:5000]), ytr[:5000], vt, yv))
+
+
+def pinned(net, t):
+    """Per spiking layer, the fraction of neurons firing at their window's start."""
+    times = net.forward(t)
+    return [
+        round(float((y <= 0).mean()), 3)
+        for y, layer in zip(times, net.layers)
+        if layer.kind != "maxpool2d"
+    ]
 
 
 def probe_layers(net, t_train, y_train, t_val, y_val):

@@ -230,6 +230,10 @@ class STiDiBP(Rule):
         for every earlier input, as S4NN's backward pass).
     slope : what stands for ``−dt_j/dV_j``: ``"paper"`` (``t_j/θ``) or ``"exact"``
         (``1/V'_j``; ``T`` for ramp neurons) [ours].
+    targets : the output errors: ``"relative"`` (the paper's targets, margin
+        ``gamma``) or ``"softmax"`` (the displacement that lowers the cross-entropy
+        of ``softmax(−t/tau_soft)``) [ours].
+    tau_soft : softmax temperature of ``targets="softmax"``, in time units.
     """
 
     name = "stidi-bp"
@@ -245,6 +249,8 @@ class STiDiBP(Rule):
         conv_reduce: str = "sum",
         displacement: str = "exact",
         slope: str = "paper",
+        targets: str = "relative",
+        tau_soft: float = 16.0,
     ):
         super().__init__(network, lr)
         n = len(network.spiking_layers)
@@ -257,6 +263,8 @@ class STiDiBP(Rule):
         self.conv_reduce = _choice("conv_reduce", conv_reduce, ("sum", "mean"))
         self.displacement = _choice("displacement", displacement, ("exact", "causal"))
         self.slope = _choice("slope", slope, ("paper", "exact"))
+        self.targets = _choice("targets", targets, ("relative", "softmax"))
+        self.tau_soft = _positive_float("tau_soft", tau_soft)
 
     def config(self) -> dict:
         return {
@@ -268,6 +276,8 @@ class STiDiBP(Rule):
             "conv_reduce": self.conv_reduce,
             "displacement": self.displacement,
             "slope": self.slope,
+            "targets": self.targets,
+            "tau_soft": self.tau_soft,
         }
 
     def _settings(self) -> dict:
@@ -289,20 +299,22 @@ class STiDiBP(Rule):
             self.displacement,
             self.network.neuron,
             self.slope,
+            self.targets,
+            self.tau_soft,
         )
 
     def _numpy_update(self, t, y):
-        deltas, fwd, e_out = self._reference(t, y, self.lr)
+        deltas, fwd, loss = self._reference(t, y, self.lr)
         for layer, delta in zip(self.network.layers, deltas):
             if delta is not None:
                 self._set(layer, layer._weight + delta)
-        return 0.5 * (e_out**2).sum(axis=1).mean(), fwd
+        return loss.mean(), fwd
 
     def _numpy_gradients(self, t, y):
         ones = [1.0] * len(self.lr)
-        deltas, _, e_out = self._reference(t, y, ones)
+        deltas, _, loss = self._reference(t, y, ones)
         grads = [None if d is None else -d for d in deltas]
-        return 0.5 * (e_out**2).sum(axis=1).mean(), grads
+        return loss.mean(), grads
 
 
 class ExactGradient(Rule):

@@ -38,6 +38,7 @@ __all__ = [
     "synaptic_events",
     "updates",
     "output_loss",
+    "output_errors",
     "exact_factor",
     "ramp_factor",
     "exact_gradients",
@@ -387,17 +388,20 @@ def updates(
     displacement_mode="exact",
     neuron="psp",
     slope="paper",
+    targets="relative",
+    tau_soft=16.0,
 ):
     """One STiDi-BP step: the weight change of every layer (``None`` for pooling).
 
     ``lr`` and ``beta`` hold one value per spiking layer. Also returns the forward
-    pass ``(times, v_end)`` the step was computed from and the output errors.
+    pass ``(times, v_end)`` the step was computed from and the per-sample output
+    loss (:func:`output_errors`).
     """
     times, v_end = forward(layers, t_in, psp, tmax, neuron)
     batch = len(t_in)
     spiking = [i for i, layer in enumerate(layers) if layer.kind != "maxpool2d"]
     deltas: list = [None] * len(layers)
-    e_out = (output_targets(times[-1], labels, gamma, tmax) - times[-1]) / tmax
+    loss, e_out = output_errors(times[-1], labels, gamma, tmax, targets, tau_soft)
     e = e_out
     skipped: dict = {}  # layer -> the errors a skip sends it, added to the chain's
     for li in reversed(range(len(layers))):
@@ -444,7 +448,19 @@ def updates(
             n = below[0].size
             skipped[layer.skip] = e[:, n:]
             e = e[:, :n].reshape(below.shape)
-    return deltas, (times, v_end), e_out
+    return deltas, (times, v_end), loss
+
+
+def output_errors(t_out, labels, gamma, tmax, targets="relative", tau_soft=16.0):
+    """STiDi-BP's output errors and per-sample loss. ``"relative"`` (the paper):
+    ``e = (target − t)/T`` with the relative targets, loss ``½ Σ e²``.
+    ``"softmax"`` [ours]: ``e_k = τ_soft (p_k − [k = label]) / T`` with ``p =
+    softmax(−t/τ_soft)``, loss the cross-entropy: the displacement that lowers it."""
+    if targets == "softmax":
+        value, dt = output_loss(t_out, labels, tmax, "cross_entropy", tau_soft=tau_soft)
+        return value, -(tau_soft**2) * dt / tmax
+    e = (output_targets(t_out, labels, gamma, tmax) - t_out) / tmax
+    return 0.5 * (e**2).sum(axis=1), e
 
 
 # §10 Exact spike-time gradients ------------------------------------------------

@@ -29,7 +29,7 @@ pub use network::{ForwardOut, Network};
 pub use psp::Psp;
 pub use spec::{
     ConvReduce, Displacement, ExactConfig, Hyper, LayerParams, LayerParamsMut, LayerSpec, Loss,
-    Neuron, Optimizer, Rule, Slope,
+    Neuron, Optimizer, Rule, Slope, Targets,
 };
 pub use threads::{max_threads, num_threads, set_num_threads};
 pub use train::{Moments, StepStats};

@@ -108,6 +108,29 @@ impl std::str::FromStr for Slope {
     }
 }
 
+/// Where STiDi-BP's output errors come from (contract §5).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Targets {
+    /// The paper's relative targets: `e_k = (T_k − t_k)/T`.
+    Relative,
+    /// `e_k = τ_soft (p_k − [k = label]) / T` with `p = softmax(−t/τ_soft)`: the
+    /// displacement that lowers the cross-entropy of the exact rule's loss.
+    Softmax,
+}
+
+impl std::str::FromStr for Targets {
+    type Err = crate::Error;
+    fn from_str(name: &str) -> crate::Result<Self> {
+        match name {
+            "relative" => Ok(Targets::Relative),
+            "softmax" => Ok(Targets::Softmax),
+            other => {
+                crate::error::invalid!("targets must be 'relative' or 'softmax', got {other:?}")
+            }
+        }
+    }
+}
+
 /// Hyper-parameters of one STiDi-BP step (contract §5).
 #[derive(Clone, Debug)]
 pub struct Hyper {
@@ -122,6 +145,9 @@ pub struct Hyper {
     pub conv_reduce: ConvReduce,
     pub displacement: Displacement,
     pub slope: Slope,
+    pub targets: Targets,
+    /// Softmax temperature of `Targets::Softmax`, in time units.
+    pub tau_soft: f64,
 }
 
 /// The loss of the exact-gradient rule (contract §10).

@@ -11,7 +11,7 @@ use crate::backprop::{
 };
 use crate::engine::{RowWeights, Scratch, SPLIT_MIN_NEURONS};
 use crate::network::{Layer, Network};
-use crate::spec::{Hyper, Neuron, Slope};
+use crate::spec::{Hyper, Neuron, Slope, Targets};
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn sample_pass(
@@ -54,6 +54,22 @@ pub(crate) fn output_targets(y: &[f64], label: usize, gamma: f64, tmax: f64) -> 
         .collect()
 }
 
+/// Cross-entropy of `softmax(−t/τ)` and the errors `τ (p_k − [k = label]) / T`.
+fn softmax_errors(y: &[f64], label: usize, tau: f64, tmax: f64) -> (f64, Vec<f64>) {
+    let z_max = y
+        .iter()
+        .map(|&t| -t / tau)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = y.iter().map(|&t| (-t / tau - z_max).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    let err = e
+        .iter()
+        .enumerate()
+        .map(|(k, &ek)| tau * (ek / sum - if k == label { 1.0 } else { 0.0 }) / tmax)
+        .collect();
+    (-(e[label] / sum).ln(), err)
+}
+
 /// Divides by the L2 norm; a zero vector stays zero.
 pub(crate) fn normalize(e: &mut [f64]) {
     let norm = e.iter().map(|x| x * x).sum::<f64>().sqrt();
@@ -78,13 +94,18 @@ fn backward_sample(
     let kern = Kern::for_displacement(&net.psp, hyper.displacement);
     let kern_exact = Kern::new(&net.psp);
     let y_out = &times[times.len() - 1];
-    let target = output_targets(y_out, label, hyper.gamma, tmax);
-    let mut err: Vec<f64> = target
-        .iter()
-        .zip(y_out)
-        .map(|(tt, t)| (tt - t) / tmax)
-        .collect();
-    let loss = 0.5 * err.iter().map(|e| e * e).sum::<f64>();
+    let (loss, mut err) = match hyper.targets {
+        Targets::Relative => {
+            let target = output_targets(y_out, label, hyper.gamma, tmax);
+            let err: Vec<f64> = target
+                .iter()
+                .zip(y_out)
+                .map(|(tt, t)| (tt - t) / tmax)
+                .collect();
+            (0.5 * err.iter().map(|e| e * e).sum::<f64>(), err)
+        }
+        Targets::Softmax => softmax_errors(y_out, label, hyper.tau_soft, tmax),
+    };
     let mut gs = vec![Vec::new(); net.spiking.len()];
     let mut si = net.spiking.len();
     // Errors a skip sends to the layer it reads, added to what reaches that layer

@@ -266,6 +266,8 @@ fn read_rule(d: &Bound<'_, PyDict>) -> PyResult<RuleSettings> {
             "conv_reduce",
             "displacement",
             "slope",
+            "targets",
+            "tau_soft",
         ],
         "exact" => &[
             "name",
@@ -310,6 +312,8 @@ fn read_rule(d: &Bound<'_, PyDict>) -> PyResult<RuleSettings> {
                 conv_reduce: parse("conv_reduce")?.parse().map_err(value_error)?,
                 displacement: parse("displacement")?.parse().map_err(value_error)?,
                 slope: parse("slope")?.parse().map_err(value_error)?,
+                targets: parse("targets")?.parse().map_err(value_error)?,
+                tau_soft: get("tau_soft")?.extract()?,
             }),
             adam_step: 0,
         }

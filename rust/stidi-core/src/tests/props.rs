@@ -7,7 +7,9 @@ use crate::engine::{
     RowWeights, PORTABLE_SWEEPS,
 };
 use crate::threads::build_pool;
-use crate::{bits, ConvReduce, Displacement, Hyper, LayerParams, LayerSpec, Network, Psp, Slope};
+use crate::{
+    bits, ConvReduce, Displacement, Hyper, LayerParams, LayerSpec, Network, Psp, Slope, Targets,
+};
 
 const T: f64 = 32.0;
 const INF: f64 = f64::INFINITY;
@@ -219,6 +221,10 @@ fn hyper_strategy() -> impl Strategy<Value = Hyper> {
                 // The naive implementation follows the paper's slope; the exact
                 // one is compared with the NumPy reference (tests/test_ramp.py).
                 slope: Slope::Paper,
+                targets: Targets::Relative,
+                tau_soft: 16.0,
+                targets: Targets::Relative,
+                tau_soft: 16.0,
             },
         )
 }

@@ -2,7 +2,7 @@ use super::{close, Params};
 use crate::stidibp::{normalize, output_targets};
 use crate::{
     bits, decide, decide_with_tmax, num_threads, set_num_threads, ConvReduce, Displacement, Error,
-    Hyper, LayerParams, LayerSpec, Network, Psp, Slope,
+    Hyper, LayerParams, LayerSpec, Network, Psp, Slope, Targets,
 };
 
 const INF: f64 = f64::INFINITY;
@@ -272,6 +272,8 @@ fn hyper(lr: f64) -> Hyper {
         conv_reduce: ConvReduce::Sum,
         displacement: Displacement::Exact,
         slope: Slope::Paper,
+        targets: Targets::Relative,
+        tau_soft: 16.0,
     }
 }
 
@@ -349,6 +351,8 @@ fn binary_layers_check_their_bits() {
         conv_reduce: ConvReduce::Sum,
         displacement: Displacement::Exact,
         slope: Slope::Paper,
+        targets: Targets::Relative,
+        tau_soft: 16.0,
     };
     params.p[0][0] ^= 1;
     let m = message(net.train_step(&mut params.views_mut(), &x, &[0], 1, &h));
@@ -377,6 +381,8 @@ fn train_step_updates_and_repacks() {
         conv_reduce: ConvReduce::Sum,
         displacement: Displacement::Exact,
         slope: Slope::Paper,
+        targets: Targets::Relative,
+        tau_soft: 16.0,
     };
     let stats = net
         .train_step(&mut params.views_mut(), &[0.0, 0.0], &[1], 1, &h)
