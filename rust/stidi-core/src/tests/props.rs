@@ -223,8 +223,6 @@ fn hyper_strategy() -> impl Strategy<Value = Hyper> {
                 slope: Slope::Paper,
                 targets: Targets::Relative,
                 tau_soft: 16.0,
-                targets: Targets::Relative,
-                tau_soft: 16.0,
             },
         )
 }
