@@ -152,6 +152,7 @@ def main():
     p.add_argument("--slope", default="paper", help="STiDi-BP's slope: paper or exact")
     p.add_argument("--gamma", type=float, default=3.0, help="STiDi-BP's target margin")
     p.add_argument("--targets", default="relative", help="STiDi-BP's targets: relative, softmax")
+    p.add_argument("--no-normalize", action="store_true", help="STiDi-BP without error norms")
     p.add_argument("--lr", default="0.01", help="one rate or one per spiking layer")
     p.add_argument("--activity", type=float, default=0.0)
     p.add_argument("--min-slope", type=float, default=0.1)
@@ -190,6 +191,7 @@ def main():
         rule = sr.STiDiBP(
             net, lr=lr if len(lr) > 1 else lr[0], conv_reduce=args.conv_reduce, slope=args.slope,
             gamma=args.gamma, targets=args.targets, tau_soft=args.tau_soft,
+            normalize=not args.no_normalize,
         )  # fmt: skip
     else:
         rule = sr.ExactGradient(

@@ -34,6 +34,7 @@ __all__ = [
     "layer_update",
     "displacement",
     "slope_factor",
+    "ramp_pins",
     "forward",
     "synaptic_events",
     "updates",
@@ -292,15 +293,22 @@ def displacement(
 def slope_factor(t_in, t_out, w_fwd, threshold, psp, tmax, neuron="psp", slope="paper"):
     """What STiDi-BP puts for ``−dt_j/dV_j``: the paper's ``t_j/θ``, or with
     ``slope="exact"`` ``1/V'_j`` (floored at ``0.1 θ/T``; ``T/θ`` for a silent
-    neuron), which for ramp neurons is ``T`` everywhere [ours]."""
+    neuron), which for ramp neurons is ``T`` (see :func:`ramp_pins` for the
+    neurons at either end of their window) [ours]."""
     if slope == "paper":
         return t_out / threshold
     if neuron == "ramp":
-        return np.full_like(t_out, tmax)
+        return np.full_like(t_out, tmax)  # the caller zeroes pushes into a pin
     s = t_out[:, :, None] - t_in[:, None, :]
     v1 = np.einsum("rmn,mn->rm", deps(s, psp.tau_rise, psp.tau_fall), w_fwd)
     v1 = np.maximum(v1, 0.1 * threshold / tmax)
     return np.where(t_out < tmax, 1.0 / v1, tmax / threshold)
+
+
+def ramp_pins(t_out, e, tmax):
+    """Ramp neurons that ``slope="exact"`` leaves alone: pinned at the window start
+    with an error asking for earlier, or silent with one asking for later."""
+    return ((t_out <= 0) & (e < 0)) | ((t_out >= tmax) & (e > 0))
 
 
 # Network level ----------------------------------------------------------------
@@ -426,6 +434,8 @@ def updates(
         rows_k = np.full_like(rows_out, tmax) if neuron == "ramp" else rows_out
         w_fwd = _forward_weight(layer).reshape(len(w), -1)
         dtdv = slope_factor(rows_in, rows_out, w_fwd, layer.threshold, psp, tmax, neuron, slope)
+        if neuron == "ramp" and slope == "exact":
+            dtdv = np.where(ramp_pins(rows_out, rows_e, tmax), 0.0, dtdv)
         grad = layer_update(rows_in, rows_out, rows_e, layer.threshold, psp, tmax, rows_k, dtdv)
         if layer.kind == "conv2d":
             if conv_reduce == "mean":

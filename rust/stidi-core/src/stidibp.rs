@@ -139,7 +139,19 @@ fn backward_sample(
                 .zip(y)
                 .map(|(&e, &tj)| if e == 0.0 { 0.0 } else { e * tj / theta })
                 .collect(),
-            (Slope::Exact, Neuron::Ramp) => err.iter().map(|&e| e * tmax).collect(),
+            // Not further into a pin: none earlier at the window start, none later
+            // when silent (the exact derivative there is 0).
+            (Slope::Exact, Neuron::Ramp) => err
+                .iter()
+                .zip(y)
+                .map(|(&e, &tj)| {
+                    if (tj <= 0.0 && e < 0.0) || (tj >= tmax && e > 0.0) {
+                        0.0
+                    } else {
+                        e * tmax
+                    }
+                })
+                .collect(),
             (Slope::Exact, Neuron::Psp) => {
                 let w = weights[l];
                 let v1 = match &net.layers[l] {
