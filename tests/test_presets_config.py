@@ -176,17 +176,17 @@ def test_widths_thresholds_and_psp_vary_a_preset():
     wide = presets.get("csnn").build(widths=[128])
     fashion = presets.get("csnn").build(dataset="fashion-mnist")
     assert checkpoint.network_config(wide) == checkpoint.network_config(fashion)
-    net = presets.get("csnn-deep-binary").build(
-        widths=[32, 64], thresholds=[8, 40, 50], tau_rise=80
-    )
-    conv1, _, conv2, _, out = net.layers
-    assert (conv1.out_channels, conv2.in_channels, conv2.out_channels) == (32, 32, 64)
-    assert out.in_features == 64 * 16 and out.out_features == 10
-    assert [conv1.threshold, conv2.threshold, out.threshold] == [8, 40, 50]
+    net = presets.get("csnn-small").build(widths=[16], thresholds=[8, 50], tau_rise=80)
+    conv1, _, out = net.layers
+    assert conv1.out_channels == 16 and out.in_features == 16 * 144
+    assert [conv1.threshold, out.threshold] == [8, 50]
     assert net.psp == sr.PSP(80.0)
-    ramp = presets.get("csnn-deep").build(widths=[16, 128])
+    ramp = presets.get("csnn-deep").build(widths=[16, 128], thresholds=[2, 3, 4])
+    conv1, _, conv2, _, out = ramp.layers
+    assert (conv1.out_channels, conv2.in_channels, conv2.out_channels) == (16, 16, 128)
+    assert [conv1.threshold, conv2.threshold, out.threshold] == [2, 3, 4]
     assert ramp.neuron == "ramp" and ramp.psp == sr.PSP(ramp.tmax)
-    assert ramp.layers[-1].in_features == 128 * 25
+    assert out.in_features == 128 * 25 and out.out_features == 10
     dense = presets.get("dense").build(widths=[1000])
     assert (dense.layers[0].out_features, dense.layers[1].in_features) == (1000, 1000)
     with pytest.raises(ValueError, match="widths needs 2 size"):

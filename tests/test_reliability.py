@@ -221,7 +221,7 @@ def test_training_stops_on_divergence_and_keeps_the_last_good_checkpoint(tmp_pat
 
 # --- checkpoints ------------------------------------------------------------------
 
-SHIPPED = pretrained_path("csnn-deep-binary", "mnist")
+SHIPPED = pretrained_path("csnn-binary", "fashion-mnist")
 
 
 def _same(a, b) -> bool:

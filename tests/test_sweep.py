@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from stidi_rs import config, datasets, sweep
+from stidi_rs import config, datasets, presets, sweep
 from stidi_rs.cli import main
 
 optuna = pytest.importorskip("optuna", reason='needs the sweep extra: pip install ".[test]"')
@@ -263,6 +263,7 @@ def test_the_default_space_searches_around_the_preset(capsys):
     assert set(space) == names
     assert space["lr.0"].low < 12.8 < space["lr.0"].high and space["lr.0"].log
     assert space["tau_rise"].low < 80 < space["tau_rise"].high
+    assert set(sweep.KNOBS) == set(presets.PRESETS)  # every preset has a default space
     for name in sweep.KNOBS:
         assert sweep.default_space(_base(name))
 

@@ -44,25 +44,29 @@ def build(args):
     if args.shallow:
         init = inits or [(0.0, 1.0)] * 2
         layers = [
-            sr.Conv2d(1, args.c1, 5, th[0], init=init[0]),
+            sr.Conv2d(1, args.c1, 5, th[0], binary=args.binary, init=init[0]),
             sr.MaxPool2d(2),
-            sr.Dense(args.c1 * 144, 10, th[-1], init=init[-1]),
+            sr.Dense(args.c1 * 144, 10, th[-1], binary=args.binary, init=init[-1]),
         ]
     else:
         init = inits or [(0.0, 1.0)] * 3
         extra = args.c1 * 144 if args.skip else 0
         side = 12 - args.k2 + 1
         layers = [
-            sr.Conv2d(1, args.c1, 5, th[0], init=init[0]),
+            sr.Conv2d(1, args.c1, 5, th[0], binary=args.binary, init=init[0]),
             sr.MaxPool2d(2),
-            sr.Conv2d(args.c1, args.c2, args.k2, th[1], init=init[1]),
+            sr.Conv2d(args.c1, args.c2, args.k2, th[1], binary=args.binary, init=init[1]),
         ]
         if args.pool2:
             layers.append(sr.MaxPool2d(args.pool2))
             side //= args.pool2
         layers.append(
             sr.Dense(
-                args.c2 * side * side + extra, 10, th[-1], init=init[-1],
+                args.c2 * side * side + extra,
+                10,
+                th[-1],
+                binary=args.binary,
+                init=init[-1],
                 skip=1 if args.skip else None,
             )  # fmt: skip
         )
@@ -147,6 +151,7 @@ def main():
     p.add_argument("--tau-soft", type=float, default=16.0, help="cross-entropy temperature")
     p.add_argument("--silent-push", type=float, default=1.0)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--binary", action="store_true", help="binary forward weights everywhere")
     p.add_argument("--rule", default="exact", help="exact or stidi-bp (--lr its rates)")
     p.add_argument("--conv-reduce", default="sum", help="STiDi-BP's conv_reduce")
     p.add_argument("--slope", default="paper", help="STiDi-BP's slope: paper or exact")

@@ -548,11 +548,15 @@ impl Network {
                     ramp::times(&ramp::conv_drive(inp, g, w, self.tmax), *theta, self.tmax)
                 }
                 (Layer::Dense { n_out, theta, .. }, Some(w)) if ramp => {
-                    sort_active(inp, self.tmax, act);
-                    n_events += (act.len() * n_out) as u64;
-                    if keep.is_some() {
+                    // Sorted inputs only for training's phase 2 (accumulate_row).
+                    let spiking = if keep.is_some() {
+                        sort_active(inp, self.tmax, act);
                         kept.clone_from(act);
-                    }
+                        act.len()
+                    } else {
+                        inp.iter().filter(|&&t| t < self.tmax).count()
+                    };
+                    n_events += (spiking * n_out) as u64;
                     let u = ramp::dense_drive(inp, w, *n_out, self.tmax);
                     ramp::times(&u, *theta, self.tmax)
                 }
