@@ -61,3 +61,21 @@ def tiny(binary=False, seed=0):
 def fake_images(n=40, seed=0):
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (n, 8, 8)).astype(np.uint8), rng.integers(0, 4, n)
+
+
+def random_inputs(seed: int, shape, tmax: float, batch: int = 4, classes: int = 3):
+    """Spike times uniform in [0, tmax), 30 % silent (tmax), and random labels."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, tmax, size=(batch, *shape))
+    x[rng.random(x.shape) < 0.3] = tmax
+    return x, rng.integers(0, classes, batch)
+
+
+def pool_winners(net, x) -> list:
+    """The winner index of every max-pooling window, per pooling layer."""
+    times = net.forward(x)
+    return [
+        R.maxpool2d_forward(times[i - 1], layer.kernel_size)[1]
+        for i, layer in enumerate(net.layers)
+        if layer.kind == "maxpool2d"
+    ]

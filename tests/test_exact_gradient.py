@@ -5,6 +5,7 @@ interface shared with STiDi-BP."""
 import numpy as np
 import pytest
 import stidi_rs as sr
+from helpers import pool_winners, random_inputs
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from stidi_rs import reference as ref
@@ -38,13 +39,6 @@ def _two_conv_net(seed, backend, psp, binary=False):
         sr.Dense(3, 3, threshold=0.8),
     ]
     return sr.Network(layers, (1, 8, 8), tmax=TMAX, psp=psp, seed=seed, backend=backend)
-
-
-def _inputs(seed, shape, batch=4):
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(0, TMAX, size=(batch, *shape))
-    x[rng.random(x.shape) < 0.3] = TMAX
-    return x, rng.integers(0, 3, batch)
 
 
 def _structure(net, x, gamma):
@@ -110,7 +104,7 @@ def _check_finite_differences(net, x, y, rule, h=1e-6, per_layer=12):
 @given(seed=st.integers(0, 2**16), tau_fall=st.sampled_from([np.inf, 30.0]))
 def test_gradients_match_finite_differences(backend, loss, make, seed, tau_fall):
     net = make(seed, backend, sr.PSP(20.0, tau_fall))
-    x, y = _inputs(seed, net.input_shape)
+    x, y = random_inputs(seed, net.input_shape, TMAX)
     rule = sr.ExactGradient(
         net,
         loss=loss,
@@ -125,15 +119,6 @@ def test_gradients_match_finite_differences(backend, loss, make, seed, tau_fall)
     assert checked >= 0.5 * min(12, 30) if make is _dense_net else checked >= 10
 
 
-def _pool_winners(net, x):
-    times = net.forward(x)
-    return [
-        ref.maxpool2d_forward(times[i - 1], layer.kernel_size)[1]
-        for i, layer in enumerate(net.layers)
-        if layer.kind == "maxpool2d"
-    ]
-
-
 @pytest.mark.parametrize("loss", ["cross_entropy", "stidi"])
 @pytest.mark.parametrize("make", [_dense_net, _conv_net, _two_conv_net])
 @pytest.mark.parametrize("binary", [False, True])
@@ -144,13 +129,13 @@ def test_engines_agree(loss, make, binary, seed):
     out = {}
     for backend in ("numpy", "rust"):
         net = make(seed, backend, psp, binary)
-        x, y = _inputs(seed, net.input_shape, batch=7)
+        x, y = random_inputs(seed, net.input_shape, TMAX, batch=7)
         out[backend] = net
     nets = out
     # Binary weights make exact ties between neighbouring conv neurons common; the
     # engines' times differ in the last bits, so a pooling window may pick another
     # winner. A tie is a kink: compare only where both engines see the same winners.
-    winners = [_pool_winners(net, x) for net in nets.values()]
+    winners = [pool_winners(net, x) for net in nets.values()]
     assume(all(np.array_equal(a, b) for a, b in zip(*winners)))
     results = {}
     for backend, net in nets.items():
@@ -193,8 +178,8 @@ def test_engines_agree_with_silent_down(loss, make, seed, silent_down):
     nets = {b: make(seed, b, psp) for b in ("numpy", "rust")}
     for net in nets.values():
         net.layers[-1].weight = 0.25 * net.layers[-1].weight  # some outputs silent
-    x, _ = _inputs(seed, nets["numpy"].input_shape, batch=7)
-    winners = [_pool_winners(net, x) for net in nets.values()]
+    x, _ = random_inputs(seed, nets["numpy"].input_shape, TMAX, batch=7)
+    winners = [pool_winners(net, x) for net in nets.values()]
     assume(all(np.array_equal(a, b) for a, b in zip(*winners)))
     silent = nets["numpy"].forward(x)[-1] >= TMAX
     assume(silent.any())
@@ -226,7 +211,7 @@ def test_silent_down_reaches_the_layer_below_a_silent_output(backend):
     hidden, out = net.layers
     hidden.weight = np.full(hidden.weight.shape, 2.0)
     out.weight = np.full(out.weight.shape, -0.5)
-    x, _ = _inputs(4, net.input_shape, batch=8)
+    x, _ = random_inputs(4, net.input_shape, TMAX, batch=8)
     y = np.zeros(8, dtype=np.int64)
     times = net.forward(x)
     assert (times[-1] >= TMAX).all() and (times[0] < TMAX).any()
@@ -254,7 +239,7 @@ def test_binary_gradient_is_the_straight_through_one():
     real = _conv_net(3, "rust", psp)
     for b, r in zip(binary.spiking_layers, real.spiking_layers):
         r.weight = np.where(b.weight >= 0, 1.0, -1.0) if b.binary else b.weight
-    x, y = _inputs(3, binary.input_shape, batch=6)
+    x, y = random_inputs(3, binary.input_shape, TMAX, batch=6)
     _, g_bin = sr.ExactGradient(binary).gradients(x, y)
     _, g_real = sr.ExactGradient(real).gradients(x, y)
     assert any(np.abs(g).sum() > 0 for g in g_bin)
@@ -269,7 +254,7 @@ def test_results_do_not_depend_on_thread_count():
         sr.set_num_threads(threads)
         try:
             net = _conv_net(5, "rust", psp)
-            x, y = _inputs(5, net.input_shape, batch=9)
+            x, y = random_inputs(5, net.input_shape, TMAX, batch=9)
             sr.ExactGradient(net, lr=0.01).steps(x, y, batch_size=4)
             weights.append([lay.weight.copy() for lay in net.spiking_layers])
         finally:
@@ -280,7 +265,7 @@ def test_results_do_not_depend_on_thread_count():
 
 def test_descent_lowers_the_loss():
     net = _conv_net(7, "rust", sr.PSP(20.0))
-    x, y = _inputs(7, net.input_shape, batch=16)
+    x, y = random_inputs(7, net.input_shape, TMAX, batch=16)
     rule = sr.ExactGradient(net, lr=0.02)
     before = rule.gradients(x, y)[0]
     for _ in range(30):
@@ -294,14 +279,14 @@ def test_rules_rebuild_from_name_and_config(name):
     rule = sr.make_rule(name, net, lr=[0.5, 0.25, 0.125])
     again = sr.make_rule(rule.name, net, **rule.config())
     assert type(again) is type(rule) and again.config() == rule.config()
-    x, y = _inputs(1, net.input_shape)
+    x, y = random_inputs(1, net.input_shape, TMAX)
     loss, grads = rule.gradients(x, y)
     assert np.isfinite(loss) and len(grads) == len(net.spiking_layers)
 
 
 def test_stidi_bp_gradients_are_the_direction_of_its_step():
     net = _conv_net(2, "numpy", sr.PSP(20.0))
-    x, y = _inputs(2, net.input_shape)
+    x, y = random_inputs(2, net.input_shape, TMAX)
     rule = sr.STiDiBP(net, lr=[0.5, 0.25, 0.125], weight_decay=0.01)
     _, grads = rule.gradients(x, y)
     before = [lay.weight.copy() for lay in net.spiking_layers]
@@ -321,7 +306,7 @@ def test_bad_rule_settings_are_named():
     with pytest.raises(ValueError, match="min_slope"):
         sr.ExactGradient(net, min_slope=-1)
     weights, packed = net._params()
-    x, y = _inputs(0, net.input_shape)
+    x, y = random_inputs(0, net.input_shape, TMAX)
     with pytest.raises(ValueError, match='no setting "momentum"'):
         net._rust().gradients(weights, packed, x, y, {"name": "exact", "momentum": 0.9})
 
@@ -332,7 +317,7 @@ def test_silent_push_makes_a_silent_label_neuron_fire():
     net = _dense_net(4, "rust", sr.PSP(20.0))
     out = net.layers[-1]
     out.weight = np.full(out.weight.shape, -0.5)
-    x, _ = _inputs(4, net.input_shape, batch=8)
+    x, _ = random_inputs(4, net.input_shape, TMAX, batch=8)
     y = np.zeros(8, dtype=np.int64)
     assert (net.forward(x)[-1] >= TMAX).all()
     assert sr.ExactGradient(net, lr=0.05).gradients(x, y)[1][-1].max() == 0.0
@@ -351,7 +336,7 @@ def test_sum_hinge_adds_its_penalty_and_gradient(backend):
     w = hidden.weight.copy()
     w[:2] = -0.1  # rows 0 and 1 sum below θ: they cannot fire
     hidden.weight = w
-    x, y = _inputs(6, net.input_shape)
+    x, y = random_inputs(6, net.input_shape, TMAX)
     base_loss, base = sr.ExactGradient(net).gradients(x, y)
     loss, grads = sr.ExactGradient(net, sum_hinge=0.3).gradients(x, y)
     gaps = np.maximum(hidden.threshold - w.sum(axis=1), 0)

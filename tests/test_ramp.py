@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import stidi_rs as sr
+from helpers import pool_winners, random_inputs
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from stidi_rs import checkpoint, config
@@ -78,13 +79,6 @@ def _two_conv_net(seed, backend, binary=False):
 MAKERS = [_dense_net, _conv_net, _two_conv_net]
 
 
-def _inputs(seed, shape, batch=4):
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(0, TMAX, size=(batch, *shape))
-    x[rng.random(x.shape) < 0.3] = TMAX
-    return x, rng.integers(0, 3, batch)
-
-
 def _structure(net, x, gamma):
     """What decides the smooth piece: which neurons are inside their window (not
     pinned at its start, not silent), pooling winners, the output's order."""
@@ -112,7 +106,7 @@ def _structure(net, x, gamma):
 @given(seed=st.integers(0, 2**16))
 def test_exact_gradients_match_finite_differences(backend, loss, make, seed):
     net = make(seed, backend)
-    x, y = _inputs(seed, net.input_shape)
+    x, y = random_inputs(seed, net.input_shape, TMAX)
     rule = sr.ExactGradient(
         net, loss=loss, tau_soft=10.0, silent_push=0.0, sum_hinge=0.05, activity=0.5
     )
@@ -144,7 +138,7 @@ def test_ramp_gradient_is_the_clipped_relu_one():
     """Inside its window a ramp neuron's earliness T − t is Σ w (T − t_i) − (θ − 1)T:
     the loss's gradient is that of a clipped ReLU unit, dt_j/dw_ji = −(T − t_i)."""
     net = _dense_net(3, "numpy")
-    x, y = _inputs(3, net.input_shape, batch=1)
+    x, y = random_inputs(3, net.input_shape, TMAX, batch=1)
     rule = sr.ExactGradient(net, loss="cross_entropy", tau_soft=10.0, silent_push=0.0)
     _, grads = rule.gradients(x, y)
     hidden, out = net.forward(x)
@@ -160,15 +154,6 @@ def test_ramp_gradient_is_the_clipped_relu_one():
     np.testing.assert_allclose(grads[0], expect1, rtol=1e-12, atol=1e-15)
 
 
-def _winners(net, x):
-    times = net.forward(x)
-    return [
-        ref.maxpool2d_forward(times[i - 1], layer.kernel_size)[1]
-        for i, layer in enumerate(net.layers)
-        if layer.kind == "maxpool2d"
-    ]
-
-
 @pytest.mark.parametrize(
     "rule_name", ["exact", "stidi-bp", "stidi-bp-exact-slope", "stidi-bp-softmax"]
 )
@@ -178,8 +163,8 @@ def _winners(net, x):
 @given(seed=st.integers(0, 2**16))
 def test_engines_agree(rule_name, make, binary, seed):
     nets = {b: make(seed, b, binary) for b in ("numpy", "rust")}
-    x, y = _inputs(seed, nets["numpy"].input_shape, batch=7)
-    winners = [_winners(net, x) for net in nets.values()]
+    x, y = random_inputs(seed, nets["numpy"].input_shape, TMAX, batch=7)
+    winners = [pool_winners(net, x) for net in nets.values()]
     assume(all(np.array_equal(a, b) for a, b in zip(*winners)))
     fwd = [net.forward(x) for net in nets.values()]
     for a, b in zip(*fwd):
@@ -219,7 +204,7 @@ def test_exact_slope_is_t_for_ramp_neurons(targets):
     """STiDi-BP's slope="exact" uses −dt/dV = T for ramp neurons, 0 for one its
     error would push further into a pin; the paper's t_j/θ otherwise."""
     net = _dense_net(2, "numpy")
-    x, y = _inputs(2, net.input_shape, batch=3)
+    x, y = random_inputs(2, net.input_shape, TMAX, batch=3)
     grads = {}
     for slope in ("paper", "exact"):
         rule = sr.STiDiBP(net, lr=1.0, slope=slope, normalize=False, targets=targets)
@@ -249,7 +234,7 @@ def test_softmax_targets_displace_along_the_cross_entropy():
     np.testing.assert_allclose(e, 10.0 * (p - onehot) / TMAX, rtol=1e-12)
     np.testing.assert_allclose(loss, -np.log(p[[0, 1], labels]), rtol=1e-12)
     assert (e[onehot == 1] < 0).all() and (e[onehot == 0] > 0).all()  # label earlier
-    x, y = _inputs(4, (6,), batch=5)
+    x, y = random_inputs(4, (6,), TMAX, batch=5)
     values = []
     for backend in ("numpy", "rust"):
         net = _dense_net(4, backend)
@@ -276,7 +261,7 @@ def test_results_do_not_depend_on_thread_count():
     for threads in (1, 2):
         sr.set_num_threads(threads)
         net = _two_conv_net(5, "rust")
-        x, y = _inputs(5, net.input_shape, batch=12)
+        x, y = random_inputs(5, net.input_shape, TMAX, batch=12)
         sr.ExactGradient(net, lr=0.01, silent_push=1.0).steps(x, y, batch_size=4)
         out.append([lay.weight.copy() for lay in net.spiking_layers])
     sr.set_num_threads(0)
@@ -298,7 +283,7 @@ def test_bad_neuron_options_are_named():
 
 def test_the_neuron_survives_a_checkpoint(tmp_path):
     net = _conv_net(1, "rust")
-    x, _ = _inputs(1, net.input_shape)
+    x, _ = random_inputs(1, net.input_shape, TMAX)
     path = checkpoint.save(tmp_path / "ramp.npz", net)
     back, _ = checkpoint.load(path)
     assert back.neuron == "ramp"

@@ -157,14 +157,17 @@ def dense_forward(t_in, w, threshold, psp, tmax):
     return spike_times(t_in, w, threshold, psp.tau_rise, psp.tau_fall, tmax)
 
 
-def conv2d_forward(t_in, w, threshold, psp, tmax):
-    """Conv2d, stride 1, no padding: ``(B, C, H, W) -> (B, C_out, Ho, Wo)``."""
+def _conv_rows(t_in: np.ndarray, w: np.ndarray):
     c_out, _, k, _ = w.shape
     patches = unfold(t_in, k)
     b, ho, wo, n = patches.shape
-    t = spike_times(
-        patches.reshape(-1, n), w.reshape(c_out, n), threshold, psp.tau_rise, psp.tau_fall, tmax
-    )
+    return patches.reshape(-1, n), w.reshape(c_out, n), (b, ho, wo, c_out)
+
+
+def conv2d_forward(t_in, w, threshold, psp, tmax):
+    """Conv2d, stride 1, no padding: ``(B, C, H, W) -> (B, C_out, Ho, Wo)``."""
+    rows, w2, (b, ho, wo, c_out) = _conv_rows(t_in, w)
+    t = spike_times(rows, w2, threshold, psp.tau_rise, psp.tau_fall, tmax)
     return t.reshape(b, ho, wo, c_out).transpose(0, 3, 1, 2)
 
 
@@ -179,13 +182,6 @@ def ramp_times(u: np.ndarray, threshold: float, tmax: float) -> np.ndarray:
     never (``T``) if it is ``≥ T``."""
     t = threshold * tmax - u
     return np.where(t >= tmax, tmax, np.maximum(t, 0.0))
-
-
-def _conv_rows(t_in: np.ndarray, w: np.ndarray):
-    c_out, _, k, _ = w.shape
-    patches = unfold(t_in, k)
-    b, ho, wo, n = patches.shape
-    return patches.reshape(-1, n), w.reshape(c_out, n), (b, ho, wo, c_out)
 
 
 def _ramp_layer(t_in, w, threshold, tmax, conv: bool):

@@ -133,6 +133,18 @@ impl Kern {
     }
 }
 
+/// `softmax(−t/τ)` of one sample's output times: the probabilities behind the
+/// exact rule's cross-entropy (contract §10) and STiDi-BP's softmax targets (§5).
+pub(crate) fn softmax(y: &[f64], tau: f64) -> Vec<f64> {
+    let z_max = y
+        .iter()
+        .map(|&t| -t / tau)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = y.iter().map(|&t| (-t / tau - z_max).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.iter().map(|&ek| ek / sum).collect()
+}
+
 /// Sends each pooled neuron's error to its window's winner.
 pub(crate) fn route_pool(err: &[f64], x: &[f64], g: &PoolGeom) -> Vec<f64> {
     let mut below = vec![0.0; x.len()];

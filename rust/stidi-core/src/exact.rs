@@ -5,7 +5,7 @@
 //! `a_j ε(t_j − t_i)` (= −dL/dw_ji), is shared with STiDi-BP.
 
 use crate::backprop::{
-    disp_conv, disp_dense, route_pool, slope_conv, slope_dense, Kern, SampleRec,
+    disp_conv, disp_dense, route_pool, slope_conv, slope_dense, softmax, Kern, SampleRec,
 };
 use crate::engine::{RowWeights, Scratch};
 use crate::network::{Layer, Network};
@@ -38,20 +38,13 @@ pub(crate) fn output_loss(
 ) -> (f64, Vec<f64>) {
     match cfg.loss {
         Loss::CrossEntropy => {
-            let tau = cfg.tau_soft;
-            let z_max = y
-                .iter()
-                .map(|&t| -t / tau)
-                .fold(f64::NEG_INFINITY, f64::max);
-            let e: Vec<f64> = y.iter().map(|&t| (-t / tau - z_max).exp()).collect();
-            let sum: f64 = e.iter().sum();
-            let loss = -(e[label] / sum).ln();
-            let dt = e
+            let p = softmax(y, cfg.tau_soft);
+            let dt = p
                 .iter()
                 .enumerate()
-                .map(|(k, &ek)| -(ek / sum - if k == label { 1.0 } else { 0.0 }) / tau)
+                .map(|(k, &pk)| -(pk - if k == label { 1.0 } else { 0.0 }) / cfg.tau_soft)
                 .collect();
-            (loss, dt)
+            (-p[label].ln(), dt)
         }
         Loss::Stidi => {
             let target = output_targets(y, label, cfg.gamma, tmax);

@@ -7,7 +7,7 @@
 use rayon::prelude::*;
 
 use crate::backprop::{
-    disp_conv, disp_dense, route_pool, slope_conv, slope_dense, Kern, SampleRec,
+    disp_conv, disp_dense, route_pool, slope_conv, slope_dense, softmax, Kern, SampleRec,
 };
 use crate::engine::{RowWeights, Scratch, SPLIT_MIN_NEURONS};
 use crate::network::{Layer, Network};
@@ -54,22 +54,6 @@ pub(crate) fn output_targets(y: &[f64], label: usize, gamma: f64, tmax: f64) -> 
         .collect()
 }
 
-/// Cross-entropy of `softmax(−t/τ)` and the errors `τ (p_k − [k = label]) / T`.
-fn softmax_errors(y: &[f64], label: usize, tau: f64, tmax: f64) -> (f64, Vec<f64>) {
-    let z_max = y
-        .iter()
-        .map(|&t| -t / tau)
-        .fold(f64::NEG_INFINITY, f64::max);
-    let e: Vec<f64> = y.iter().map(|&t| (-t / tau - z_max).exp()).collect();
-    let sum: f64 = e.iter().sum();
-    let err = e
-        .iter()
-        .enumerate()
-        .map(|(k, &ek)| tau * (ek / sum - if k == label { 1.0 } else { 0.0 }) / tmax)
-        .collect();
-    (-(e[label] / sum).ln(), err)
-}
-
 /// Divides by the L2 norm; a zero vector stays zero.
 pub(crate) fn normalize(e: &mut [f64]) {
     let norm = e.iter().map(|x| x * x).sum::<f64>().sqrt();
@@ -104,7 +88,15 @@ fn backward_sample(
                 .collect();
             (0.5 * err.iter().map(|e| e * e).sum::<f64>(), err)
         }
-        Targets::Softmax => softmax_errors(y_out, label, hyper.tau_soft, tmax),
+        Targets::Softmax => {
+            let (tau, p) = (hyper.tau_soft, softmax(y_out, hyper.tau_soft));
+            let err = p
+                .iter()
+                .enumerate()
+                .map(|(k, &pk)| tau * (pk - if k == label { 1.0 } else { 0.0 }) / tmax)
+                .collect();
+            (-p[label].ln(), err)
+        }
     };
     let mut gs = vec![Vec::new(); net.spiking.len()];
     let mut si = net.spiking.len();
