@@ -346,7 +346,8 @@ def _edits(config):
         change(c)
         return c
 
-    dense = {"kind": "dense", "in_features": 512, "out_features": 10, "threshold": 40.0}
+    n_in = config["network"]["layers"][-1]["in_features"]
+    dense = {"kind": "dense", "in_features": n_in, "out_features": 10, "threshold": 40.0}
     yield "a list", [config]
     yield "a number", 3
     yield "no network", edit(lambda c: c.pop("network"))
@@ -370,14 +371,14 @@ def _edits(config):
     # 2,000,000 hidden units: refused by the cap before anything is allocated
     yield (
         "2e6 hidden units",
-        edit(lambda c: c["network"]["layers"][4].update(out_features=2_000_000, binary=False)),
+        edit(lambda c: c["network"]["layers"][-1].update(out_features=2_000_000, binary=False)),
     )
     # under the cap, but the file holds none of those weights: refused by shape
     yield (
         "a huge dense layer",
         edit(
             lambda c: c["network"]["layers"].__setitem__(
-                4, {**dense, "out_features": 100_000, "binary": False}
+                -1, {**dense, "out_features": 100_000, "binary": False}
             )  # fmt: skip
         ),
     )
