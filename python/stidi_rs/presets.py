@@ -277,7 +277,7 @@ _ALL = [
     ),
     Preset(
         "csnn",
-        "best accuracy: one conv layer (64 channels, 128 on Fashion-MNIST), read out",
+        "best one-conv network: PSP neurons (64 channels, 128 on Fashion-MNIST), read out",
         _shallow_layers(64, 2.0, 50.0),
         (1, 28, 28),
         {
