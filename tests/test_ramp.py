@@ -47,17 +47,22 @@ def test_closed_form_is_the_neurons_first_crossing(seed, n, theta):
         assert got == pytest.approx(grid[crossed[0]] - TMAX, abs=step)
 
 
-def _dense_net(seed, backend, binary=False):
+def _binary(scale):
+    """Layer options: real weights (``scale`` None) or binary ones of that scale."""
+    return {"binary": scale is not None, "scale": scale or 1.0}
+
+
+def _dense_net(seed, backend, scale=None):
     layers = [
-        sr.Dense(6, 5, threshold=0.6, binary=binary, init=(-0.2, 0.4)),
+        sr.Dense(6, 5, threshold=0.6, **_binary(scale), init=(-0.2, 0.4)),
         sr.Dense(5, 3, threshold=0.5, init=(-0.3, 0.6)),
     ]
     return sr.Network(layers, (6,), tmax=TMAX, seed=seed, backend=backend, neuron="ramp")
 
 
-def _conv_net(seed, backend, binary=False):
+def _conv_net(seed, backend, scale=None):
     layers = [
-        sr.Conv2d(1, 3, 3, threshold=0.9, binary=binary, init=(-0.1, 0.3)),
+        sr.Conv2d(1, 3, 3, threshold=0.9, **_binary(scale), init=(-0.1, 0.3)),
         sr.MaxPool2d(2),
         sr.Dense(12, 4, threshold=0.4, init=(-0.2, 0.4)),
         sr.Dense(16, 3, threshold=0.4, skip=1, init=(-0.2, 0.3)),
@@ -65,11 +70,11 @@ def _conv_net(seed, backend, binary=False):
     return sr.Network(layers, (1, 6, 6), tmax=TMAX, seed=seed, backend=backend, neuron="ramp")
 
 
-def _two_conv_net(seed, backend, binary=False):
+def _two_conv_net(seed, backend, scale=None):
     layers = [
-        sr.Conv2d(1, 2, 3, threshold=0.9, binary=binary, init=(-0.1, 0.3)),
+        sr.Conv2d(1, 2, 3, threshold=0.9, **_binary(scale), init=(-0.1, 0.3)),
         sr.MaxPool2d(2),
-        sr.Conv2d(2, 3, 2, threshold=0.3, binary=binary, init=(-0.1, 0.25)),
+        sr.Conv2d(2, 3, 2, threshold=0.3, **_binary(scale), init=(-0.1, 0.25)),
         sr.MaxPool2d(2),
         sr.Dense(3, 3, threshold=0.2, init=(-0.3, 0.6)),
     ]
@@ -158,11 +163,12 @@ def test_ramp_gradient_is_the_clipped_relu_one():
     "rule_name", ["exact", "stidi-bp", "stidi-bp-exact-slope", "stidi-bp-softmax"]
 )
 @pytest.mark.parametrize("make", MAKERS)
-@pytest.mark.parametrize("binary", [False, True])
+@pytest.mark.parametrize("scale", [None, 1.0, 0.3], ids=["real", "binary", "binary-scaled"])
 @settings(max_examples=6, deadline=None)
 @given(seed=st.integers(0, 2**16))
-def test_engines_agree(rule_name, make, binary, seed):
-    nets = {b: make(seed, b, binary) for b in ("numpy", "rust")}
+def test_engines_agree(rule_name, make, scale, seed):
+    binary = scale is not None
+    nets = {b: make(seed, b, scale) for b in ("numpy", "rust")}
     x, y = random_inputs(seed, nets["numpy"].input_shape, TMAX, batch=7)
     winners = [pool_winners(net, x) for net in nets.values()]
     assume(all(np.array_equal(a, b) for a, b in zip(*winners)))
@@ -333,3 +339,67 @@ def test_cli_trains_ramp_neurons(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(out / "last.npz"), "--test-size", "300", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == accuracy
+
+
+@pytest.mark.parametrize("make", MAKERS)
+def test_a_binary_scale_is_weights_of_that_magnitude(make):
+    """Binary layers of scale s fire exactly as real layers whose weights are ±s."""
+    x, _ = random_inputs(3, make(3, "rust").input_shape, TMAX, batch=5)
+    binary = make(3, "rust", 0.3)
+    real = make(3, "rust")
+    for b, r in zip(binary.spiking_layers, real.spiking_layers):
+        r.weight = np.where(b.weight >= 0, b.scale, -b.scale) if b.binary else b.weight
+    assert any(layer.scale == 0.3 for layer in binary.spiking_layers)
+    for a, b in zip(binary.forward(x), real.forward(x)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_scales_are_named():
+    with pytest.raises(ValueError, match="scale applies only to binary layers"):
+        sr.Dense(4, 2, 1.0, scale=0.5)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="scale"):
+            sr.Dense(4, 2, 1.0, binary=True, scale=bad)
+    with pytest.raises(ValueError, match="scale needs ramp neurons"):
+        sr.Network([sr.Dense(4, 2, 1.0, binary=True, scale=0.5)], (4,))
+
+
+def test_a_binary_scale_survives_a_checkpoint(tmp_path):
+    net = _conv_net(1, "rust", 0.3)
+    x, _ = random_inputs(1, net.input_shape, TMAX)
+    path = checkpoint.save(tmp_path / "scaled.npz", net)
+    back, _ = checkpoint.load(path)
+    assert [layer.scale for layer in back.spiking_layers] == [0.3, 1.0, 1.0]
+    for a, b in zip(net.forward(x), back.forward(x)):
+        np.testing.assert_array_equal(a, b)
+    assert "scale" not in _raw_config(path)["network"]["layers"][2]  # 1 is not written
+    arrays = dict(np.load(path))
+    raw = _raw_config(path)
+    raw["network"]["layers"][0]["scale"] = -2
+    arrays["config"] = np.frombuffer(json.dumps(raw).encode(), dtype=np.uint8)
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(checkpoint.CheckpointError, match="bad scale -2"):
+        checkpoint.load(tmp_path / "bad.npz")
+
+
+def test_scales_reach_a_preset_and_the_config():
+    net = sr.presets.get("dense-binary").build(neuron="ramp", scale=[0.05, 0.2])
+    assert [layer.scale for layer in net.spiking_layers] == [0.05, 0.2]
+    with pytest.raises(ValueError, match="scale needs 2 value"):
+        sr.presets.get("dense-binary").build(neuron="ramp", scale=[0.05])
+    with pytest.raises(ValueError, match="scale applies only to binary layers"):
+        sr.presets.get("dense").build(neuron="ramp", scale=[0.05, 0.2])
+    with pytest.raises(ValueError, match="scale = \\[0\\] must be"):
+        config.check({"scale": [0]}, "here")
+
+
+@pytest.mark.needs_data
+def test_cli_trains_scaled_binary_ramp_neurons(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--preset", "dense-binary", "--train-size", "300", "--test-size", "100"]
+    args += ["--epochs", "1", "--readout-epochs", "0", "--neuron", "ramp", "--scale", "0.05,0.2"]
+    args += ["--thresholds", "1,1", "--rule", "exact", "--lr", "0.0003"]
+    assert main([*args, "--out", str(out), "--no-progress"]) == 0
+    net, _ = checkpoint.load(out / "last.npz")
+    assert [layer.scale for layer in net.spiking_layers] == [0.05, 0.2]
+    assert config.load(out / "config.toml")["scale"] == [0.05, 0.2]

@@ -41,21 +41,28 @@ def floats(text):
 def build(args):
     inits = [tuple(floats(p)) for p in args.init.split("/")] if args.init else None
     th = floats(args.th)
+    sc = floats(args.scale) if args.scale else [1.0] * 3
+    if len(sc) == 2:  # --shallow: conv, output
+        sc = [sc[0], 1.0, sc[1]]
     if args.shallow:
         init = inits or [(0.0, 1.0)] * 2
         layers = [
-            sr.Conv2d(1, args.c1, 5, th[0], binary=args.binary, init=init[0]),
+            sr.Conv2d(1, args.c1, 5, th[0], binary=args.binary, init=init[0], scale=sc[0]),
             sr.MaxPool2d(2),
-            sr.Dense(args.c1 * 144, 10, th[-1], binary=args.binary, init=init[-1]),
+            sr.Dense(
+                args.c1 * 144, 10, th[-1], binary=args.binary, init=init[-1], scale=sc[-1]
+            ),
         ]
     else:
         init = inits or [(0.0, 1.0)] * 3
         extra = args.c1 * 144 if args.skip else 0
         side = 12 - args.k2 + 1
         layers = [
-            sr.Conv2d(1, args.c1, 5, th[0], binary=args.binary, init=init[0]),
+            sr.Conv2d(1, args.c1, 5, th[0], binary=args.binary, init=init[0], scale=sc[0]),
             sr.MaxPool2d(2),
-            sr.Conv2d(args.c1, args.c2, args.k2, th[1], binary=args.binary, init=init[1]),
+            sr.Conv2d(
+                args.c1, args.c2, args.k2, th[1], binary=args.binary, init=init[1], scale=sc[1]
+            ),
         ]
         if args.pool2:
             layers.append(sr.MaxPool2d(args.pool2))
@@ -68,6 +75,7 @@ def build(args):
                 binary=args.binary,
                 init=init[-1],
                 skip=1 if args.skip else None,
+                scale=sc[-1],
             )  # fmt: skip
         )
     ramp = args.neuron == "ramp"
@@ -152,6 +160,7 @@ def main():
     p.add_argument("--silent-push", type=float, default=1.0)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--binary", action="store_true", help="binary forward weights everywhere")
+    p.add_argument("--scale", default=None, help="binary weights' scale per spiking layer")
     p.add_argument("--rule", default="exact", help="exact or stidi-bp (--lr its rates)")
     p.add_argument("--conv-reduce", default="sum", help="STiDi-BP's conv_reduce")
     p.add_argument("--slope", default="paper", help="STiDi-BP's slope: paper or exact")

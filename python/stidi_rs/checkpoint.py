@@ -288,7 +288,8 @@ def _check_config(config, bad) -> None:
         if kind not in _LAYER_KEYS:
             raise bad(f"layer {i} has no known kind (conv2d, maxpool2d, dense)")
         keys = _LAYER_KEYS[kind]
-        given = set(spec) - {"kind"} - ({"skip"} if kind == "dense" else set())
+        optional = {"scale"} | ({"skip"} if kind == "dense" else set())
+        given = set(spec) - {"kind"} - (optional if kind != "maxpool2d" else set())
         if given != keys:
             raise bad(f"layer {i} ({kind}) must have the keys {sorted(keys)}, got {sorted(given)}")
         for key in keys:
@@ -302,6 +303,8 @@ def _check_config(config, bad) -> None:
             )
             if not ok:
                 raise bad(f"layer {i} ({kind}): bad {key} {value!r}")
+        if "scale" in spec and not (_is_number(spec["scale"]) and spec["scale"] > 0):
+            raise bad(f"layer {i} ({kind}): bad scale {spec['scale']!r}")
         if kind == "dense" and spec.get("skip") is not None and not _is_int(spec["skip"], 0):
             raise bad(f"layer {i} (dense): bad skip {spec['skip']!r}")
         weights += math.prod(_weight_shape(spec))

@@ -270,6 +270,7 @@ _NETWORK_SETTINGS = (
     "input_window",
     "neuron",
     "init",
+    "scale",
 )
 
 
@@ -516,6 +517,14 @@ def _add_setting_flags(p, sweep: bool = False) -> None:
         help="uniform initial weight range of each spiking layer (default: preset's; "
         "0,1 for real layers, -0.5,1 for binary ones; write --init=-1,1/... when it "
         "starts with a minus)",
+    )
+    p.add_argument(
+        "--scale",
+        type=_numbers,
+        default=None,
+        metavar="S[,S...]",
+        help="magnitude of each spiking layer's binary forward weights, ±S (ramp neurons; "
+        "real layers take 1; default: preset's, else 1)",
     )
     p.add_argument("--epochs", type=int, default=None, help="total epochs (default: preset's)")
     p.add_argument("--batch-size", type=int, default=None, help="1 = per-sample updates (default)")

@@ -71,6 +71,13 @@ def _positive(v) -> bool:
 _positive.what = "a finite number > 0"
 
 
+def _scales(v) -> bool:
+    return isinstance(v, list) and len(v) > 0 and all(map(_positive, v))
+
+
+_scales.what = "a list of finite numbers > 0 (one per spiking layer)"
+
+
 def _positive_or_inf(v) -> bool:
     return _number(v) and v > 0
 
@@ -151,6 +158,7 @@ SETTINGS = {
     "neuron": _choice("psp", "ramp"),
     "calibrate": _fractions,
     "init": _ranges,
+    "scale": _scales,
     "epochs": _int(1),
     "batch_size": _int(1),
     "lr": _rates,

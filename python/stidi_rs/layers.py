@@ -75,9 +75,12 @@ class _Spiking:
 
     kind = ""
 
-    def __init__(self, weight_shape, threshold, binary, init):
+    def __init__(self, weight_shape, threshold, binary, init, scale=1.0):
         self.threshold = threshold
         self.binary = bool(binary)
+        self.scale = _positive_float("scale", scale)
+        if self.scale != 1.0 and not self.binary:
+            raise ValueError(f"scale applies only to binary layers, got scale={scale}")
         if init is None:
             init = (-0.5, 1.0) if self.binary else (0.0, 1.0)
         low, high = (float(v) for v in init)
@@ -144,16 +147,23 @@ class _Spiking:
 
 
 class Conv2d(_Spiking):
-    """Spiking 2-D convolution: stride 1, no padding, ``weight`` is ``(out, in, k, k)``."""
+    """Spiking 2-D convolution: stride 1, no padding, ``weight`` is ``(out, in, k, k)``.
+
+    A binary layer's forward weights are ``±scale`` (default 1), the signs of
+    ``weight``; ``scale`` other than 1 needs ramp neurons (docs/algorithm.md §3a).
+    """
 
     kind = "conv2d"
 
-    def __init__(self, in_channels, out_channels, kernel_size, threshold, binary=False, init=None):
+    def __init__(
+        self, in_channels, out_channels, kernel_size, threshold, binary=False, init=None, scale=1.0
+    ):
         self.in_channels = _positive_int("in_channels", in_channels)
         self.out_channels = _positive_int("out_channels", out_channels)
         self.kernel_size = _positive_int("kernel_size", kernel_size)
         k = self.kernel_size
-        super().__init__((self.out_channels, self.in_channels, k, k), threshold, binary, init)
+        shape = (self.out_channels, self.in_channels, k, k)
+        super().__init__(shape, threshold, binary, init, scale)
 
     def output_shape(self, shape):
         if len(shape) != 3:
@@ -170,7 +180,7 @@ class Conv2d(_Spiking):
     def __repr__(self):
         return (
             f"Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"threshold={self.threshold}, binary={self.binary})"
+            f"threshold={self.threshold}, binary={self.binary}{_scale_repr(self)})"
         )
 
 
@@ -180,11 +190,14 @@ class Dense(_Spiking):
     ``skip=k`` also feeds it the spikes of the network's layer ``k`` (an earlier
     layer than its input), flattened and appended after its input's, so that
     ``in_features`` counts both. The layer's displaced errors go back to both.
+    ``scale`` as for :class:`Conv2d`.
     """
 
     kind = "dense"
 
-    def __init__(self, in_features, out_features, threshold, binary=False, init=None, skip=None):
+    def __init__(
+        self, in_features, out_features, threshold, binary=False, init=None, skip=None, scale=1.0
+    ):
         self.in_features = _positive_int("in_features", in_features)
         self.out_features = _positive_int("out_features", out_features)
         if skip is not None and (
@@ -192,7 +205,7 @@ class Dense(_Spiking):
         ):
             raise ValueError(f"skip must be a layer index >= 0 or None, got {skip!r}")
         self.skip = None if skip is None else int(skip)
-        super().__init__((self.out_features, self.in_features), threshold, binary, init)
+        super().__init__((self.out_features, self.in_features), threshold, binary, init, scale)
 
     def output_shape(self, shape, skip_shape=None):
         n = math.prod(shape)
@@ -208,8 +221,12 @@ class Dense(_Spiking):
         skip = "" if self.skip is None else f", skip={self.skip}"
         return (
             f"Dense({self.in_features}, {self.out_features}, threshold={self.threshold}, "
-            f"binary={self.binary}{skip})"
+            f"binary={self.binary}{skip}{_scale_repr(self)})"
         )
+
+
+def _scale_repr(layer) -> str:
+    return f", scale={layer.scale:g}" if layer.scale != 1.0 else ""
 
 
 class MaxPool2d:

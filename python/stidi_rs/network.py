@@ -147,6 +147,12 @@ class Network:
                 f"ramp neurons integrate with a linear PSP: psp must be PSP({self.tmax:g}) "
                 f"(tau_rise = tmax, tau_fall = inf) or None, got {self.psp!r}"
             )
+        for i, layer in enumerate(self.layers):
+            if getattr(layer, "scale", 1.0) != 1.0 and neuron != "ramp":
+                raise ValueError(
+                    f"layer {i} ({layer!r}): scale needs ramp neurons "
+                    "(with PSP neurons, scale the threshold instead)"
+                )
         self.output_shapes = []
         for i, layer in enumerate(self.layers):
             try:
@@ -373,6 +379,7 @@ def _layer_spec(layer) -> dict:
             "kernel_size": layer.kernel_size,
             "threshold": layer.threshold,
             "binary": layer.binary,
+            **_scale(layer),
         }
     spec = {
         "kind": "dense",
@@ -383,4 +390,10 @@ def _layer_spec(layer) -> dict:
     }
     if layer.skip is not None:  # absent otherwise, as in checkpoints written before skips
         spec["skip"] = layer.skip
+    spec.update(_scale(layer))
     return spec
+
+
+def _scale(layer) -> dict:
+    # Absent when 1, as in checkpoints written before binary scales.
+    return {"scale": layer.scale} if layer.scale != 1.0 else {}

@@ -58,6 +58,7 @@ class Preset:
         input_window: float | None = None,
         init: list | None = None,
         neuron: str | None = None,
+        scale: list[float] | None = None,
     ) -> Network:
         """The untrained network of ``dataset``'s recipe (the default one if None).
 
@@ -65,8 +66,9 @@ class Preset:
         channels or dense neurons, in order; the layers after them follow),
         ``thresholds`` one per spiking layer, ``tau_rise``/``tau_fall`` the PSP,
         ``input_window`` the span of the input spikes, ``init`` one weight range
-        ``(low, high)`` per spiking layer, ``neuron`` the neuron model (these three
-        default to the recipe's). Ramp neurons bring their own PSP, so the preset's
+        ``(low, high)`` per spiking layer, ``neuron`` the neuron model, ``scale`` the
+        magnitude of each spiking layer's binary weights (these four default to the
+        recipe's). Ramp neurons bring their own PSP, so the preset's
         is not used with them (an explicit ``tau_rise``/``tau_fall`` is checked).
         """
         if dataset is not None:
@@ -78,6 +80,8 @@ class Preset:
             init = recipe.get("init")
         if neuron is None:
             neuron = recipe.get("neuron", "psp")
+        if scale is None:
+            scale = recipe.get("scale")
         specs = _vary(self.layers_for(dataset), widths, thresholds)
         n_spiking = sum(kind != "maxpool2d" for kind, *_ in specs)
         if init is not None and len(init) != n_spiking:
@@ -85,12 +89,18 @@ class Preset:
                 f"init needs {n_spiking} (low, high) range(s), one per spiking layer, "
                 f"got {len(init)}"
             )
+        if scale is not None and len(scale) != n_spiking:
+            raise ValueError(
+                f"scale needs {n_spiking} value(s), one per spiking layer, got {len(scale)}"
+            )
         make = {"conv2d": Conv2d, "dense": Dense, "maxpool2d": MaxPool2d}
         layers, n = [], 0
         for kind, *args in specs:
             extra = {}
             if kind != "maxpool2d":
                 extra = {"binary": self.binary, "init": None if init is None else init[n]}
+                if scale is not None:
+                    extra["scale"] = scale[n]
                 n += 1
             layers.append(make[kind](*args, **extra))
         psp = PSP(

@@ -310,7 +310,7 @@ def ramp_pins(t_out, e, tmax):
 # Network level ----------------------------------------------------------------
 def _forward_weight(layer) -> np.ndarray:
     w = np.asarray(layer.weight, dtype=np.float64)
-    return np.where(w >= 0, 1.0, -1.0) if layer.binary else w
+    return np.where(w >= 0, layer.scale, -layer.scale) if layer.binary else w
 
 
 def layer_input(layers, li: int, t_in: np.ndarray, times) -> np.ndarray:

@@ -186,14 +186,16 @@ fn backward_sample(
         }
         // A spike that did not happen has no input times to move, unless
         // `silent_down` sends its push down as if it fired at tmax (its time).
+        // A binary layer's `±scale` weights scale what its inputs hear.
+        let scale = net.scale[l];
         let a_prop: Vec<f64> = gs[si]
             .iter()
             .zip(y)
             .map(|(&a, &tj)| {
                 if tj < tmax && !(ramp && tj <= 0.0) {
-                    a
+                    scale * a
                 } else {
-                    cfg.silent_down * a
+                    scale * (cfg.silent_down * a)
                 }
             })
             .collect();

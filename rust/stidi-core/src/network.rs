@@ -83,6 +83,9 @@ pub struct Network {
     pub(crate) psp: Psp,
     pub(crate) tmax: f64,
     pub(crate) neuron: Neuron,
+    /// Per layer, the magnitude of a binary layer's forward weights (`±scale`;
+    /// 1 for every other layer). Only ramp networks set it (contract §3a).
+    pub(crate) scale: Vec<f64>,
     pub(crate) in_size: usize,
     /// Layer index of each spiking layer, in order.
     pub(crate) spiking: Vec<usize>,
@@ -256,6 +259,7 @@ impl Network {
         }
         Ok(Network {
             specs: layers,
+            scale: vec![1.0; built.len()],
             layers: built,
             input_shape: input_shape.to_vec(),
             shapes,
@@ -281,7 +285,32 @@ impl Network {
                 self.psp.tau_fall
             );
         }
+        if neuron == Neuron::Psp && self.scale.iter().any(|&s| s != 1.0) {
+            return invalid!("binary weight scales other than 1 need ramp neurons");
+        }
         self.neuron = neuron;
+        Ok(self)
+    }
+
+    /// The same network with binary layer `layer`'s forward weights `±scale`
+    /// instead of `±1`. A ramp neuron's window fixes its time scale, so unlike a
+    /// PSP neuron's threshold, θ cannot absorb the weights' magnitude; with PSP
+    /// neurons scale θ instead.
+    pub fn with_scale(mut self, layer: usize, scale: f64) -> Result<Network> {
+        if !(scale.is_finite() && scale > 0.0) {
+            return invalid!("layer {layer}: scale must be finite and > 0, got {scale}");
+        }
+        match self.layers.get(layer) {
+            Some(Layer::Conv { binary: true, .. } | Layer::Dense { binary: true, .. }) => {}
+            _ if scale == 1.0 && layer < self.layers.len() => {}
+            _ => return invalid!("layer {layer}: scale applies only to binary layers"),
+        }
+        if self.neuron != Neuron::Ramp && scale != 1.0 {
+            return invalid!(
+                "layer {layer}: scale needs ramp neurons (with PSP neurons, scale the threshold)"
+            );
+        }
+        self.scale[layer] = scale;
         Ok(self)
     }
 
@@ -545,7 +574,8 @@ impl Network {
                         .filter(|&i| inp[i] < self.tmax)
                         .map(|i| g.fan_out(i))
                         .sum::<u64>();
-                    ramp::times(&ramp::conv_drive(inp, g, w, self.tmax), *theta, self.tmax)
+                    let u = ramp::conv_drive(inp, g, w, self.scale[l], self.tmax);
+                    ramp::times(&u, *theta, self.tmax)
                 }
                 (Layer::Dense { n_out, theta, .. }, Some(w)) if ramp => {
                     // Sorted inputs only for training's phase 2 (accumulate_row).
@@ -557,7 +587,7 @@ impl Network {
                         inp.iter().filter(|&&t| t < self.tmax).count()
                     };
                     n_events += (spiking * n_out) as u64;
-                    let u = ramp::dense_drive(inp, w, *n_out, self.tmax);
+                    let u = ramp::dense_drive(inp, w, *n_out, self.scale[l], self.tmax);
                     ramp::times(&u, *theta, self.tmax)
                 }
                 (Layer::Conv { g, theta, .. }, Some(w)) => {
@@ -598,7 +628,8 @@ impl Network {
                 match self.neuron {
                     Neuron::Psp => potential_at(inp, w, *n_out, &self.psp, self.tmax),
                     Neuron::Ramp => {
-                        ramp::v_end(&ramp::dense_drive(inp, w, *n_out, self.tmax), self.tmax)
+                        let u = ramp::dense_drive(inp, w, *n_out, self.scale[l], self.tmax);
+                        ramp::v_end(&u, self.tmax)
                     }
                 }
             }

@@ -25,12 +25,19 @@ pub(crate) fn v_end(u: &[f64], tmax: f64) -> Vec<f64> {
     u.iter().map(|&u| (u + tmax) / tmax).collect()
 }
 
-/// Drives `u_j` of a Dense layer (inputs in index order).
-pub(crate) fn dense_drive(x: &[f64], w: &RowWeights, n_out: usize, tmax: f64) -> Vec<f64> {
+/// Drives `u_j` of a Dense layer (inputs in index order); `scale` multiplies the
+/// weights (binary layers' `±scale`: exact, as `scale·(tmax − t)` only changes sign).
+pub(crate) fn dense_drive(
+    x: &[f64],
+    w: &RowWeights,
+    n_out: usize,
+    scale: f64,
+    tmax: f64,
+) -> Vec<f64> {
     let mut u = vec![0.0; n_out];
     for (i, &t) in x.iter().enumerate() {
         if t < tmax {
-            w.axpy(i, tmax - t, &mut u);
+            w.axpy(i, scale * (tmax - t), &mut u);
         }
     }
     u
@@ -38,7 +45,13 @@ pub(crate) fn dense_drive(x: &[f64], w: &RowWeights, n_out: usize, tmax: f64) ->
 
 /// Drives of a Conv2d, laid out `(C_out, Ho, Wo)`; each position sums its
 /// receptive field in weight order.
-pub(crate) fn conv_drive(x: &[f64], g: &ConvGeom, w: &RowWeights, tmax: f64) -> Vec<f64> {
+pub(crate) fn conv_drive(
+    x: &[f64],
+    g: &ConvGeom,
+    w: &RowWeights,
+    scale: f64,
+    tmax: f64,
+) -> Vec<f64> {
     let positions = g.positions();
     let mut u = vec![0.0; g.cout * positions];
     let mut acc = vec![0.0; g.cout];
@@ -51,7 +64,7 @@ pub(crate) fn conv_drive(x: &[f64], g: &ConvGeom, w: &RowWeights, tmax: f64) -> 
                 let r0 = (c * g.k + ky) * g.k;
                 for (kx, &t) in x[base..base + g.k].iter().enumerate() {
                     if t < tmax {
-                        w.axpy(r0 + kx, tmax - t, &mut acc);
+                        w.axpy(r0 + kx, scale * (tmax - t), &mut acc);
                     }
                 }
             }

@@ -203,12 +203,12 @@ fn backward_sample(
             }
             _ => disp_dense(&kern, xin, y, g, w, binary, &mut dsum),
         }
-        let beta = hyper.beta[si];
+        let (beta, scale) = (hyper.beta[si], net.scale[l]);
         err = xin
             .iter()
             .zip(&dsum)
             .map(|(&t, &s)| {
-                let d = beta * s;
+                let d = beta * (scale * s);
                 ((t + tmax * d).clamp(0.0, tmax) - t) / tmax
             })
             .collect();

@@ -90,11 +90,24 @@ impl Engine {
             .iter()
             .map(layer_spec)
             .collect::<PyResult<Vec<_>>>()?;
+        // A binary layer's `scale` (its forward weights are ±scale), 1 if absent.
+        let scales = layers
+            .iter()
+            .map(|d| match d.get_item("scale")? {
+                Some(s) if !s.is_none() => s.extract::<f64>(),
+                _ => Ok(1.0),
+            })
+            .collect::<PyResult<Vec<_>>>()?;
         let psp = Psp::new(tau_rise, tau_fall).map_err(value_error)?;
         let neuron: Neuron = neuron.parse().map_err(value_error)?;
-        let net = Network::new(specs, &input_shape, psp, tmax)
+        let mut net = Network::new(specs, &input_shape, psp, tmax)
             .and_then(|net| net.with_neuron(neuron))
             .map_err(value_error)?;
+        for (l, &s) in scales.iter().enumerate() {
+            if s != 1.0 {
+                net = net.with_scale(l, s).map_err(value_error)?;
+            }
+        }
         Ok(Engine { net })
     }
 

@@ -594,3 +594,52 @@ fn ramp_neurons_fire_at_theta_t_minus_their_drive() {
     assert!(psp40.unwrap().with_neuron(Neuron::Ramp).is_err());
     assert!("lif".parse::<Neuron>().is_err());
 }
+
+#[test]
+fn scaled_binary_ramp_neurons_fire_as_weights_of_that_magnitude() {
+    use crate::Neuron;
+    let tmax = 100.0;
+    let layer = |binary| LayerSpec::Dense {
+        in_features: 3,
+        out_features: 2,
+        threshold: 1.0,
+        binary,
+        skip: None,
+    };
+    let net = |binary| {
+        Network::new(
+            vec![layer(binary)],
+            &[3],
+            Psp::new(tmax, INF).unwrap(),
+            tmax,
+        )
+        .unwrap()
+        .with_neuron(Neuron::Ramp)
+        .unwrap()
+    };
+    let scaled = net(true).with_scale(0, 0.25).unwrap();
+    let x = [20.0, 70.0, tmax];
+    let w = vec![0.3, -0.2, 0.1, 0.5, 0.5, -0.4];
+    // u = 0.25 (80 − 30) = 12.5 and 0.25 (80 + 30) = 27.5.
+    let out = scaled
+        .forward(&Params::new(&scaled, vec![w.clone()]).views(), &x, 1)
+        .unwrap();
+    assert_eq!(out.times[0], vec![87.5, 72.5]);
+    let signs: Vec<f64> = w
+        .iter()
+        .map(|&w| if w >= 0.0 { 0.25 } else { -0.25 })
+        .collect();
+    let real = net(false);
+    let same = real
+        .forward(&Params::new(&real, vec![signs]).views(), &x, 1)
+        .unwrap();
+    assert_eq!(out.times, same.times);
+    assert_eq!(out.v_end, same.v_end);
+    // Only binary layers of ramp networks take a scale, and only a positive one.
+    assert!(net(false).with_scale(0, 0.25).is_err());
+    assert!(net(true).with_scale(0, 0.0).is_err());
+    assert!(net(true).with_scale(1, 0.25).is_err());
+    let psp = Network::new(vec![layer(true)], &[3], Psp::new(tmax, INF).unwrap(), tmax).unwrap();
+    assert!(psp.clone().with_scale(0, 0.25).is_err());
+    assert!(scaled.with_neuron(Neuron::Psp).is_err());
+}
