@@ -135,7 +135,7 @@ def test_config_checks_window_and_fractions():
 
 
 def test_a_preset_builds_with_a_window():
-    preset = sr.presets.get("csnn-small")
+    preset = sr.presets.get("csnn")
     assert preset.build(dataset="mnist").input_window == 1.0
     assert preset.build(dataset="mnist", input_window=0.5).input_window == 0.5
 

@@ -66,7 +66,7 @@ def test_a_preset_alone_sets_up_the_run_of_its_shipped_network(name, dataset, tm
         assert ours["config"][key] == theirs["config"][key], key
 
 
-@pytest.mark.parametrize("name", ["csnn", "csnn-binary", "csnn-small"])
+@pytest.mark.parametrize("name", ["csnn", "csnn-binary"])
 def test_the_one_conv_presets_read_conv1_and_its_pool_out_directly(name):
     """Thresholds 4 and 100 at tau1 = 40, scaled by 40 / tau1 for a slower rise."""
     for dataset in presets.DATASETS:
@@ -80,11 +80,11 @@ def test_the_one_conv_presets_read_conv1_and_its_pool_out_directly(name):
 
 def test_resolve_layers_preset_then_file_then_flags():
     s = config.resolve(
-        file={"preset": "csnn-small", "epochs": 3, "rule_set": {"gamma": 2.0}},
+        file={"preset": "csnn", "epochs": 3, "rule_set": {"gamma": 2.0}},
         flags={"dataset": "fashion-mnist", "epochs": 2, "seed": None},
     )
     assert (s["preset"], s["dataset"], s["epochs"], s["seed"]) == (
-        "csnn-small",
+        "csnn",
         "fashion-mnist",
         2,
         0,
@@ -93,9 +93,9 @@ def test_resolve_layers_preset_then_file_then_flags():
     assert s["rule_set"] == {"conv_reduce": "mean", "gamma": 2.0}  # merged key by key
     assert "augment_shift" not in s or s["augment_shift"] == 0
     # Another rule than the preset's drops the preset's rule settings, not the rest.
-    s = config.resolve(flags={"preset": "csnn-small", "rule": "exact"})
+    s = config.resolve(flags={"preset": "csnn", "rule": "exact"})
     assert s["rule"] == "exact" and not set(config.RULE_KEYS) & set(s)
-    assert s["epochs"] == 21
+    assert s["epochs"] == 24
 
 
 @pytest.mark.parametrize(
@@ -176,7 +176,7 @@ def test_widths_thresholds_and_psp_vary_a_preset():
     wide = presets.get("csnn").build(widths=[128])
     fashion = presets.get("csnn").build(dataset="fashion-mnist")
     assert checkpoint.network_config(wide) == checkpoint.network_config(fashion)
-    net = presets.get("csnn-small").build(widths=[16], thresholds=[8, 50], tau_rise=80)
+    net = presets.get("csnn").build(widths=[16], thresholds=[8, 50], tau_rise=80)
     conv1, _, out = net.layers
     assert conv1.out_channels == 16 and out.in_features == 16 * 144
     assert [conv1.threshold, out.threshold] == [8, 50]

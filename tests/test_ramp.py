@@ -373,6 +373,9 @@ def test_a_binary_scale_survives_a_checkpoint(tmp_path):
     for a, b in zip(net.forward(x), back.forward(x)):
         np.testing.assert_array_equal(a, b)
     assert "scale" not in _raw_config(path)["network"]["layers"][2]  # 1 is not written
+    signs, _ = checkpoint.load(checkpoint.save(tmp_path / "signs.npz", net, signs_only=True))
+    for a, b in zip(net.forward(x), signs.forward(x)):
+        np.testing.assert_array_equal(a, b)
     arrays = dict(np.load(path))
     raw = _raw_config(path)
     raw["network"]["layers"][0]["scale"] = -2

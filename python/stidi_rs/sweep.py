@@ -61,10 +61,10 @@ KNOBS = {
     "dense-binary": ("lr", "thresholds", "lr_decay"),
     "csnn": ("lr", "thresholds", "tau_rise", "lr_decay", "readout_lr"),
     "csnn-binary": ("lr", "thresholds", "lr_decay", "readout_lr"),
-    "csnn-small": ("lr", "thresholds", "tau_rise", "lr_decay"),
     "csnn-exact": ("lr", "lr_decay"),
     "csnn-deep": ("lr", "lr_decay"),
     "csnn-deep-exact": ("lr", "lr_decay"),
+    "csnn-deep-binary": ("lr", "lr_decay"),
 }
 
 
