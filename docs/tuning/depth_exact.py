@@ -89,7 +89,8 @@ def diagnose(net, t_in, labels, rule):
     """Per spiking layer statistics of the exact gradient (a copy of
     reference.exact_gradients that keeps what it passes down)."""
     layers, psp, tmax = net.layers, net.psp, net.tmax
-    times, _ = R.forward(layers, t_in, psp, tmax)
+    ramp = net.neuron == "ramp"
+    times, _ = R.forward(layers, t_in, psp, tmax, net.neuron)
     batch = len(t_in)
     value, delta = R.output_loss(times[-1], labels, tmax, rule.loss, rule.gamma, rule.tau_soft)
     hidden = [i for i, layer in enumerate(layers[:-1]) if layer.kind != "maxpool2d"]
@@ -113,11 +114,16 @@ def diagnose(net, t_in, labels, rule):
             rows_d = delta.transpose(0, 2, 3, 1).reshape(-1, len(w))
         else:
             rows_in, rows_out, rows_d = x.reshape(batch, -1), y, delta
-        a, a_prop = R.exact_factor(
-            rows_in, rows_out, rows_d, w_fwd, layer.threshold, psp, tmax,
-            rule.min_slope, rule.silent_push, rule.silent_down,
-        )  # fmt: skip
-        s = rows_out[:, :, None] - rows_in[:, None, :]
+        if ramp:
+            a, a_prop = R.ramp_factor(rows_out, rows_d, tmax, rule.silent_push, rule.silent_down)
+        else:
+            a, a_prop = R.exact_factor(
+                rows_in, rows_out, rows_d, w_fwd, layer.threshold, psp, tmax,
+                rule.min_slope, rule.silent_push, rule.silent_down,
+            )  # fmt: skip
+        # Ramp neurons take their kernels at the end of the window below (§3a).
+        at = np.full_like(rows_out, tmax) if ramp else rows_out
+        s = at[:, :, None] - rows_in[:, None, :]
         grad = -np.einsum("rm,rmn->mn", a, R.eps(s, psp.tau_rise, psp.tau_fall)) / batch
         dep = R.deps(s, psp.tau_rise, psp.tau_fall)
         fired = rows_out < tmax
