@@ -49,9 +49,7 @@ def build(args):
         layers = [
             sr.Conv2d(1, args.c1, 5, th[0], binary=args.binary, init=init[0], scale=sc[0]),
             sr.MaxPool2d(2),
-            sr.Dense(
-                args.c1 * 144, 10, th[-1], binary=args.binary, init=init[-1], scale=sc[-1]
-            ),
+            sr.Dense(args.c1 * 144, 10, th[-1], binary=args.binary, init=init[-1], scale=sc[-1]),
         ]
     else:
         init = inits or [(0.0, 1.0)] * 3
