@@ -362,6 +362,8 @@ def test_bad_scales_are_named():
             sr.Dense(4, 2, 1.0, binary=True, scale=bad)
     with pytest.raises(ValueError, match="scale needs ramp neurons"):
         sr.Network([sr.Dense(4, 2, 1.0, binary=True, scale=0.5)], (4,))
+    with pytest.raises(AttributeError):
+        sr.Dense(4, 2, 1.0, binary=True).scale = 0.5  # fixed: the network checked it
 
 
 def test_a_binary_scale_survives_a_checkpoint(tmp_path):

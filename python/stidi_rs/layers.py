@@ -78,8 +78,8 @@ class _Spiking:
     def __init__(self, weight_shape, threshold, binary, init, scale=1.0):
         self.threshold = threshold
         self.binary = bool(binary)
-        self.scale = _positive_float("scale", scale)
-        if self.scale != 1.0 and not self.binary:
+        self._scale = _positive_float("scale", scale)
+        if self._scale != 1.0 and not self.binary:
             raise ValueError(f"scale applies only to binary layers, got scale={scale}")
         if init is None:
             init = (-0.5, 1.0) if self.binary else (0.0, 1.0)
@@ -99,6 +99,12 @@ class _Spiking:
     @threshold.setter
     def threshold(self, value) -> None:
         self._threshold = _positive_float("threshold", value)
+
+    @property
+    def scale(self) -> float:
+        """Magnitude of a binary layer's forward weights (``±scale``), fixed at
+        construction: a Network checks it against its neuron model."""
+        return self._scale
 
     @property
     def weight(self) -> np.ndarray:
