@@ -553,21 +553,19 @@ fn skip_sends_the_outputs_errors_to_the_layer_it_reads() {
     assert_ne!(params.w[2], w0[2]);
 }
 
+/// One Dense layer of ramp neurons over 3 inputs (the linear PSP they need).
+fn ramp_net(layer: LayerSpec, tmax: f64) -> Network {
+    Network::new(vec![layer], &[3], Psp::new(tmax, INF).unwrap(), tmax)
+        .unwrap()
+        .with_neuron(crate::Neuron::Ramp)
+        .unwrap()
+}
+
 #[test]
 fn ramp_neurons_fire_at_theta_t_minus_their_drive() {
     use crate::Neuron;
     let tmax = 100.0;
-    let ramp = |theta: f64| {
-        Network::new(
-            vec![dense(3, 4, theta)],
-            &[3],
-            Psp::new(tmax, INF).unwrap(),
-            tmax,
-        )
-        .unwrap()
-        .with_neuron(Neuron::Ramp)
-        .unwrap()
-    };
+    let ramp = |theta: f64| ramp_net(dense(3, 4, theta), tmax);
     // Inputs at 20, 70 and never: drives u = 80 w0 + 30 w1.
     let x = [20.0, 70.0, tmax];
     let w = vec![
@@ -606,17 +604,7 @@ fn scaled_binary_ramp_neurons_fire_as_weights_of_that_magnitude() {
         binary,
         skip: None,
     };
-    let net = |binary| {
-        Network::new(
-            vec![layer(binary)],
-            &[3],
-            Psp::new(tmax, INF).unwrap(),
-            tmax,
-        )
-        .unwrap()
-        .with_neuron(Neuron::Ramp)
-        .unwrap()
-    };
+    let net = |binary| ramp_net(layer(binary), tmax);
     let scaled = net(true).with_scale(0, 0.25).unwrap();
     let x = [20.0, 70.0, tmax];
     let w = vec![0.3, -0.2, 0.1, 0.5, 0.5, -0.4];
