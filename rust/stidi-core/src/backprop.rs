@@ -383,3 +383,108 @@ pub(crate) fn slope_conv(
         })
         .collect()
 }
+
+/// Phase 2 of a Dense layer, input by input: what a STiDi-BP step reads of a
+/// batch, laid out per sample so that one input's sums over all outputs are a
+/// vector pass (the row-by-row [`accumulate_row`] scatters one output's sums
+/// over the sample's inputs instead). Each weight's sum adds the same terms in
+/// the same sample order as `accumulate_row`, plus `+0` for pairs it skips.
+pub(crate) struct DenseBatch {
+    out: usize,
+    rows: usize,
+    /// Per sample, the layer's input times (`rows` each).
+    x: Vec<f64>,
+    /// Per sample, the outputs' kernel times, `g_j` and (τ2 = ∞) `g_j/τ1`.
+    t: Vec<f64>,
+    g: Vec<f64>,
+    g1: Vec<f64>,
+    /// Inputs that spike in at least one sample: the others get no sum.
+    pub spiked: Vec<bool>,
+    psp: Psp,
+    tmax: f64,
+}
+
+impl DenseBatch {
+    pub fn new(net: &Network, l: usize, recs: &[SampleRec], input: &[f64]) -> DenseBatch {
+        let (out, rows) = net.layers[l].weight_dims().expect("a Dense layer");
+        let si = net.spiking_index(l);
+        let n_in = net.in_size;
+        let tau1 = net.psp.tau_rise;
+        let (mut x, mut cat) = (Vec::with_capacity(recs.len() * rows), Vec::new());
+        let mut t = Vec::with_capacity(recs.len() * out);
+        let mut g = Vec::with_capacity(recs.len() * out);
+        for (b, rec) in recs.iter().enumerate() {
+            let xb = &input[b * n_in..(b + 1) * n_in];
+            x.extend_from_slice(net.input_of(l, xb, &rec.times, &mut cat));
+            t.extend(rec.times[l].iter().map(|&tj| net.kernel_time(tj)));
+            g.extend_from_slice(&rec.g[si]);
+        }
+        let g1 = g.iter().map(|&gj| gj / tau1).collect();
+        let tmax = net.tmax;
+        let mut spiked = vec![false; rows];
+        for xb in x.chunks_exact(rows) {
+            for (s, &ti) in spiked.iter_mut().zip(xb) {
+                *s |= ti < tmax;
+            }
+        }
+        DenseBatch {
+            out,
+            rows,
+            x,
+            t,
+            g,
+            g1,
+            spiked,
+            psp: net.psp,
+            tmax,
+        }
+    }
+
+    /// Sets `sums[(i − inputs.start) * out + j]` to the batch sum of
+    /// `g_j ε(t_j − t_i)` over the samples in which input `i` spikes.
+    pub fn sums(&self, inputs: std::ops::Range<usize>, sums: &mut [f64]) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::engine::use_avx2() {
+            // SAFETY: the CPU supports AVX2 (checked at run time).
+            return unsafe { self.sums_avx2(inputs, sums) };
+        }
+        self.sums_body(inputs, sums)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn sums_avx2(&self, inputs: std::ops::Range<usize>, sums: &mut [f64]) {
+        self.sums_body(inputs, sums)
+    }
+
+    #[inline(always)]
+    fn sums_body(&self, inputs: std::ops::Range<usize>, sums: &mut [f64]) {
+        let (out, tau1) = (self.out, self.psp.tau_rise);
+        sums.fill(0.0);
+        for (b, xb) in self.x.chunks_exact(self.rows).enumerate() {
+            let t = &self.t[b * out..(b + 1) * out];
+            let g = &self.g[b * out..(b + 1) * out];
+            let g1 = &self.g1[b * out..(b + 1) * out];
+            for (acc, &ti) in sums.chunks_exact_mut(out).zip(&xb[inputs.clone()]) {
+                if ti >= self.tmax {
+                    continue;
+                }
+                if self.psp.tau_fall.is_infinite() {
+                    // The plateau adds g_j, the rise (g_j/τ1)·s, as accumulate_row.
+                    for (((a, &tj), &gj), &g1j) in acc.iter_mut().zip(t).zip(g).zip(g1) {
+                        let s = tj - ti;
+                        let c = if s > tau1 { gj } else { g1j * s };
+                        *a += if s > 0.0 { c } else { 0.0 };
+                    }
+                } else {
+                    for ((a, &tj), &gj) in acc.iter_mut().zip(t).zip(g) {
+                        let s = tj - ti;
+                        if s > 0.0 {
+                            *a += gj * self.psp.eps(s);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

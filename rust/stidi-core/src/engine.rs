@@ -819,7 +819,7 @@ impl Cross {
 /// portable copy and the results are bit-identical.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-fn use_avx2() -> bool {
+pub(crate) fn use_avx2() -> bool {
     #[cfg(test)]
     if PORTABLE_SWEEPS.with(|p| p.get()) {
         return false;

@@ -473,19 +473,26 @@ impl Network {
     }
 
     /// Transposed weights of the real Dense layers for one training step of
-    /// `batch` samples (empty for the others, and for every layer when the
-    /// batch is small): from [`DENSE_TRANSPOSE_MIN_BATCH`] samples on, one
-    /// copy per step costs less than the strided reads of
-    /// [`RowWeights::Cols`]. The spike times are the same either way.
-    pub(crate) fn step_transposes(&self, params: &[LayerParams], batch: usize) -> Vec<Vec<f64>> {
+    /// `batch` samples (empty for the others, for those `wt` already holds, and
+    /// for every layer when the batch is small): from
+    /// [`DENSE_TRANSPOSE_MIN_BATCH`] samples on, one copy per step costs less
+    /// than the strided reads of [`RowWeights::Cols`]. The spike times are the
+    /// same either way.
+    pub(crate) fn step_transposes(
+        &self,
+        params: &[LayerParams],
+        wt: &[Vec<f64>],
+        batch: usize,
+    ) -> Vec<Vec<f64>> {
         if batch < DENSE_TRANSPOSE_MIN_BATCH {
             return Vec::new();
         }
         self.layers
             .iter()
             .zip(params)
-            .map(|(layer, p)| match (layer, layer.weight_dims()) {
-                (Layer::Dense { binary: false, .. }, Some((out, rows))) => {
+            .zip(wt)
+            .map(|((layer, p), wt)| match (layer, layer.weight_dims()) {
+                (Layer::Dense { binary: false, .. }, Some((out, rows))) if wt.is_empty() => {
                     transpose(p.weight, out, rows)
                 }
                 _ => Vec::new(),

@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rayon::prelude::*;
 use rayon::ThreadPool;
 
-use crate::backprop::{accumulate_row, forward_weight, SampleRec};
+use crate::backprop::{accumulate_row, forward_weight, DenseBatch, SampleRec};
 use crate::engine::Scratch;
 use crate::error::{invalid, Error, Result};
-use crate::network::{split_parts, Layer, Network};
+use crate::network::{split_parts, Layer, Network, DENSE_TRANSPOSE_MIN_BATCH};
 use crate::spec::{ConvReduce, ExactConfig, Hyper, LayerParams, LayerParamsMut, Optimizer, Rule};
 use crate::threads::current_pool;
 use crate::{exact, stidibp};
@@ -186,10 +186,12 @@ impl Network {
         // One entry into the pool for all the steps: the steps' parallel
         // sections then start from a worker thread.
         pool.install(|| {
+            // Steps of a few samples read real Dense weights in place; larger
+            // ones sweep a transposed copy that phase 2 keeps up to date.
             let mut wt = {
                 let views: Vec<LayerParams> =
                     params.iter().map(LayerParamsMut::as_params).collect();
-                self.transpose_all(&views, false)
+                self.transpose_all(&views, batch_size >= DENSE_TRANSPOSE_MIN_BATCH)
             };
             let mut out = Vec::with_capacity(n.div_ceil(batch_size));
             for (s, lo) in (0..n).step_by(batch_size).enumerate() {
@@ -227,7 +229,7 @@ impl Network {
         let batch = labels.len();
         let recs: Vec<SampleRec> = {
             let views: Vec<LayerParams> = params.iter().map(LayerParamsMut::as_params).collect();
-            let fresh = self.step_transposes(&views, batch);
+            let fresh = self.step_transposes(&views, wt, batch);
             let prep = self.row_weights(&views, wt, &fresh);
             let weights: Vec<&[f64]> = views.iter().map(|p| p.weight).collect();
             let n_in = self.in_size;
@@ -262,6 +264,15 @@ impl Network {
             // layer's weights from inputs that never spiked stay as they are.
             let sparse = decay == 0.0 && matches!(self.layers[l], Layer::Dense { .. });
             let p = &mut params[l];
+            // Batches: input by input, in vector passes. A few samples: row by
+            // row below, visiting only the inputs that spiked.
+            if matches!(self.layers[l], Layer::Dense { .. }) && batch >= DENSE_TRANSPOSE_MIN_BATCH {
+                let keep = if sync { &mut wt[l][..] } else { &mut [][..] };
+                if !self.update_dense(l, &recs, input, p, keep, factor, decay) {
+                    return Err(l);
+                }
+                continue;
+            }
             // Every new weight is checked as it is written (one compare each);
             // on a non-finite one the caller puts back the weights it saved.
             let finite = AtomicBool::new(true);
@@ -339,6 +350,73 @@ impl Network {
         Ok(stats)
     }
 
+    /// Phase 2 of a STiDi-BP step for Dense layer `l`, input by input: blocks of
+    /// inputs in parallel, each summing its inputs' terms over the batch in one
+    /// vector pass per sample and input, then writing its columns of the weight
+    /// and the same rows of the packed signs and of `wt` (the transposed weight
+    /// the next step sweeps; empty if none is kept). With no decay the inputs
+    /// that never spiked keep their weights. `false` if a new weight is not finite.
+    #[allow(clippy::too_many_arguments)]
+    fn update_dense(
+        &self,
+        l: usize,
+        recs: &[SampleRec],
+        input: &[f64],
+        p: &mut LayerParamsMut,
+        wt: &mut [f64],
+        factor: f64,
+        decay: f64,
+    ) -> bool {
+        const BLOCK: usize = 8;
+        let (out, rows) = self.layers[l].weight_dims().expect("a Dense layer");
+        let batch = DenseBatch::new(self, l, recs, input);
+        let binary = self.layers[l].is_binary();
+        let wpr = crate::bits::words_per_row(out);
+        let every = decay != 0.0;
+        let w = Columns::new(p.weight, rows);
+        let packed = Columns::new(if binary { p.packed } else { &mut [] }, 1);
+        let wt = Columns::new(wt, 1);
+        (0..rows.div_ceil(BLOCK))
+            .into_par_iter()
+            .map_init(
+                || vec![0.0; BLOCK * out],
+                |sums, q| {
+                    let inputs = q * BLOCK..((q + 1) * BLOCK).min(rows);
+                    let todo: Vec<usize> = inputs
+                        .clone()
+                        .filter(|&i| every || batch.spiked[i])
+                        .collect();
+                    if todo.is_empty() {
+                        return true;
+                    }
+                    let sums = &mut sums[..inputs.len() * out];
+                    batch.sums(inputs.clone(), sums);
+                    let mut ok = true;
+                    for &i in &todo {
+                        let sums = &sums[(i - inputs.start) * out..][..out];
+                        // SAFETY (all three): input i's column of the weight, its
+                        // packed row and its row of `wt` are this task's alone.
+                        let words = unsafe { packed.row(i * wpr, if binary { wpr } else { 0 }) };
+                        words.fill(0);
+                        let row = unsafe { wt.row(i * out, if wt.len > 0 { out } else { 0 }) };
+                        for (j, &a) in sums.iter().enumerate() {
+                            let wji = unsafe { w.at(j, i) };
+                            *wji += a * factor - decay * *wji;
+                            ok &= wji.is_finite();
+                            if binary {
+                                words[j / 64] |= u64::from(*wji >= 0.0) << (j % 64);
+                            }
+                            if let Some(d) = row.get_mut(j) {
+                                *d = *wji;
+                            }
+                        }
+                    }
+                    ok
+                },
+            )
+            .reduce(|| true, |a, b| a && b)
+    }
+
     /// Phase 1 of `rule` over a batch, on the current rayon pool, with `lr` in
     /// place of the rule's rates (they decide which layers need errors).
     fn sample_recs(
@@ -350,7 +428,7 @@ impl Network {
         rule: &Rule,
         lr: &[f64],
     ) -> Vec<SampleRec> {
-        let fresh = self.step_transposes(params, labels.len());
+        let fresh = self.step_transposes(params, wt, labels.len());
         let prep = self.row_weights(params, wt, &fresh);
         let weights: Vec<&[f64]> = params.iter().map(|p| p.weight).collect();
         let n_in = self.in_size;
@@ -752,5 +830,51 @@ impl Network {
             );
         }
         Ok(())
+    }
+}
+
+/// A matrix that several tasks of one parallel pass write at once, each its own
+/// columns (or rows): raw access, with the caller's promise that no two tasks
+/// touch the same element.
+struct Columns<T> {
+    ptr: *mut T,
+    len: usize,
+    stride: usize,
+}
+
+// SAFETY: the tasks sharing it write disjoint elements (see `at` and `row`).
+unsafe impl<T: Send> Sync for Columns<T> {}
+
+impl<T> Columns<T> {
+    fn new(data: &mut [T], stride: usize) -> Columns<T> {
+        Columns {
+            ptr: data.as_mut_ptr(),
+            len: data.len(),
+            stride,
+        }
+    }
+
+    /// Element `(j, i)` of a row-major matrix with rows of `stride`.
+    ///
+    /// # Safety
+    /// No other task may access this element during the pass.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn at(&self, j: usize, i: usize) -> &mut T {
+        let k = j * self.stride + i;
+        assert!(k < self.len);
+        &mut *self.ptr.add(k)
+    }
+
+    /// `n` elements from `start`.
+    ///
+    /// # Safety
+    /// No other task may access them during the pass.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row(&self, start: usize, n: usize) -> &mut [T] {
+        if n == 0 {
+            return &mut [];
+        }
+        assert!(start + n <= self.len);
+        std::slice::from_raw_parts_mut(self.ptr.add(start), n)
     }
 }
