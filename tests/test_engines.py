@@ -441,23 +441,32 @@ import sys
 import numpy as np
 import stidi_rs as sr
 
+from stidi_rs import presets
+
 binary = sys.argv[2] == "1"
-# Channel counts that are not multiples of the vector width exercise the remainders.
-layers = [
-    sr.Conv2d(1, 37, 5, 7.0, binary=binary),
-    sr.MaxPool2d(2),
-    sr.Dense(37 * 10 * 10, 70, 30.0, binary=binary),
-    sr.Dense(70, 10, 8.0, binary=binary),
-]
-net = sr.Network(layers, (1, 24, 24), seed=7, backend="rust")
+if sys.argv[3] == "ramp":
+    # Ramp neurons compute drives, not sweeps: the two-conv-layer presets' networks.
+    preset = presets.get("csnn-deep-binary" if binary else "csnn-deep")
+    net = preset.build(seed=7)
+    rule = dict(lr=0.1, **preset.settings("mnist")["rule_set"])
+else:
+    # Channel counts that are not multiples of the vector width exercise the remainders.
+    layers = [
+        sr.Conv2d(1, 37, 5, 7.0, binary=binary),
+        sr.MaxPool2d(2),
+        sr.Dense(37 * 10 * 10, 70, 30.0, binary=binary),
+        sr.Dense(70, 10, 8.0, binary=binary),
+    ]
+    net = sr.Network(layers, (1, 24, 24), seed=7, backend="rust")
+    rule = dict(lr=0.5)
 rng = np.random.default_rng(7)
-x = rng.uniform(0, net.tmax, size=(12, 1, 24, 24))
+x = rng.uniform(0, net.tmax, size=(12, *net.input_shape))
 x[rng.random(x.shape) < 0.4] = net.tmax
 labels = rng.integers(0, 10, size=len(x))
 out = {f"fwd{i}": a for i, a in enumerate(net.forward(x))}
-stats = sr.STiDiBP(net, lr=0.5).steps(x, labels, batch_size=1)
+stats = sr.STiDiBP(net, **rule).steps(x, labels, batch_size=1)
 out.update({f"w{i}": layer.weight for i, layer in enumerate(net.spiking_layers)})
-sr.STiDiBP(net, lr=0.5).steps(x, labels, batch_size=8)  # the batch path of phase 2
+sr.STiDiBP(net, **rule).steps(x, labels, batch_size=8)  # the batch path of phase 2
 out.update({f"batch_w{i}": layer.weight for i, layer in enumerate(net.spiking_layers)})
 out["fired"] = np.asarray(stats["fired"])
 out["predict"] = net.predict(x)
@@ -473,11 +482,13 @@ def _cpu_has_avx2() -> bool:
         return False
 
 
+@pytest.mark.parametrize("neuron", ["psp", "ramp"])
 @pytest.mark.parametrize("binary", ["0", "1"])
-def test_vector_and_portable_kernels_agree_bit_for_bit(tmp_path, binary):
-    """The AVX2 copies of the sweeps, chosen at run time, against the portable copies
-    (``STIDI_RS_PORTABLE=1``) in the built extension: forward times, predictions and
-    weights after per-sample and batch training are identical to the bit."""
+def test_vector_and_portable_kernels_agree_bit_for_bit(tmp_path, binary, neuron):
+    """The AVX2 copies of the sweeps and of the ramp neurons' drives, chosen at run
+    time, against the portable copies (``STIDI_RS_PORTABLE=1``) in the built
+    extension: forward times, predictions and weights after per-sample and batch
+    training are identical to the bit."""
     if not _cpu_has_avx2():
         pytest.skip("this CPU has no AVX2: only the portable kernels exist here")
     runs = {}
@@ -485,7 +496,7 @@ def test_vector_and_portable_kernels_agree_bit_for_bit(tmp_path, binary):
         path = tmp_path / f"out{portable}.npz"
         env = dict(os.environ, STIDI_RS_PORTABLE=portable, RAYON_NUM_THREADS="2")
         subprocess.run(
-            [sys.executable, "-c", _KERNELS_CHILD, str(path), binary], env=env, check=True
+            [sys.executable, "-c", _KERNELS_CHILD, str(path), binary, neuron], env=env, check=True
         )
         runs[portable] = dict(np.load(path))
     assert str(runs["0"].pop("kernels")) == "avx2"

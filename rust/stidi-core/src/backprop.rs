@@ -10,7 +10,7 @@ use crate::decide::decide_with_tmax;
 use crate::engine::{Active, ConvGeom, PoolGeom, RowWeights, Scratch};
 use crate::network::{Layer, Network};
 use crate::psp::Psp;
-use crate::spec::Displacement;
+use crate::spec::{Displacement, Neuron};
 
 /// What phase 1 keeps of one sample.
 pub(crate) struct SampleRec {
@@ -115,7 +115,8 @@ impl Kern {
         if self.causal {
             return if s > 0.0 { self.inv1 } else { 0.0 };
         }
-        let rise = if s > 0.0 && s <= self.tau1 {
+        // `&`, not `&&`: one select, no branch, so the loops over a field vectorise.
+        let rise = if (s > 0.0) & (s <= self.tau1) {
             self.inv1
         } else {
             0.0
@@ -123,7 +124,7 @@ impl Kern {
         if self.inf {
             rise
         } else {
-            let fall = if s > self.tau1 && s <= self.end {
+            let fall = if (s > self.tau1) & (s <= self.end) {
                 -self.inv2
             } else {
                 0.0
@@ -193,6 +194,8 @@ pub(crate) fn disp_dense(
 
 /// The same for a Conv2d: every output neuron over its receptive field,
 /// restricted to the input channels `chans`; `dsum` holds those channels.
+/// `at_end`: `ε'(t_k − t_i)` per input when every neuron's kernel time is the
+/// same `t_k` (ramp neurons), the same values as evaluated per pair.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn disp_conv(
     kern: &Kern,
@@ -204,6 +207,48 @@ pub(crate) fn disp_conv(
     binary: bool,
     chans: std::ops::Range<usize>,
     dsum: &mut [f64],
+    at_end: Option<&[f64]>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::engine::use_avx2() {
+        // SAFETY: the CPU supports AVX2 (checked at run time).
+        return unsafe { disp_conv_avx2(kern, geom, x, y, g, w, binary, chans, dsum, at_end) };
+    }
+    disp_conv_body(kern, geom, x, y, g, w, binary, chans, dsum, at_end)
+}
+
+/// [`disp_conv`] compiled for AVX2; no FMA, so the same IEEE operations.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn disp_conv_avx2(
+    kern: &Kern,
+    geom: &ConvGeom,
+    x: &[f64],
+    y: &[f64],
+    g: &[f64],
+    w: &[f64],
+    binary: bool,
+    chans: std::ops::Range<usize>,
+    dsum: &mut [f64],
+    at_end: Option<&[f64]>,
+) {
+    disp_conv_body(kern, geom, x, y, g, w, binary, chans, dsum, at_end)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn disp_conv_body(
+    kern: &Kern,
+    geom: &ConvGeom,
+    x: &[f64],
+    y: &[f64],
+    g: &[f64],
+    w: &[f64],
+    binary: bool,
+    chans: std::ops::Range<usize>,
+    dsum: &mut [f64],
+    at_end: Option<&[f64]>,
 ) {
     let off = chans.start * geom.h * geom.w;
     let (k, rows, positions) = (geom.k, geom.rows(), geom.positions());
@@ -218,11 +263,16 @@ pub(crate) fn disp_conv(
             for ky in 0..k {
                 let base = c * geom.h * geom.w + (oy + ky) * geom.w + ox;
                 let r0 = (c * k + ky) * k;
-                for ((d, &ti), &wr) in dsum[base - off..base - off + k]
-                    .iter_mut()
-                    .zip(&x[base..base + k])
-                    .zip(&wrow[r0..r0 + k])
-                {
+                let d = &mut dsum[base - off..base - off + k];
+                if let Some(e) = at_end {
+                    for ((d, &e), &wr) in
+                        d.iter_mut().zip(&e[base..base + k]).zip(&wrow[r0..r0 + k])
+                    {
+                        *d += gj * forward_weight(wr, binary) * e;
+                    }
+                    continue;
+                }
+                for ((d, &ti), &wr) in d.iter_mut().zip(&x[base..base + k]).zip(&wrow[r0..r0 + k]) {
                     *d += gj * forward_weight(wr, binary) * kern.deps(tj - ti);
                 }
             }
@@ -234,7 +284,9 @@ pub(crate) fn disp_conv(
 /// of `g_j ε(t_j − t_i)` over the row's weights (samples in order, then
 /// positions, then the receptive field) into `acc`, which must be zero.
 /// Returns, for a Dense layer, how many sorted inputs each sample touched
-/// (`touched[b]`), so that the caller can visit only those.
+/// (`touched[b]`), so that the caller can visit only those. `at_end` (Conv2d
+/// layers of ramp neurons): [`kernels_at_end`] of the batch.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn accumulate_row(
     net: &Network,
     l: usize,
@@ -243,6 +295,44 @@ pub(crate) fn accumulate_row(
     input: &[f64],
     acc: &mut [f64],
     touched: &mut Vec<usize>,
+    at_end: Option<&[f64]>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::engine::use_avx2() {
+        // SAFETY: the CPU supports AVX2 (checked at run time).
+        return unsafe { accumulate_row_avx2(net, l, o, recs, input, acc, touched, at_end) };
+    }
+    accumulate_row_body(net, l, o, recs, input, acc, touched, at_end)
+}
+
+/// [`accumulate_row`] compiled for AVX2; no FMA, so the same IEEE operations.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn accumulate_row_avx2(
+    net: &Network,
+    l: usize,
+    o: usize,
+    recs: &[SampleRec],
+    input: &[f64],
+    acc: &mut [f64],
+    touched: &mut Vec<usize>,
+    at_end: Option<&[f64]>,
+) {
+    accumulate_row_body(net, l, o, recs, input, acc, touched, at_end)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn accumulate_row_body(
+    net: &Network,
+    l: usize,
+    o: usize,
+    recs: &[SampleRec],
+    input: &[f64],
+    acc: &mut [f64],
+    touched: &mut Vec<usize>,
+    at_end: Option<&[f64]>,
 ) {
     let si = net.spiking_index(l);
     let psp = &net.psp;
@@ -301,11 +391,19 @@ pub(crate) fn accumulate_row(
                         continue;
                     }
                     let (oy, ox) = (p / geom.wo, p % geom.wo);
+                    let e = at_end.map(|e| &e[b * x.len()..(b + 1) * x.len()]);
                     for c in 0..geom.cin {
                         for ky in 0..k {
                             let base = c * geom.h * geom.w + (oy + ky) * geom.w + ox;
                             let r0 = (c * k + ky) * k;
-                            for (a, &ti) in acc[r0..r0 + k].iter_mut().zip(&x[base..base + k]) {
+                            let a = &mut acc[r0..r0 + k];
+                            if let Some(e) = e {
+                                for (a, &e) in a.iter_mut().zip(&e[base..base + k]) {
+                                    *a += gj * e;
+                                }
+                                continue;
+                            }
+                            for (a, &ti) in a.iter_mut().zip(&x[base..base + k]) {
                                 *a += gj * kern.eps(net.kernel_time(tj) - ti);
                             }
                         }
@@ -487,4 +585,26 @@ impl DenseBatch {
             }
         }
     }
+}
+
+/// Ramp neurons evaluate every kernel at one time, the end of the window below:
+/// `ε(tmax − t_i)` of each sample's inputs to layer `l`, computed once rather
+/// than once per pair. `None` for PSP neurons.
+pub(crate) fn kernels_at_end(
+    net: &Network,
+    l: usize,
+    recs: &[SampleRec],
+    input: &[f64],
+) -> Option<Vec<f64>> {
+    if net.neuron != Neuron::Ramp {
+        return None;
+    }
+    let kern = Kern::new(&net.psp);
+    let (mut cat, mut out) = (Vec::new(), Vec::new());
+    for (b, rec) in recs.iter().enumerate() {
+        let xb = &input[b * net.in_size..(b + 1) * net.in_size];
+        let x = net.input_of(l, xb, &rec.times, &mut cat);
+        out.extend(x.iter().map(|&ti| kern.eps(net.tmax - ti)));
+    }
+    Some(out)
 }

@@ -211,6 +211,7 @@ fn backward_sample(
                 binary,
                 0..geom.cin,
                 &mut dsum,
+                None,
             ),
             _ => disp_dense(&kern, xin, yk, &a_prop, w, binary, &mut dsum),
         }

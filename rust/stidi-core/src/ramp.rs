@@ -6,6 +6,8 @@
 //! `θ·tmax − u_j` of its own window, at 0 if `u_j ≥ θ·tmax` and never if that is
 //! `≥ tmax`. Times are relative to each layer's window.
 
+#[cfg(target_arch = "x86_64")]
+use crate::engine::use_avx2;
 use crate::engine::{ConvGeom, RowWeights};
 
 /// Spike time of a ramp neuron with drive `u` (`tmax`: no spike).
@@ -34,6 +36,30 @@ pub(crate) fn dense_drive(
     scale: f64,
     tmax: f64,
 ) -> Vec<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2() {
+        // SAFETY: the CPU supports AVX2 (checked at run time).
+        return unsafe { dense_drive_avx2(x, w, n_out, scale, tmax) };
+    }
+    dense_drive_body(x, w, n_out, scale, tmax)
+}
+
+/// The drives compiled for AVX2 (4 lanes per axpy); no FMA, so every output
+/// sees the same IEEE operations as in the portable copy.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dense_drive_avx2(
+    x: &[f64],
+    w: &RowWeights,
+    n_out: usize,
+    scale: f64,
+    tmax: f64,
+) -> Vec<f64> {
+    dense_drive_body(x, w, n_out, scale, tmax)
+}
+
+#[inline(always)]
+fn dense_drive_body(x: &[f64], w: &RowWeights, n_out: usize, scale: f64, tmax: f64) -> Vec<f64> {
     let mut u = vec![0.0; n_out];
     for (i, &t) in x.iter().enumerate() {
         if t < tmax {
@@ -52,6 +78,28 @@ pub(crate) fn conv_drive(
     scale: f64,
     tmax: f64,
 ) -> Vec<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2() {
+        // SAFETY: the CPU supports AVX2 (checked at run time).
+        return unsafe { conv_drive_avx2(x, g, w, scale, tmax) };
+    }
+    conv_drive_body(x, g, w, scale, tmax)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn conv_drive_avx2(
+    x: &[f64],
+    g: &ConvGeom,
+    w: &RowWeights,
+    scale: f64,
+    tmax: f64,
+) -> Vec<f64> {
+    conv_drive_body(x, g, w, scale, tmax)
+}
+
+#[inline(always)]
+fn conv_drive_body(x: &[f64], g: &ConvGeom, w: &RowWeights, scale: f64, tmax: f64) -> Vec<f64> {
     let positions = g.positions();
     let mut u = vec![0.0; g.cout * positions];
     let mut acc = vec![0.0; g.cout];

@@ -186,6 +186,10 @@ fn backward_sample(
         let w = weights[l];
         match &net.layers[l] {
             Layer::Conv { g: geom, .. } => {
+                // One kernel time for every neuron: ε' once per input, not per pair.
+                let at_end: Option<Vec<f64>> = (net.neuron == Neuron::Ramp)
+                    .then(|| xin.iter().map(|&ti| kern.deps(tmax - ti)).collect());
+                let at_end = at_end.as_deref();
                 let plane = geom.h * geom.w;
                 // Split over input channels: each input's sum keeps its order.
                 let per = geom.cin.div_ceil(parts.min(geom.cin).max(1));
@@ -195,10 +199,21 @@ fn backward_sample(
                         .for_each(|(part, d)| {
                             let c0 = part * per;
                             let cs = c0..c0 + d.len() / plane;
-                            disp_conv(&kern, geom, xin, y, g, w, binary, cs, d);
+                            disp_conv(&kern, geom, xin, y, g, w, binary, cs, d, at_end);
                         });
                 } else {
-                    disp_conv(&kern, geom, xin, y, g, w, binary, 0..geom.cin, &mut dsum);
+                    disp_conv(
+                        &kern,
+                        geom,
+                        xin,
+                        y,
+                        g,
+                        w,
+                        binary,
+                        0..geom.cin,
+                        &mut dsum,
+                        at_end,
+                    );
                 }
             }
             _ => disp_dense(&kern, xin, y, g, w, binary, &mut dsum),

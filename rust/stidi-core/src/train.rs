@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rayon::prelude::*;
 use rayon::ThreadPool;
 
-use crate::backprop::{accumulate_row, forward_weight, DenseBatch, SampleRec};
+use crate::backprop::{accumulate_row, forward_weight, kernels_at_end, DenseBatch, SampleRec};
 use crate::engine::Scratch;
 use crate::error::{invalid, Error, Result};
 use crate::network::{split_parts, Layer, Network, DENSE_TRANSPOSE_MIN_BATCH};
@@ -276,10 +276,11 @@ impl Network {
             // Every new weight is checked as it is written (one compare each);
             // on a non-finite one the caller puts back the weights it saved.
             let finite = AtomicBool::new(true);
+            let at_end = self.conv_kernels_at_end(l, &recs, input);
             p.weight.par_chunks_mut(rows).enumerate().for_each_init(
                 || (vec![0.0; rows], Vec::new()),
                 |(acc, touched), (o, w)| {
-                    accumulate_row(self, l, o, &recs, input, acc, touched);
+                    accumulate_row(self, l, o, &recs, input, acc, touched, at_end.as_deref());
                     let mut ok = true;
                     // Visiting only the touched weights pays when they are few
                     // (small batches); the choice depends only on the data.
@@ -348,6 +349,15 @@ impl Network {
             }
         }
         Ok(stats)
+    }
+
+    /// [`kernels_at_end`] for a Conv2d layer `l` (its rows revisit every input
+    /// once per position); `None` otherwise.
+    fn conv_kernels_at_end(&self, l: usize, recs: &[SampleRec], input: &[f64]) -> Option<Vec<f64>> {
+        match self.layers[l] {
+            Layer::Conv { .. } => kernels_at_end(self, l, recs, input),
+            _ => None,
+        }
     }
 
     /// Phase 2 of a STiDi-BP step for Dense layer `l`, input by input: blocks of
@@ -505,10 +515,12 @@ impl Network {
                     };
                     let w = params[l].weight;
                     let mut grad = vec![0.0; w.len()];
+                    let at_end = self.conv_kernels_at_end(l, &recs, input);
                     grad.par_chunks_mut(rows).enumerate().for_each_init(
                         Vec::new,
                         |touched, (o, acc)| {
-                            accumulate_row(self, l, o, &recs, input, acc, touched);
+                            let at_end = at_end.as_deref();
+                            accumulate_row(self, l, o, &recs, input, acc, touched, at_end);
                             let row = &w[o * rows..(o + 1) * rows];
                             let h = self.hinge_grad(l, row, hinge);
                             for (a, &wi) in acc.iter_mut().zip(row) {
@@ -622,9 +634,10 @@ impl Network {
             }
             let wd = cfg.weight_decay;
             let p = &mut params[l];
+            let at_end = self.conv_kernels_at_end(l, &recs, input);
             let update = |o: usize, w: &mut [f64], acc: &mut Vec<f64>, touched: &mut Vec<usize>| {
                 acc.resize(rows, 0.0);
-                accumulate_row(self, l, o, &recs, input, acc, touched);
+                accumulate_row(self, l, o, &recs, input, acc, touched, at_end.as_deref());
                 let h = self.hinge_grad(l, w, cfg.sum_hinge);
                 for (a, &wi) in acc.iter_mut().zip(w.iter()) {
                     *a = -*a * inv_b + wd * wi + h;
