@@ -9,7 +9,7 @@ synaptic event from the engine's own count (``Network.synaptic_events``).
     stidi-rs bench --quick    # fewer images, for a smoke test
     stidi-rs bench --json     # one JSON object per configuration
 
-The two benchmark networks are defined here, not taken from ``stidi_rs.presets``,
+The three benchmark networks are defined here, not taken from ``stidi_rs.presets``,
 so that the figures do not move when a preset changes.
 """
 
@@ -24,20 +24,41 @@ import time
 
 import numpy as np
 
-MODELS = ("csnn", "dense")
+MODELS = ("csnn", "ramp", "dense")
 
-# Learning rules as the `dense` and `csnn` presets set them.
+# Learning rules as the `dense`, `csnn-deep-binary@ba5f36a` and `csnn-deep` presets set them.
 RULES = {
     "dense": {"lr": 12.8, "displacement": "causal"},
     "csnn": {"lr": [12.8, 50.0, 12.8], "conv_reduce": "mean"},
+    "ramp": {
+        "lr": 0.1,
+        "slope": "exact",
+        "targets": "softmax",
+        "normalize": False,
+        "tau_soft": 25.6,
+    },
 }
 
 
 def build(model: str, binary: bool, backend: str, seed: int = 0):
     """The benchmark network: ``dense`` 784-400-10 (θ 30, 60) or ``csnn``
-    conv5x5(16) θ4 - pool2 - conv5x5(32) θ30 - pool2 - dense(10) θ40; PSP(40, ∞)."""
+    conv5x5(16) θ4 - pool2 - conv5x5(32) θ30 - pool2 - dense(10) θ40, both PSP(40, ∞);
+    or ``ramp``, the ``csnn-deep`` preset's network: ramp neurons, conv5x5(32) -
+    pool2 - conv3x3(64) - pool2 - dense(10), θ 1 (binary: ±scale weights)."""
     import stidi_rs as sr
 
+    if model == "ramp":
+        init = [(-0.49, 0.49), (-0.144, 0.144), (-0.061, 0.061)]
+        scale = (0.245, 0.072, 0.0305) if binary else (1.0, 1.0, 1.0)
+        kw = [{"binary": binary, "init": i, "scale": s} for i, s in zip(init, scale)]
+        layers = [
+            sr.Conv2d(1, 32, 5, 1.0, **kw[0]),
+            sr.MaxPool2d(2),
+            sr.Conv2d(32, 64, 3, 1.0, **kw[1]),
+            sr.MaxPool2d(2),
+            sr.Dense(64 * 25, 10, 1.0, **kw[2]),
+        ]
+        return sr.Network(layers, (1, 28, 28), seed=seed, backend=backend, neuron="ramp")
     if model == "dense":
         layers = [sr.Dense(784, 400, 30.0, binary=binary), sr.Dense(400, 10, 60.0, binary=binary)]
         shape = (784,)
@@ -136,7 +157,7 @@ def run_one(cfg: dict) -> dict:
         twin = build(cfg["model"], False, "rust")
         fresh = build(cfg["model"], True, "rust")
         for a, b in zip(twin.spiking_layers, fresh.spiking_layers):
-            a.weight = np.where(b.weight >= 0, 1.0, -1.0)
+            a.weight = np.where(b.weight >= 0, b.scale, -b.scale)
         assert np.array_equal(twin.predict(x[:256]), fresh.predict(x[:256]))
         bits, floats = [], []
         for _ in range(cfg["rounds"]):
@@ -174,8 +195,8 @@ def configurations(quick: bool) -> list[dict]:
     out = []
     for model in MODELS:
         for weights in ("real", "binary"):
-            big = 256 if quick else (2048 if model == "csnn" else 8192)
-            small = 32 if quick else (64 if model == "csnn" else 256)
+            big = 256 if quick else {"csnn": 2048, "ramp": 1024}.get(model, 8192)
+            small = 32 if quick else {"csnn": 64, "ramp": 64}.get(model, 256)
             for engine, threads, n in (
                 ("numpy", 1, small),
                 ("rust", 1, big),

@@ -78,6 +78,34 @@ pub(crate) fn conv_drive(
     scale: f64,
     tmax: f64,
 ) -> Vec<f64> {
+    if let RowWeights::Bits { packed, wpr, out } = *w {
+        // A float row is cheaper to add than one decoded from bits, and a conv
+        // layer's signs are few: expand them to ±1.0 once per call. The sums
+        // are bit-identical (`a · ±1.0` is `±a`, as the bits' sign flip gives).
+        return SIGNS.with(|signs| {
+            let mut signs = signs.borrow_mut();
+            signs.clear();
+            for words in packed.chunks_exact(wpr).take(g.rows()) {
+                signs.extend((0..out).map(|j| {
+                    if (words[j / 64] >> (j % 64)) & 1 == 1 {
+                        1.0
+                    } else {
+                        -1.0
+                    }
+                }));
+            }
+            conv_drive_rows(x, g, &RowWeights::real(&signs, out), scale, tmax)
+        });
+    }
+    conv_drive_rows(x, g, w, scale, tmax)
+}
+
+thread_local! {
+    /// A binary conv layer's signs as `±1.0` rows, reused across calls.
+    static SIGNS: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn conv_drive_rows(x: &[f64], g: &ConvGeom, w: &RowWeights, scale: f64, tmax: f64) -> Vec<f64> {
     #[cfg(target_arch = "x86_64")]
     if use_avx2() {
         // SAFETY: the CPU supports AVX2 (checked at run time).
