@@ -275,6 +275,29 @@ def test_results_do_not_depend_on_thread_count():
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("name", ["csnn-deep", "csnn-deep-binary"])
+def test_one_sample_split_over_threads_changes_nothing(name):
+    """At batch 1 a ramp conv layer's positions are split over the threads: forward
+    times and per-sample STiDi-BP training are the same for 1, 2 and 3 threads."""
+    from stidi_rs import presets
+
+    preset = presets.get(name)
+    rule = dict(lr=0.1, **preset.settings("mnist")["rule_set"])
+    out = []
+    for threads in (1, 2, 3):
+        sr.set_num_threads(threads)
+        net = preset.build(seed=4)
+        x, y = random_inputs(4, net.input_shape, net.tmax, batch=3)
+        times = [net.forward(x[i : i + 1]) for i in range(len(x))]
+        sr.STiDiBP(net, **rule).steps(x, y, batch_size=1)
+        out.append((times, [lay.weight.copy() for lay in net.spiking_layers]))
+    sr.set_num_threads(0)
+    for times, weights in out[1:]:
+        for a, b in zip(times, out[0][0]):
+            assert all(np.array_equal(u, v) for u, v in zip(a, b))
+        assert all(np.array_equal(a, b) for a, b in zip(weights, out[0][1]))
+
+
 def test_bad_neuron_options_are_named():
     layers = [sr.Dense(4, 2, 1.0)]
     with pytest.raises(ValueError, match="unknown neuron 'lif'"):

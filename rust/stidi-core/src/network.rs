@@ -581,7 +581,7 @@ impl Network {
                         .filter(|&i| inp[i] < self.tmax)
                         .map(|i| g.fan_out(i))
                         .sum::<u64>();
-                    let u = ramp::conv_drive(inp, g, w, self.scale[l], self.tmax);
+                    let u = ramp::conv_drive(inp, g, w, self.scale[l], self.tmax, parts);
                     ramp::times(&u, *theta, self.tmax)
                 }
                 (Layer::Dense { n_out, theta, .. }, Some(w)) if ramp => {

@@ -8,7 +8,9 @@
 
 #[cfg(target_arch = "x86_64")]
 use crate::engine::use_avx2;
-use crate::engine::{ConvGeom, RowWeights};
+use rayon::prelude::*;
+
+use crate::engine::{ConvGeom, RowWeights, SPLIT_MIN_NEURONS};
 
 /// Spike time of a ramp neuron with drive `u` (`tmax`: no spike).
 #[inline]
@@ -70,34 +72,64 @@ fn dense_drive_body(x: &[f64], w: &RowWeights, n_out: usize, scale: f64, tmax: f
 }
 
 /// Drives of a Conv2d, laid out `(C_out, Ho, Wo)`; each position sums its
-/// receptive field in weight order.
+/// receptive field in weight order. With `parts > 1` (one sample on several
+/// threads) the positions are split into that many ranges on the current rayon
+/// pool; each position's sum is the same either way.
 pub(crate) fn conv_drive(
     x: &[f64],
     g: &ConvGeom,
     w: &RowWeights,
     scale: f64,
     tmax: f64,
+    parts: usize,
 ) -> Vec<f64> {
-    if let RowWeights::Bits { packed, wpr, out } = *w {
-        // A float row is cheaper to add than one decoded from bits, and a conv
-        // layer's signs are few: expand them to ±1.0 once per call. The sums
-        // are bit-identical (`a · ±1.0` is `±a`, as the bits' sign flip gives).
-        return SIGNS.with(|signs| {
-            let mut signs = signs.borrow_mut();
-            signs.clear();
-            for words in packed.chunks_exact(wpr).take(g.rows()) {
-                signs.extend((0..out).map(|j| {
-                    if (words[j / 64] >> (j % 64)) & 1 == 1 {
-                        1.0
-                    } else {
-                        -1.0
-                    }
-                }));
-            }
-            conv_drive_rows(x, g, &RowWeights::real(&signs, out), scale, tmax)
-        });
+    let positions = g.positions();
+    let parts = parts.min(positions).max(1);
+    if parts > 1 && positions * g.cout >= SPLIT_MIN_NEURONS {
+        // A fresh copy of the signs, not the thread's own: a thread waiting on
+        // the parts may run another sample's drive meanwhile.
+        let signs = expand_signs(w, g.rows());
+        let real = signs.as_ref().map(|s| RowWeights::real(s, w.out()));
+        let w = real.as_ref().unwrap_or(w);
+        let per = positions.div_ceil(parts);
+        let all: Vec<Vec<f64>> = (0..parts)
+            .into_par_iter()
+            .map(|k| {
+                drive_rows(
+                    x,
+                    g,
+                    w,
+                    scale,
+                    tmax,
+                    k * per..((k + 1) * per).min(positions),
+                )
+            })
+            .collect();
+        let mut u = vec![0.0; g.cout * positions];
+        for (k, acc) in all.iter().enumerate() {
+            scatter(acc, g, k * per, &mut u);
+        }
+        return u;
     }
-    conv_drive_rows(x, g, w, scale, tmax)
+    let mut u = vec![0.0; g.cout * positions];
+    let acc = if matches!(w, RowWeights::Bits { .. }) {
+        SIGNS.with(|signs| {
+            let mut signs = signs.borrow_mut();
+            fill_signs(w, g.rows(), &mut signs);
+            drive_rows(
+                x,
+                g,
+                &RowWeights::real(&signs, w.out()),
+                scale,
+                tmax,
+                0..positions,
+            )
+        })
+    } else {
+        drive_rows(x, g, w, scale, tmax, 0..positions)
+    };
+    scatter(&acc, g, 0, &mut u);
+    u
 }
 
 thread_local! {
@@ -105,51 +137,100 @@ thread_local! {
     static SIGNS: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-fn conv_drive_rows(x: &[f64], g: &ConvGeom, w: &RowWeights, scale: f64, tmax: f64) -> Vec<f64> {
-    #[cfg(target_arch = "x86_64")]
-    if use_avx2() {
-        // SAFETY: the CPU supports AVX2 (checked at run time).
-        return unsafe { conv_drive_avx2(x, g, w, scale, tmax) };
-    }
-    conv_drive_body(x, g, w, scale, tmax)
+/// A binary layer's first `rows` sign rows as `±1.0` (`None` for real weights).
+/// A float row is cheaper to add than one decoded from bits, and a conv layer's
+/// signs are few; the sums are bit-identical (`a · ±1.0` is `±a`, as the bits'
+/// sign flip gives).
+fn expand_signs(w: &RowWeights, rows: usize) -> Option<Vec<f64>> {
+    let mut signs = Vec::new();
+    matches!(w, RowWeights::Bits { .. }).then(|| {
+        fill_signs(w, rows, &mut signs);
+        signs
+    })
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn conv_drive_avx2(
+fn fill_signs(w: &RowWeights, rows: usize, signs: &mut Vec<f64>) {
+    let RowWeights::Bits { packed, wpr, out } = *w else {
+        unreachable!("signs of a binary layer")
+    };
+    signs.clear();
+    for words in packed.chunks_exact(wpr).take(rows) {
+        signs.extend((0..out).map(|j| {
+            if (words[j / 64] >> (j % 64)) & 1 == 1 {
+                1.0
+            } else {
+                -1.0
+            }
+        }));
+    }
+}
+
+/// Writes position-major drives of the positions from `start` into `u`,
+/// `(C_out, Ho, Wo)` order.
+fn scatter(acc: &[f64], g: &ConvGeom, start: usize, u: &mut [f64]) {
+    let positions = g.positions();
+    for (i, row) in acc.chunks_exact(g.cout).enumerate() {
+        for (o, &a) in row.iter().enumerate() {
+            u[o * positions + start + i] = a;
+        }
+    }
+}
+
+/// Drives of the positions `range`, position-major (`cout` per position).
+fn drive_rows(
     x: &[f64],
     g: &ConvGeom,
     w: &RowWeights,
     scale: f64,
     tmax: f64,
+    range: std::ops::Range<usize>,
 ) -> Vec<f64> {
-    conv_drive_body(x, g, w, scale, tmax)
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2() {
+        // SAFETY: the CPU supports AVX2 (checked at run time).
+        return unsafe { drive_rows_avx2(x, g, w, scale, tmax, range) };
+    }
+    drive_rows_body(x, g, w, scale, tmax, range)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn drive_rows_avx2(
+    x: &[f64],
+    g: &ConvGeom,
+    w: &RowWeights,
+    scale: f64,
+    tmax: f64,
+    range: std::ops::Range<usize>,
+) -> Vec<f64> {
+    drive_rows_body(x, g, w, scale, tmax, range)
 }
 
 #[inline(always)]
-fn conv_drive_body(x: &[f64], g: &ConvGeom, w: &RowWeights, scale: f64, tmax: f64) -> Vec<f64> {
-    let positions = g.positions();
-    let mut u = vec![0.0; g.cout * positions];
-    let mut acc = vec![0.0; g.cout];
-    for p in 0..positions {
+fn drive_rows_body(
+    x: &[f64],
+    g: &ConvGeom,
+    w: &RowWeights,
+    scale: f64,
+    tmax: f64,
+    range: std::ops::Range<usize>,
+) -> Vec<f64> {
+    let mut out = vec![0.0; range.len() * g.cout];
+    for (p, acc) in range.zip(out.chunks_exact_mut(g.cout)) {
         let (oy, ox) = (p / g.wo, p % g.wo);
-        acc.iter_mut().for_each(|a| *a = 0.0);
         for c in 0..g.cin {
             for ky in 0..g.k {
                 let base = c * g.h * g.w + (oy + ky) * g.w + ox;
                 let r0 = (c * g.k + ky) * g.k;
                 for (kx, &t) in x[base..base + g.k].iter().enumerate() {
                     if t < tmax {
-                        w.axpy(r0 + kx, scale * (tmax - t), &mut acc);
+                        w.axpy(r0 + kx, scale * (tmax - t), acc);
                     }
                 }
             }
         }
-        for (o, &a) in acc.iter().enumerate() {
-            u[o * positions + p] = a;
-        }
     }
-    u
+    out
 }
 
 /// Spike times from drives.
