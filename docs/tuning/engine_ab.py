@@ -4,8 +4,8 @@ Each build is an installed copy of the package (`pip install --no-deps --target
 DIR wheel`; the empty path means the one installed in site-packages). For each
 repetition, each checkpoint and each build in turn, a fresh subprocess imports
 that build, then times `Network.predict` on the first N MNIST test images and
-`STiDiBP.steps(..., batch_size=1)` on the same images from the checkpoint's
-weights (the rule settings saved with it). Prints the median and best
+`STiDiBP.steps(..., batch_size=B)` (`--batch`, default 1) on the same images from the checkpoint's
+weights (the rule and settings saved with it). Prints the median and best
 images/s of CPU time per build (less skewed by other processes than wall time;
 with one rayon thread it is the engine's time) and the ratio of each build's
 median to the first build's.
@@ -32,7 +32,7 @@ _CHILD = r"""
 import sys, time
 import stidi_rs as sr
 from stidi_rs import checkpoint, datasets
-path, n = sys.argv[1], int(sys.argv[2])
+path, n, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 net, cfg = checkpoint.load(path)
 x, y = datasets.load("mnist", "test")
 times = sr.encode(x[:n].reshape(n, *net.input_shape), tmax=net.tmax)
@@ -40,9 +40,10 @@ net.predict(times[:16])
 t = time.process_time()
 net.predict(times)
 infer = n / (time.process_time() - t)
-rule = sr.STiDiBP(net, **cfg["trainer"]["rule"])
+settings = dict(cfg["trainer"]["rule"])
+rule = sr.make_rule(settings.pop("name", "stidi-bp"), net, **settings)
 t = time.process_time()
-rule.steps(times, y[:n], 1)
+rule.steps(times, y[:n], batch)
 train = n / (time.process_time() - t)
 print(infer, train)
 """
@@ -52,6 +53,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=1, help="training batch size")
     ap.add_argument("builds", nargs="+", help="NAME=PATH (empty PATH: the installed package)")
     ap.add_argument("--checkpoint", action="append", required=True, dest="checkpoints")
     ap.add_argument(
@@ -70,12 +72,12 @@ def main():
                 env = dict(os.environ, PYTHONPATH=path)
                 if name in args.portable:
                     env["STIDI_RS_PORTABLE"] = "1"
-                cmd = [sys.executable, "-c", _CHILD, ckpt, str(args.n)]
+                cmd = [sys.executable, "-c", _CHILD, ckpt, str(args.n), str(args.batch)]
                 out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
                 infer, train = map(float, out.stdout.split())
                 seen.setdefault((ckpt, name), []).append((infer, train))
     print(
-        f"{args.n} MNIST test images, {args.reps} repetitions, "
+        f"{args.n} MNIST test images, training batch {args.batch}, {args.reps} repetitions, "
         f"RAYON_NUM_THREADS={os.environ.get('RAYON_NUM_THREADS', 'all')}"
     )
     print(

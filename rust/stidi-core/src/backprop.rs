@@ -7,7 +7,7 @@
 
 use crate::bits::sign;
 use crate::decide::decide_with_tmax;
-use crate::engine::{Active, ConvGeom, PoolGeom, RowWeights, Scratch};
+use crate::engine::{avx2_or_portable, Active, ConvGeom, PoolGeom, RowWeights, Scratch};
 use crate::network::{Layer, Network};
 use crate::psp::Psp;
 use crate::spec::{Displacement, Neuron};
@@ -192,48 +192,24 @@ pub(crate) fn disp_dense(
     }
 }
 
-/// The same for a Conv2d: every output neuron over its receptive field,
-/// restricted to the input channels `chans`; `dsum` holds those channels.
-/// `at_end`: `ε'(t_k − t_i)` per input when every neuron's kernel time is the
-/// same `t_k` (ramp neurons), the same values as evaluated per pair.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn disp_conv(
-    kern: &Kern,
-    geom: &ConvGeom,
-    x: &[f64],
-    y: &[f64],
-    g: &[f64],
-    w: &[f64],
-    binary: bool,
-    chans: std::ops::Range<usize>,
-    dsum: &mut [f64],
-    at_end: Option<&[f64]>,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::engine::use_avx2() {
-        // SAFETY: the CPU supports AVX2 (checked at run time).
-        return unsafe { disp_conv_avx2(kern, geom, x, y, g, w, binary, chans, dsum, at_end) };
-    }
-    disp_conv_body(kern, geom, x, y, g, w, binary, chans, dsum, at_end)
-}
-
-/// [`disp_conv`] compiled for AVX2; no FMA, so the same IEEE operations.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn disp_conv_avx2(
-    kern: &Kern,
-    geom: &ConvGeom,
-    x: &[f64],
-    y: &[f64],
-    g: &[f64],
-    w: &[f64],
-    binary: bool,
-    chans: std::ops::Range<usize>,
-    dsum: &mut [f64],
-    at_end: Option<&[f64]>,
-) {
-    disp_conv_body(kern, geom, x, y, g, w, binary, chans, dsum, at_end)
+avx2_or_portable! {
+    /// The same for a Conv2d: every output neuron over its receptive field,
+    /// restricted to the input channels `chans`; `dsum` holds those channels.
+    /// `at_end`: `ε'(t_k − t_i)` per input when every neuron's kernel time is the
+    /// same `t_k` (ramp neurons), the same values as evaluated per pair.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn disp_conv(
+        kern: &Kern,
+        geom: &ConvGeom,
+        x: &[f64],
+        y: &[f64],
+        g: &[f64],
+        w: &[f64],
+        binary: bool,
+        chans: std::ops::Range<usize>,
+        dsum: &mut [f64],
+        at_end: Option<&[f64]>,
+    ) = disp_conv_body;
 }
 
 #[inline(always)]
@@ -280,46 +256,24 @@ fn disp_conv_body(
     }
 }
 
-/// Phase 2 for one output channel `o` of spiking layer `l`: adds the batch sum
-/// of `g_j ε(t_j − t_i)` over the row's weights (samples in order, then
-/// positions, then the receptive field) into `acc`, which must be zero.
-/// Returns, for a Dense layer, how many sorted inputs each sample touched
-/// (`touched[b]`), so that the caller can visit only those. `at_end` (Conv2d
-/// layers of ramp neurons): [`kernels_at_end`] of the batch.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn accumulate_row(
-    net: &Network,
-    l: usize,
-    o: usize,
-    recs: &[SampleRec],
-    input: &[f64],
-    acc: &mut [f64],
-    touched: &mut Vec<usize>,
-    at_end: Option<&[f64]>,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::engine::use_avx2() {
-        // SAFETY: the CPU supports AVX2 (checked at run time).
-        return unsafe { accumulate_row_avx2(net, l, o, recs, input, acc, touched, at_end) };
-    }
-    accumulate_row_body(net, l, o, recs, input, acc, touched, at_end)
-}
-
-/// [`accumulate_row`] compiled for AVX2; no FMA, so the same IEEE operations.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn accumulate_row_avx2(
-    net: &Network,
-    l: usize,
-    o: usize,
-    recs: &[SampleRec],
-    input: &[f64],
-    acc: &mut [f64],
-    touched: &mut Vec<usize>,
-    at_end: Option<&[f64]>,
-) {
-    accumulate_row_body(net, l, o, recs, input, acc, touched, at_end)
+avx2_or_portable! {
+    /// Phase 2 for one output channel `o` of spiking layer `l`: adds the batch sum
+    /// of `g_j ε(t_j − t_i)` over the row's weights (samples in order, then
+    /// positions, then the receptive field) into `acc`, which must be zero.
+    /// Returns, for a Dense layer, how many sorted inputs each sample touched
+    /// (`touched[b]`), so that the caller can visit only those. `at_end` (Conv2d
+    /// layers of ramp neurons): [`kernels_at_end`] of the batch.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn accumulate_row(
+        net: &Network,
+        l: usize,
+        o: usize,
+        recs: &[SampleRec],
+        input: &[f64],
+        acc: &mut [f64],
+        touched: &mut Vec<usize>,
+        at_end: Option<&[f64]>,
+    ) = accumulate_row_body;
 }
 
 #[inline(always)]
@@ -386,12 +340,12 @@ fn accumulate_row_body(
                 };
                 let gs = &rec.g[si][o * positions..(o + 1) * positions];
                 let ys = &rec.times[l][o * positions..(o + 1) * positions];
+                let e = at_end.map(|e| &e[b * x.len()..(b + 1) * x.len()]);
                 for (p, (&gj, &tj)) in gs.iter().zip(ys).enumerate() {
                     if gj == 0.0 {
                         continue;
                     }
                     let (oy, ox) = (p / geom.wo, p % geom.wo);
-                    let e = at_end.map(|e| &e[b * x.len()..(b + 1) * x.len()]);
                     for c in 0..geom.cin {
                         for ky in 0..k {
                             let base = c * geom.h * geom.w + (oy + ky) * geom.w + ox;
@@ -490,9 +444,9 @@ pub(crate) fn slope_conv(
 pub(crate) struct DenseBatch {
     out: usize,
     rows: usize,
-    /// Per sample, the layer's input times (`rows` each).
+    /// Per sample with an error, the layer's input times (`rows` each).
     x: Vec<f64>,
-    /// Per sample, the outputs' kernel times, `g_j` and (τ2 = ∞) `g_j/τ1`.
+    /// Per such sample, the outputs' kernel times, `g_j` and (τ2 = ∞) `g_j/τ1`.
     t: Vec<f64>,
     g: Vec<f64>,
     g1: Vec<f64>,
@@ -508,23 +462,26 @@ impl DenseBatch {
         let si = net.spiking_index(l);
         let n_in = net.in_size;
         let tau1 = net.psp.tau_rise;
+        let tmax = net.tmax;
         let (mut x, mut cat) = (Vec::with_capacity(recs.len() * rows), Vec::new());
         let mut t = Vec::with_capacity(recs.len() * out);
         let mut g = Vec::with_capacity(recs.len() * out);
+        let mut spiked = vec![false; rows];
         for (b, rec) in recs.iter().enumerate() {
-            let xb = &input[b * n_in..(b + 1) * n_in];
-            x.extend_from_slice(net.input_of(l, xb, &rec.times, &mut cat));
+            let xb = net.input_of(l, &input[b * n_in..(b + 1) * n_in], &rec.times, &mut cat);
+            for (s, &ti) in spiked.iter_mut().zip(xb) {
+                *s |= ti < tmax;
+            }
+            // A sample with no error adds only zeros (a trained network's usual
+            // case): leave it out, as `accumulate_row` skips each `g_j = 0`.
+            if rec.g[si].iter().all(|&gj| gj == 0.0) {
+                continue;
+            }
+            x.extend_from_slice(xb);
             t.extend(rec.times[l].iter().map(|&tj| net.kernel_time(tj)));
             g.extend_from_slice(&rec.g[si]);
         }
         let g1 = g.iter().map(|&gj| gj / tau1).collect();
-        let tmax = net.tmax;
-        let mut spiked = vec![false; rows];
-        for xb in x.chunks_exact(rows) {
-            for (s, &ti) in spiked.iter_mut().zip(xb) {
-                *s |= ti < tmax;
-            }
-        }
         DenseBatch {
             out,
             rows,
@@ -541,18 +498,7 @@ impl DenseBatch {
     /// Sets `sums[(i − inputs.start) * out + j]` to the batch sum of
     /// `g_j ε(t_j − t_i)` over the samples in which input `i` spikes.
     pub fn sums(&self, inputs: std::ops::Range<usize>, sums: &mut [f64]) {
-        #[cfg(target_arch = "x86_64")]
-        if crate::engine::use_avx2() {
-            // SAFETY: the CPU supports AVX2 (checked at run time).
-            return unsafe { self.sums_avx2(inputs, sums) };
-        }
-        self.sums_body(inputs, sums)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    fn sums_avx2(&self, inputs: std::ops::Range<usize>, sums: &mut [f64]) {
-        self.sums_body(inputs, sums)
+        dense_batch_sums(self, inputs, sums)
     }
 
     #[inline(always)]
@@ -585,6 +531,14 @@ impl DenseBatch {
             }
         }
     }
+}
+
+avx2_or_portable! {
+    fn dense_batch_sums(
+        batch: &DenseBatch,
+        inputs: std::ops::Range<usize>,
+        sums: &mut [f64],
+    ) = DenseBatch::sums_body;
 }
 
 /// Ramp neurons evaluate every kernel at one time, the end of the window below:

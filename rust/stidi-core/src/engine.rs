@@ -827,6 +827,34 @@ pub(crate) fn use_avx2() -> bool {
     avx2_chosen()
 }
 
+/// `fn NAME(args) -> R` running `BODY(args)` compiled twice: for AVX2, chosen
+/// where [`use_avx2`] says so, and portable. `BODY` must be `#[inline(always)]`
+/// so that each copy is compiled with its own features.
+macro_rules! avx2_or_portable {
+    (
+        $(#[$attr:meta])*
+        $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? = $body:path;
+    ) => {
+        $(#[$attr])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                $(#[$attr])*
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                if $crate::engine::use_avx2() {
+                    // SAFETY: the CPU supports AVX2 (checked at run time).
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+pub(crate) use avx2_or_portable;
+
 /// Read once: the CPU has AVX2 and `STIDI_RS_PORTABLE` does not ask for the
 /// portable copies (any value but empty or `0` does).
 #[cfg(target_arch = "x86_64")]
@@ -883,33 +911,15 @@ pub(crate) fn dense_times(
     blocks.concat()
 }
 
-fn dense_block(
-    events: &[Event],
-    w: &RowWeights,
-    steps: &[f64; 3],
-    block: std::ops::Range<usize>,
-    theta: f64,
-    tmax: f64,
-) -> Vec<f64> {
-    #[cfg(target_arch = "x86_64")]
-    if use_avx2() {
-        // SAFETY: the CPU supports AVX2 (checked at run time).
-        return unsafe { dense_block_avx2(events, w, steps, block, theta, tmax) };
-    }
-    dense_block_body(events, w, steps, block, theta, tmax)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn dense_block_avx2(
-    events: &[Event],
-    w: &RowWeights,
-    steps: &[f64; 3],
-    block: std::ops::Range<usize>,
-    theta: f64,
-    tmax: f64,
-) -> Vec<f64> {
-    dense_block_body(events, w, steps, block, theta, tmax)
+avx2_or_portable! {
+    fn dense_block(
+        events: &[Event],
+        w: &RowWeights,
+        steps: &[f64; 3],
+        block: std::ops::Range<usize>,
+        theta: f64,
+        tmax: f64,
+    ) -> Vec<f64> = dense_block_body;
 }
 
 #[inline(always)]
@@ -1038,47 +1048,26 @@ fn scatter_rows(times: &[f64], g: &ConvGeom, part: usize, parts: usize, out: &mu
     }
 }
 
-/// The sweep of the output rows `part, part + parts, ..` of a Conv2d layer;
-/// position-major times of those rows.
-///
-/// A position's neurons depend only on the events of its receptive field, so
-/// each position is swept to the end on its own, its state kept in one small
-/// reused [`Sweep`] (cache-resident even for wide layers), rather than all
-/// positions advanced event by event. Every neuron still sees its field's
-/// events in the global order, so the times are the same to the bit.
-#[allow(clippy::too_many_arguments)]
-fn conv_rows(
-    events: &[Event],
-    g: &ConvGeom,
-    w: &RowWeights,
-    steps: &[f64; 3],
-    theta: f64,
-    tmax: f64,
-    part: usize,
-    parts: usize,
-) -> Vec<f64> {
-    #[cfg(target_arch = "x86_64")]
-    if use_avx2() {
-        // SAFETY: the CPU supports AVX2 (checked at run time).
-        return unsafe { conv_rows_avx2(events, g, w, steps, theta, tmax, part, parts) };
-    }
-    conv_rows_body(events, g, w, steps, theta, tmax, part, parts)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-fn conv_rows_avx2(
-    events: &[Event],
-    g: &ConvGeom,
-    w: &RowWeights,
-    steps: &[f64; 3],
-    theta: f64,
-    tmax: f64,
-    part: usize,
-    parts: usize,
-) -> Vec<f64> {
-    conv_rows_body(events, g, w, steps, theta, tmax, part, parts)
+avx2_or_portable! {
+    /// The sweep of the output rows `part, part + parts, ..` of a Conv2d layer;
+    /// position-major times of those rows.
+    ///
+    /// A position's neurons depend only on the events of its receptive field, so
+    /// each position is swept to the end on its own, its state kept in one small
+    /// reused [`Sweep`] (cache-resident even for wide layers), rather than all
+    /// positions advanced event by event. Every neuron still sees its field's
+    /// events in the global order, so the times are the same to the bit.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_rows(
+        events: &[Event],
+        g: &ConvGeom,
+        w: &RowWeights,
+        steps: &[f64; 3],
+        theta: f64,
+        tmax: f64,
+        part: usize,
+        parts: usize,
+    ) -> Vec<f64> = conv_rows_body;
 }
 
 #[inline(always)]

@@ -6,11 +6,9 @@
 //! `θ·tmax − u_j` of its own window, at 0 if `u_j ≥ θ·tmax` and never if that is
 //! `≥ tmax`. Times are relative to each layer's window.
 
-#[cfg(target_arch = "x86_64")]
-use crate::engine::use_avx2;
 use rayon::prelude::*;
 
-use crate::engine::{ConvGeom, RowWeights, SPLIT_MIN_NEURONS};
+use crate::engine::{avx2_or_portable, ConvGeom, RowWeights, SPLIT_MIN_NEURONS};
 
 /// Spike time of a ramp neuron with drive `u` (`tmax`: no spike).
 #[inline]
@@ -29,35 +27,16 @@ pub(crate) fn v_end(u: &[f64], tmax: f64) -> Vec<f64> {
     u.iter().map(|&u| (u + tmax) / tmax).collect()
 }
 
-/// Drives `u_j` of a Dense layer (inputs in index order); `scale` multiplies the
-/// weights (binary layers' `±scale`: exact, as `scale·(tmax − t)` only changes sign).
-pub(crate) fn dense_drive(
-    x: &[f64],
-    w: &RowWeights,
-    n_out: usize,
-    scale: f64,
-    tmax: f64,
-) -> Vec<f64> {
-    #[cfg(target_arch = "x86_64")]
-    if use_avx2() {
-        // SAFETY: the CPU supports AVX2 (checked at run time).
-        return unsafe { dense_drive_avx2(x, w, n_out, scale, tmax) };
-    }
-    dense_drive_body(x, w, n_out, scale, tmax)
-}
-
-/// The drives compiled for AVX2 (4 lanes per axpy); no FMA, so every output
-/// sees the same IEEE operations as in the portable copy.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dense_drive_avx2(
-    x: &[f64],
-    w: &RowWeights,
-    n_out: usize,
-    scale: f64,
-    tmax: f64,
-) -> Vec<f64> {
-    dense_drive_body(x, w, n_out, scale, tmax)
+avx2_or_portable! {
+    /// Drives `u_j` of a Dense layer (inputs in index order); `scale` multiplies the
+    /// weights (binary layers' `±scale`: exact, as `scale·(tmax − t)` only changes sign).
+    pub(crate) fn dense_drive(
+        x: &[f64],
+        w: &RowWeights,
+        n_out: usize,
+        scale: f64,
+        tmax: f64,
+    ) -> Vec<f64> = dense_drive_body;
 }
 
 #[inline(always)]
@@ -176,34 +155,16 @@ fn scatter(acc: &[f64], g: &ConvGeom, start: usize, u: &mut [f64]) {
     }
 }
 
-/// Drives of the positions `range`, position-major (`cout` per position).
-fn drive_rows(
-    x: &[f64],
-    g: &ConvGeom,
-    w: &RowWeights,
-    scale: f64,
-    tmax: f64,
-    range: std::ops::Range<usize>,
-) -> Vec<f64> {
-    #[cfg(target_arch = "x86_64")]
-    if use_avx2() {
-        // SAFETY: the CPU supports AVX2 (checked at run time).
-        return unsafe { drive_rows_avx2(x, g, w, scale, tmax, range) };
-    }
-    drive_rows_body(x, g, w, scale, tmax, range)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn drive_rows_avx2(
-    x: &[f64],
-    g: &ConvGeom,
-    w: &RowWeights,
-    scale: f64,
-    tmax: f64,
-    range: std::ops::Range<usize>,
-) -> Vec<f64> {
-    drive_rows_body(x, g, w, scale, tmax, range)
+avx2_or_portable! {
+    /// Drives of the positions `range`, position-major (`cout` per position).
+    fn drive_rows(
+        x: &[f64],
+        g: &ConvGeom,
+        w: &RowWeights,
+        scale: f64,
+        tmax: f64,
+        range: std::ops::Range<usize>,
+    ) -> Vec<f64> = drive_rows_body;
 }
 
 #[inline(always)]

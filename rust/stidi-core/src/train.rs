@@ -264,9 +264,16 @@ impl Network {
             // layer's weights from inputs that never spiked stay as they are.
             let sparse = decay == 0.0 && matches!(self.layers[l], Layer::Dense { .. });
             let p = &mut params[l];
-            // Batches: input by input, in vector passes. A few samples: row by
-            // row below, visiting only the inputs that spiked.
-            if matches!(self.layers[l], Layer::Dense { .. }) && batch >= DENSE_TRANSPOSE_MIN_BATCH {
+            // Batches with errors on most outputs: input by input, in vector
+            // passes. A few samples, or mostly zero errors (a trained network):
+            // row by row below, skipping them. Both add the same terms.
+            let errors = recs
+                .iter()
+                .map(|r| r.g[si].iter().filter(|&&g| g != 0.0).count());
+            if matches!(self.layers[l], Layer::Dense { .. })
+                && batch >= DENSE_TRANSPOSE_MIN_BATCH
+                && errors.sum::<usize>() * 2 >= batch * out
+            {
                 let keep = if sync { &mut wt[l][..] } else { &mut [][..] };
                 if !self.update_dense(l, &recs, input, p, keep, factor, decay) {
                     return Err(l);
@@ -392,17 +399,14 @@ impl Network {
                 || vec![0.0; BLOCK * out],
                 |sums, q| {
                     let inputs = q * BLOCK..((q + 1) * BLOCK).min(rows);
-                    let todo: Vec<usize> = inputs
-                        .clone()
-                        .filter(|&i| every || batch.spiked[i])
-                        .collect();
-                    if todo.is_empty() {
+                    let todo = || inputs.clone().filter(|&i| every || batch.spiked[i]);
+                    if todo().next().is_none() {
                         return true;
                     }
                     let sums = &mut sums[..inputs.len() * out];
                     batch.sums(inputs.clone(), sums);
                     let mut ok = true;
-                    for &i in &todo {
+                    for i in todo() {
                         let sums = &sums[(i - inputs.start) * out..][..out];
                         // SAFETY (all three): input i's column of the weight, its
                         // packed row and its row of `wt` are this task's alone.
