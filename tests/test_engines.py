@@ -168,6 +168,34 @@ def test_forward_agrees_with_reference(case):
     )
 
 
+@given(network_case(), st.sampled_from(["psp", "ramp"]))
+@settings(max_examples=40)
+def test_engine_predict_decides_on_its_own_forward_pass(case, neuron):
+    """predict runs the decision in the engine, reading V(tmax) only on ties: it must
+    equal the decision rule applied to the engine's full forward pass."""
+    net, x, _ = case
+    if neuron == "ramp":
+        net = sr.Network(net.layers, net.input_shape, tmax=net.tmax, neuron="ramp")
+    times, v_end = net._forward(x)
+    want = R.decide(times[-1], v_end, net.tmax)
+    got = net.predict(x, return_cases=True)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_engine_predict_breaks_ties_by_the_end_potential(binary):
+    """Silent outputs (a threshold out of reach) all tie at tmax: the class is the
+    largest V(tmax), which the engine computes only for such samples."""
+    rng = np.random.default_rng(3)
+    net = sr.Network([sr.Dense(30, 6, 1e6, binary=binary)], (30,), seed=4)
+    x = rng.uniform(0, 256, size=(40, 30))
+    pred, cases = net.predict(x, return_cases=True)
+    assert (cases == 2).all()
+    v_end = R.forward(net.layers, x, net.psp, net.tmax)[1]
+    assert np.array_equal(pred, np.argmax(v_end, axis=1))
+    assert len(set(pred.tolist())) > 1
+
+
 @given(
     network_case(),
     st.integers(1, 3),

@@ -26,7 +26,13 @@ class Engine:
         weights: list[npt.NDArray[np.float64] | None],
         packed: list[npt.NDArray[np.uint64] | None],
         times: npt.NDArray[np.float64],
-    ) -> tuple[list[npt.NDArray[np.float64]], npt.NDArray[np.float64]]: ...
+    ) -> tuple[list[npt.NDArray[np.float64]], npt.NDArray[np.float64], int]: ...
+    def predict(
+        self,
+        weights: list[npt.NDArray[np.float64] | None],
+        packed: list[npt.NDArray[np.uint64] | None],
+        times: npt.NDArray[np.float64],
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
     def train_steps(
         self,
         weights: list[npt.NDArray[np.float64] | None],

@@ -282,8 +282,13 @@ class Network:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         preds, cases = [], []
         for lo in range(0, len(t), batch_size):
-            out, v_end = self._forward(t[lo : lo + batch_size])
-            p, c = reference.decide(out[-1], v_end, self.tmax)
+            chunk = t[lo : lo + batch_size]
+            if self.backend == "rust" and len(chunk):
+                # Decided in the engine: no hidden layer's times come back.
+                p, c = self._rust().predict(*self._params(), chunk.reshape(len(chunk), -1))
+            else:
+                out, v_end = self._forward(chunk)
+                p, c = reference.decide(out[-1], v_end, self.tmax)
             preds.append(p)
             cases.append(c)
         pred = np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)

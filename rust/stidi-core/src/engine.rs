@@ -31,16 +31,19 @@ pub(crate) struct Active {
 /// The inputs that spike, sorted by `(t, src)` (a total order: the summation
 /// order, hence the rounding, is reproducible).
 pub(crate) fn sort_active(x: &[f64], tmax: f64, act: &mut Vec<Active>) {
+    // Written without a branch: every input is stored, and the count moves on
+    // only for those that spike.
     act.clear();
-    act.extend(
-        x.iter()
-            .enumerate()
-            .filter(|&(_, &t)| t < tmax)
-            .map(|(src, &t)| Active { t, src: src as u32 }),
-    );
-    // Times are >= 0, so their bit patterns order like the values; one integer
-    // key compares in fewer instructions than the pair.
-    act.sort_unstable_by_key(|a| (u128::from(a.t.to_bits()) << 32) | u128::from(a.src));
+    act.resize(x.len(), Active { t: 0.0, src: 0 });
+    let mut n = 0;
+    for (src, &t) in x.iter().enumerate() {
+        act[n] = Active { t, src: src as u32 };
+        n += usize::from(t < tmax);
+    }
+    act.truncate(n);
+    // Times are >= 0, so their bit patterns order like the values. The inputs
+    // arrive in index order and the sort is stable, so equal times stay in it.
+    act.sort_by_key(|a| a.t.to_bits());
 }
 
 /// Sorted breakpoints before `tmax` of the inputs that spike (`t < tmax`),
@@ -56,16 +59,45 @@ pub(crate) fn build_events(
 ) {
     sort_active(x, tmax, act);
     events.clear();
-    let n = act.len();
-    let fall_at = |k: usize| act[k].t + psp.tau_rise;
-    let end_at = |k: usize| act[k].t + psp.tau_rise + psp.tau_fall;
-    let (mut r, mut f, mut e) = (0, 0, 0);
-    if psp.tau_fall.is_infinite() {
-        e = n; // no end breakpoints: two streams
+    let (tau1, tau2) = (psp.tau_rise, psp.tau_fall);
+    if tau2.is_infinite() {
+        // No end breakpoints (they are at +∞): before each rise, the falls
+        // that come strictly earlier.
+        let mut f = 0;
+        for (r, a) in act.iter().enumerate() {
+            while f < r && act[f].t + tau1 < a.t {
+                events.push(Event {
+                    t: act[f].t + tau1,
+                    src: act[f].src as usize,
+                    kind: 1,
+                });
+                f += 1;
+            }
+            events.push(Event {
+                t: a.t,
+                src: a.src as usize,
+                kind: 0,
+            });
+        }
+        for a in &act[f..] {
+            let t = a.t + tau1;
+            if t >= tmax {
+                break;
+            }
+            events.push(Event {
+                t,
+                src: a.src as usize,
+                kind: 1,
+            });
+        }
+        return;
     }
+    let n = act.len();
+    let fall_at = |k: usize| act[k].t + tau1;
+    let end_at = |k: usize| act[k].t + tau1 + tau2;
+    let (mut r, mut f, mut e) = (0, 0, 0);
     loop {
-        // Breakpoints at or after tmax cannot change V on [0, tmax); with τ2 = ∞
-        // the end breakpoint is +∞ and is dropped here.
+        // Breakpoints at or after tmax cannot change V on [0, tmax).
         let tr = if r < n { act[r].t } else { f64::INFINITY };
         let tf = if f < n { fall_at(f) } else { f64::INFINITY };
         let te = if e < n { end_at(e) } else { f64::INFINITY };

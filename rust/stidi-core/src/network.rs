@@ -393,25 +393,41 @@ impl Network {
         Ok(self.forward_in(&pool, params, input, batch))
     }
 
-    /// `(predictions, cases)` of a batch.
+    /// `(predictions, cases)` of a batch: the same as [`Network::decide`] on
+    /// [`Network::forward`]'s output, without keeping the hidden layers' times
+    /// and computing `V(tmax)` only for the samples whose first output spikes tie.
     pub fn predict(
         &self,
         params: &[LayerParams],
         input: &[f64],
         batch: usize,
     ) -> Result<(Vec<usize>, Vec<u8>)> {
-        let out = self.forward(params, input, batch)?;
-        if out.v_end.is_empty() {
+        self.check_params(params, false)?;
+        self.check_input(input, batch)?;
+        let l = self.layers.len() - 1;
+        if !matches!(self.layers[l], Layer::Dense { .. }) {
             return invalid!("predict needs a network whose last layer is Dense");
         }
-        let n_out = self.size(self.layers.len() - 1);
-        let last = &out.times[self.layers.len() - 1];
-        Ok((0..batch)
-            .map(|b| {
-                let r = b * n_out..(b + 1) * n_out;
-                self.decide(&last[r.clone()], &out.v_end[r])
-            })
-            .unzip())
+        let pool = current_pool()?;
+        Ok(pool.install(|| {
+            let wt = self.transpose_all(params, true);
+            let prep = self.row_weights(params, &wt, &[]);
+            let parts = split_parts(batch);
+            input
+                .par_chunks_exact(self.in_size)
+                .map_init(Scratch::default, |s, x| {
+                    let (times, _) =
+                        self.forward_sample(&prep, x, &mut s.events, &mut s.act, None, parts);
+                    let last = &times[l];
+                    let t_min = last.iter().copied().fold(f64::INFINITY, f64::min);
+                    if last.iter().filter(|&&t| t == t_min).count() > 1 {
+                        self.decide(last, &self.v_end(&prep, x, &times))
+                    } else {
+                        self.decide(last, &[])
+                    }
+                })
+                .unzip()
+        }))
     }
 
     pub(crate) fn forward_in(

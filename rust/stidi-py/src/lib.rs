@@ -140,6 +140,27 @@ impl Engine {
         Ok((layers, to_2d(py, out.v_end, batch)?, out.events))
     }
 
+    /// Predicted class and decision case (0 unique first spike, 1 tie,
+    /// 2 no output spike) per row of `times`, as int64 arrays.
+    #[allow(clippy::type_complexity)]
+    fn predict<'py>(
+        &self,
+        py: Python<'py>,
+        weights: Vec<Option<PyReadonlyArrayDyn<'py, f64>>>,
+        packed: Vec<Option<PyReadonlyArrayDyn<'py, u64>>>,
+        times: PyReadonlyArray2<'py, f64>,
+    ) -> PyResult<(Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>)> {
+        let batch = times.shape()[0];
+        let input = contiguous(times.as_slice().ok(), "times")?;
+        let params = read_params(&weights, &packed)?;
+        let (pred, cases) = py
+            .detach(|| self.net.predict(&params, input, batch))
+            .map_err(value_error)?;
+        let pred: Vec<i64> = pred.into_iter().map(|p| p as i64).collect();
+        let cases: Vec<i64> = cases.into_iter().map(i64::from).collect();
+        Ok((pred.into_pyarray(py), cases.into_pyarray(py)))
+    }
+
     /// Consecutive steps of `rule` over the rows of `times` in order, `batch_size`
     /// samples per step (the last step may be smaller), updating `weights` (and the
     /// packed signs of binary layers) in place. One step is `batch_size = n`.
