@@ -686,8 +686,15 @@ impl<A: Acc> Sweep<A> {
     fn reset(&mut self) {
         self.v[..self.n].fill(0.0);
         self.v[self.n..].fill(f64::NEG_INFINITY);
-        self.r.fill(A::default());
-        self.f.fill(A::default());
+        // Whole blocks of fixed size: a conv position resets a few dozen
+        // lanes, where a call to `memset` (what `fill` becomes for the integer
+        // counts) costs more than the stores.
+        for b in self.r.chunks_exact_mut(LANES) {
+            b.copy_from_slice(&[A::default(); LANES]);
+        }
+        for b in self.f.chunks_exact_mut(LANES) {
+            b.copy_from_slice(&[A::default(); LANES]);
+        }
         self.last = 0.0;
         self.times.fill(self.tmax);
         self.remaining = self.n;
