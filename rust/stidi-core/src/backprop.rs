@@ -5,6 +5,8 @@
 //! the same additions in the same order for any number of threads, so results are
 //! bit-identical, and no weight-sized buffer per sample or per task is needed.
 
+use rayon::prelude::*;
+
 use crate::bits::sign;
 use crate::decide::decide_with_tmax;
 use crate::engine::{avx2_or_portable, Active, ConvGeom, PoolGeom, RowWeights, Scratch};
@@ -561,4 +563,103 @@ pub(crate) fn kernels_at_end(
         out.extend(x.iter().map(|&ti| kern.eps(net.tmax - ti)));
     }
     Some(out)
+}
+
+/// Output channels summed together by [`conv_sums_at_end`]: two AVX2 vectors.
+const CONV_BLOCK: usize = 8;
+
+/// Phase 2 sums of every output channel of a Conv2d layer of ramp neurons
+/// (`at_end`: [`kernels_at_end`] of the batch), laid out `(C_out, rows)`: each
+/// row the values [`accumulate_row`] gives it. Blocks of [`CONV_BLOCK`] channels
+/// run in parallel, and within one each kernel value `ε(tmax − t_i)` is
+/// multiplied by the block's `g_j` as one vector: every sum still takes its
+/// terms in the same order (samples, positions). A channel with `g_j = 0` at a
+/// position adds `0·ε`, a signed zero, which leaves its sum as it was (the sums
+/// start at +0.0 and so never hold −0.0), where `accumulate_row` skips it.
+pub(crate) fn conv_sums_at_end(
+    net: &Network,
+    l: usize,
+    recs: &[SampleRec],
+    at_end: &[f64],
+) -> Vec<f64> {
+    let Layer::Conv { g: geom, .. } = &net.layers[l] else {
+        unreachable!("conv_sums_at_end is for Conv2d layers");
+    };
+    let (k, rows, positions) = (geom.k, geom.rows(), geom.positions());
+    let n_x = geom.cin * geom.h * geom.w;
+    // Offset of each weight's input from its position's first input.
+    let offsets: Vec<usize> = (0..geom.cin)
+        .flat_map(|c| (0..k).flat_map(move |ky| (0..k).map(move |kx| (c, ky, kx))))
+        .map(|(c, ky, kx)| c * geom.h * geom.w + ky * geom.w + kx)
+        .collect();
+    let si = net.spiking_index(l);
+    let mut sums = vec![0.0; geom.cout * rows];
+    sums.par_chunks_mut(CONV_BLOCK * rows)
+        .enumerate()
+        .for_each(|(blk, out)| {
+            let o0 = blk * CONV_BLOCK;
+            let acc = conv_block_sums(geom, si, o0, recs, at_end, n_x, &offsets);
+            for (q, row) in out.chunks_exact_mut(rows).enumerate() {
+                for (r, s) in row.iter_mut().enumerate() {
+                    *s = acc[r * CONV_BLOCK + q];
+                }
+            }
+        });
+    debug_assert_eq!(
+        positions * geom.cout,
+        recs.first().map_or(0, |r| r.g[si].len())
+    );
+    sums
+}
+
+avx2_or_portable! {
+    /// The sums of the channels `o0..o0 + CONV_BLOCK` (those past `C_out` get
+    /// `g = 0`), laid out `(rows, CONV_BLOCK)`.
+    fn conv_block_sums(
+        geom: &ConvGeom,
+        si: usize,
+        o0: usize,
+        recs: &[SampleRec],
+        at_end: &[f64],
+        n_x: usize,
+        offsets: &[usize],
+    ) -> Vec<f64> = conv_block_sums_body;
+}
+
+#[inline(always)]
+fn conv_block_sums_body(
+    geom: &ConvGeom,
+    si: usize,
+    o0: usize,
+    recs: &[SampleRec],
+    at_end: &[f64],
+    n_x: usize,
+    offsets: &[usize],
+) -> Vec<f64> {
+    let positions = geom.positions();
+    let n = CONV_BLOCK.min(geom.cout - o0);
+    let mut acc = vec![0.0; offsets.len() * CONV_BLOCK];
+    for (b, rec) in recs.iter().enumerate() {
+        let e = &at_end[b * n_x..(b + 1) * n_x];
+        let gs = &rec.g[si];
+        for p in 0..positions {
+            let mut g = [0.0; CONV_BLOCK];
+            for (q, g) in g.iter_mut().enumerate().take(n) {
+                *g = gs[(o0 + q) * positions + p];
+            }
+            if g.iter().all(|&g| g == 0.0) {
+                continue;
+            }
+            let base = (p / geom.wo) * geom.w + p % geom.wo;
+            let e = &e[base..];
+            for (a, &off) in acc.chunks_exact_mut(CONV_BLOCK).zip(offsets) {
+                let a: &mut [f64; CONV_BLOCK] = a.try_into().unwrap();
+                let ev = e[off];
+                for q in 0..CONV_BLOCK {
+                    a[q] += g[q] * ev;
+                }
+            }
+        }
+    }
+    acc
 }

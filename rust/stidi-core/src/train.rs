@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rayon::prelude::*;
 use rayon::ThreadPool;
 
-use crate::backprop::{accumulate_row, forward_weight, kernels_at_end, DenseBatch, SampleRec};
+use crate::backprop::{
+    accumulate_row, conv_sums_at_end, forward_weight, kernels_at_end, DenseBatch, SampleRec,
+};
 use crate::engine::Scratch;
 use crate::error::{invalid, Error, Result};
 use crate::network::{split_parts, Layer, Network, DENSE_TRANSPOSE_MIN_BATCH};
@@ -284,10 +286,12 @@ impl Network {
             // on a non-finite one the caller puts back the weights it saved.
             let finite = AtomicBool::new(true);
             let at_end = self.conv_kernels_at_end(l, &recs, input);
+            let sums = self.conv_sums(l, &recs, at_end.as_deref());
             p.weight.par_chunks_mut(rows).enumerate().for_each_init(
                 || (vec![0.0; rows], Vec::new()),
                 |(acc, touched), (o, w)| {
-                    accumulate_row(self, l, o, &recs, input, acc, touched, at_end.as_deref());
+                    let (e, s) = (at_end.as_deref(), sums.as_deref());
+                    self.row_sums(s, l, o, &recs, input, acc, touched, e);
                     let mut ok = true;
                     // Visiting only the touched weights pays when they are few
                     // (small batches); the choice depends only on the data.
@@ -364,6 +368,39 @@ impl Network {
         match self.layers[l] {
             Layer::Conv { .. } => kernels_at_end(self, l, recs, input),
             _ => None,
+        }
+    }
+
+    /// Every row's phase 2 sums of a Conv2d layer of ramp neurons, computed
+    /// together (see [`conv_sums_at_end`]); `None` for the other layers, whose
+    /// rows [`accumulate_row`] sums one by one.
+    fn conv_sums(&self, l: usize, recs: &[SampleRec], at_end: Option<&[f64]>) -> Option<Vec<f64>> {
+        match (&self.layers[l], at_end) {
+            (Layer::Conv { .. }, Some(e)) => Some(conv_sums_at_end(self, l, recs, e)),
+            _ => None,
+        }
+    }
+
+    /// Row `o`'s phase 2 sums into `acc` (zero on entry): from `sums` where
+    /// [`Network::conv_sums`] computed them, else by [`accumulate_row`].
+    #[allow(clippy::too_many_arguments)]
+    fn row_sums(
+        &self,
+        sums: Option<&[f64]>,
+        l: usize,
+        o: usize,
+        recs: &[SampleRec],
+        input: &[f64],
+        acc: &mut [f64],
+        touched: &mut Vec<usize>,
+        at_end: Option<&[f64]>,
+    ) {
+        match sums {
+            Some(s) => {
+                acc.copy_from_slice(&s[o * acc.len()..(o + 1) * acc.len()]);
+                touched.clear();
+            }
+            None => accumulate_row(self, l, o, recs, input, acc, touched, at_end),
         }
     }
 
@@ -520,11 +557,12 @@ impl Network {
                     let w = params[l].weight;
                     let mut grad = vec![0.0; w.len()];
                     let at_end = self.conv_kernels_at_end(l, &recs, input);
+                    let sums = self.conv_sums(l, &recs, at_end.as_deref());
                     grad.par_chunks_mut(rows).enumerate().for_each_init(
                         Vec::new,
                         |touched, (o, acc)| {
-                            let at_end = at_end.as_deref();
-                            accumulate_row(self, l, o, &recs, input, acc, touched, at_end);
+                            let (e, s) = (at_end.as_deref(), sums.as_deref());
+                            self.row_sums(s, l, o, &recs, input, acc, touched, e);
                             let row = &w[o * rows..(o + 1) * rows];
                             let h = self.hinge_grad(l, row, hinge);
                             for (a, &wi) in acc.iter_mut().zip(row) {
@@ -639,9 +677,11 @@ impl Network {
             let wd = cfg.weight_decay;
             let p = &mut params[l];
             let at_end = self.conv_kernels_at_end(l, &recs, input);
+            let sums = self.conv_sums(l, &recs, at_end.as_deref());
             let update = |o: usize, w: &mut [f64], acc: &mut Vec<f64>, touched: &mut Vec<usize>| {
                 acc.resize(rows, 0.0);
-                accumulate_row(self, l, o, &recs, input, acc, touched, at_end.as_deref());
+                let (e, s) = (at_end.as_deref(), sums.as_deref());
+                self.row_sums(s, l, o, &recs, input, acc, touched, e);
                 let h = self.hinge_grad(l, w, cfg.sum_hinge);
                 for (a, &wi) in acc.iter_mut().zip(w.iter()) {
                     *a = -*a * inv_b + wd * wi + h;
