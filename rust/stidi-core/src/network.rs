@@ -410,7 +410,8 @@ impl Network {
         }
         let pool = current_pool()?;
         Ok(pool.install(|| {
-            let wt = self.transpose_all(params, true);
+            let mut wt = self.transpose_all(params, true);
+            self.expand_ramp_signs(params, &mut wt);
             let prep = self.row_weights(params, &wt, &[]);
             let parts = split_parts(batch);
             input
@@ -438,7 +439,8 @@ impl Network {
         batch: usize,
     ) -> ForwardOut {
         let samples: Vec<(Vec<Vec<f64>>, Vec<f64>, u64)> = pool.install(|| {
-            let wt = self.transpose_all(params, true);
+            let mut wt = self.transpose_all(params, true);
+            self.expand_ramp_signs(params, &mut wt);
             let prep = self.row_weights(params, &wt, &[]);
             let parts = split_parts(batch);
             input
@@ -467,6 +469,25 @@ impl Network {
             times,
             v_end,
             events,
+        }
+    }
+
+    /// For a forward pass with fixed weights: the signs of binary Conv2d layers
+    /// of ramp neurons as `±1.0` rows in `wt` (see `ramp::conv_drive`), expanded
+    /// once per call instead of once per sample. [`Network::row_weights`] then
+    /// hands them out as real rows. Training leaves them packed: its weights
+    /// change from step to step.
+    pub(crate) fn expand_ramp_signs(&self, params: &[LayerParams], wt: &mut [Vec<f64>]) {
+        if self.neuron != Neuron::Ramp {
+            return;
+        }
+        for ((layer, p), wt) in self.layers.iter().zip(params).zip(wt) {
+            if let (Layer::Conv { binary: true, .. }, Some((out, rows))) =
+                (layer, layer.weight_dims())
+            {
+                *wt = ramp::expand_signs(&RowWeights::bits(p.packed, out), rows)
+                    .expect("packed signs");
+            }
         }
     }
 
@@ -533,8 +554,11 @@ impl Network {
             .map(|(l, ((layer, p), wt))| {
                 let wt = fresh.get(l).filter(|f| !f.is_empty()).unwrap_or(wt);
                 let (out, rows) = layer.weight_dims()?;
-                Some(if layer.is_binary() {
+                Some(if layer.is_binary() && wt.is_empty() {
                     RowWeights::bits(p.packed, out)
+                } else if layer.is_binary() {
+                    // Signs expanded by `expand_ramp_signs`.
+                    RowWeights::real(wt, out)
                 } else if wt.is_empty() {
                     RowWeights::cols(p.weight, out, rows)
                 } else {

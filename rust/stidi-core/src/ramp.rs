@@ -120,7 +120,7 @@ thread_local! {
 /// A float row is cheaper to add than one decoded from bits, and a conv layer's
 /// signs are few; the sums are bit-identical (`a · ±1.0` is `±a`, as the bits'
 /// sign flip gives).
-fn expand_signs(w: &RowWeights, rows: usize) -> Option<Vec<f64>> {
+pub(crate) fn expand_signs(w: &RowWeights, rows: usize) -> Option<Vec<f64>> {
     let mut signs = Vec::new();
     matches!(w, RowWeights::Bits { .. }).then(|| {
         fill_signs(w, rows, &mut signs);
