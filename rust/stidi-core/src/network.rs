@@ -410,8 +410,7 @@ impl Network {
         }
         let pool = current_pool()?;
         Ok(pool.install(|| {
-            let mut wt = self.transpose_all(params, true);
-            self.expand_ramp_signs(params, &mut wt);
+            let wt = self.inference_weights(params);
             let prep = self.row_weights(params, &wt, &[]);
             let parts = split_parts(batch);
             input
@@ -439,8 +438,7 @@ impl Network {
         batch: usize,
     ) -> ForwardOut {
         let samples: Vec<(Vec<Vec<f64>>, Vec<f64>, u64)> = pool.install(|| {
-            let mut wt = self.transpose_all(params, true);
-            self.expand_ramp_signs(params, &mut wt);
+            let wt = self.inference_weights(params);
             let prep = self.row_weights(params, &wt, &[]);
             let parts = split_parts(batch);
             input
@@ -472,16 +470,17 @@ impl Network {
         }
     }
 
-    /// For a forward pass with fixed weights: the signs of binary Conv2d layers
-    /// of ramp neurons as `±1.0` rows in `wt` (see `ramp::conv_drive`), expanded
-    /// once per call instead of once per sample. [`Network::row_weights`] then
-    /// hands them out as real rows. Training leaves them packed: its weights
-    /// change from step to step.
-    pub(crate) fn expand_ramp_signs(&self, params: &[LayerParams], wt: &mut [Vec<f64>]) {
+    /// The weight copies of a forward pass with fixed weights, for
+    /// [`Network::row_weights`]: the transposed real weights, and the signs of
+    /// binary Conv2d layers of ramp neurons as `±1.0` rows (see
+    /// `ramp::conv_drive`), expanded once per call instead of once per sample.
+    /// Training leaves those packed: its weights change from step to step.
+    fn inference_weights(&self, params: &[LayerParams]) -> Vec<Vec<f64>> {
+        let mut wt = self.transpose_all(params, true);
         if self.neuron != Neuron::Ramp {
-            return;
+            return wt;
         }
-        for ((layer, p), wt) in self.layers.iter().zip(params).zip(wt) {
+        for ((layer, p), wt) in self.layers.iter().zip(params).zip(&mut wt) {
             if let (Layer::Conv { binary: true, .. }, Some((out, rows))) =
                 (layer, layer.weight_dims())
             {
@@ -489,6 +488,7 @@ impl Network {
                     .expect("packed signs");
             }
         }
+        wt
     }
 
     /// Transposed `(rows, out)` weights of the real spiking layers (empty for
@@ -557,7 +557,7 @@ impl Network {
                 Some(if layer.is_binary() && wt.is_empty() {
                     RowWeights::bits(p.packed, out)
                 } else if layer.is_binary() {
-                    // Signs expanded by `expand_ramp_signs`.
+                    // Signs expanded by `inference_weights`.
                     RowWeights::real(wt, out)
                 } else if wt.is_empty() {
                     RowWeights::cols(p.weight, out, rows)
