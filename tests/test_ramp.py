@@ -82,16 +82,17 @@ def _two_conv_net(seed, backend, scale=None):
 
 
 def _wide_conv_net(seed, backend, scale=None):
-    # Channel counts that are multiples of 16 and 8: the engine's blocked paths
-    # for conv drives and conv updates.
+    # Channel counts that are multiples of 16 and 8 (the engine's blocked paths
+    # for conv drives and conv updates), and a second conv layer with k = 3, so
+    # that its displacement covers kernel offsets past 1.
     layers = [
         sr.Conv2d(1, 16, 3, threshold=0.9, **_binary(scale), init=(-0.1, 0.3)),
         sr.MaxPool2d(2),
-        sr.Conv2d(16, 32, 2, threshold=0.3, **_binary(scale), init=(-0.02, 0.04)),
+        sr.Conv2d(16, 32, 3, threshold=0.3, **_binary(scale), init=(-0.01, 0.02)),
         sr.MaxPool2d(2),
         sr.Dense(32, 3, threshold=0.2, init=(-0.1, 0.2)),
     ]
-    return sr.Network(layers, (1, 8, 8), tmax=TMAX, seed=seed, backend=backend, neuron="ramp")
+    return sr.Network(layers, (1, 10, 10), tmax=TMAX, seed=seed, backend=backend, neuron="ramp")
 
 
 MAKERS = [_dense_net, _conv_net, _two_conv_net, _wide_conv_net]

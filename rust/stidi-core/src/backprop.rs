@@ -228,6 +228,10 @@ fn disp_conv_body(
     dsum: &mut [f64],
     at_end: Option<&[f64]>,
 ) {
+    if let Some(e) = at_end {
+        disp_conv_channels_last(geom, g, w, binary, chans, dsum, e);
+        return;
+    }
     let off = chans.start * geom.h * geom.w;
     let (k, rows, positions) = (geom.k, geom.rows(), geom.positions());
     for (j, (&gj, &tj)) in g.iter().zip(y).enumerate() {
@@ -242,18 +246,71 @@ fn disp_conv_body(
                 let base = c * geom.h * geom.w + (oy + ky) * geom.w + ox;
                 let r0 = (c * k + ky) * k;
                 let d = &mut dsum[base - off..base - off + k];
-                if let Some(e) = at_end {
-                    for ((d, &e), &wr) in
-                        d.iter_mut().zip(&e[base..base + k]).zip(&wrow[r0..r0 + k])
-                    {
-                        *d += gj * forward_weight(wr, binary) * e;
-                    }
-                    continue;
-                }
                 for ((d, &ti), &wr) in d.iter_mut().zip(&x[base..base + k]).zip(&wrow[r0..r0 + k]) {
                     *d += gj * forward_weight(wr, binary) * kern.deps(tj - ti);
                 }
             }
+        }
+    }
+}
+
+/// [`disp_conv`] with one kernel value per input (`at_end`, ramp neurons), in a
+/// channels-last copy: for one output neuron and one kernel offset, the terms
+/// of all the input channels `chans` go to consecutive sums, one vector pass.
+/// Every input's sum takes its terms in the same order as the loop of
+/// [`disp_conv`] (output neurons in order, one term each), and `dsum` (zero on
+/// entry) receives the sums.
+#[inline(always)]
+fn disp_conv_channels_last(
+    geom: &ConvGeom,
+    g: &[f64],
+    w: &[f64],
+    binary: bool,
+    chans: std::ops::Range<usize>,
+    dsum: &mut [f64],
+    e: &[f64],
+) {
+    let (k, rows, positions) = (geom.k, geom.rows(), geom.positions());
+    let (nc, plane) = (chans.len(), geom.h * geom.w);
+    // (y, x, c) copies of ε' and the sums; forward weights as (o, ky, kx, c).
+    let mut e_t = vec![0.0; plane * nc];
+    for (c, ec) in e[chans.start * plane..chans.end * plane]
+        .chunks_exact(plane)
+        .enumerate()
+    {
+        for (i, &v) in ec.iter().enumerate() {
+            e_t[i * nc + c] = v;
+        }
+    }
+    let mut w_t = vec![0.0; geom.cout * k * k * nc];
+    for (o, wo) in w.chunks_exact(rows).enumerate() {
+        for (ci, c) in chans.clone().enumerate() {
+            for q in 0..k * k {
+                w_t[(o * k * k + q) * nc + ci] = forward_weight(wo[c * k * k + q], binary);
+            }
+        }
+    }
+    let mut d_t = vec![0.0; plane * nc];
+    for (j, &gj) in g.iter().enumerate() {
+        if gj == 0.0 {
+            continue;
+        }
+        let (o, p) = (j / positions, j % positions);
+        let (oy, ox) = (p / geom.wo, p % geom.wo);
+        for ky in 0..k {
+            for kx in 0..k {
+                let i = ((oy + ky) * geom.w + ox + kx) * nc;
+                let q = (o * k * k + ky * k + kx) * nc;
+                let d = &mut d_t[i..i + nc];
+                for ((d, &ev), &wv) in d.iter_mut().zip(&e_t[i..i + nc]).zip(&w_t[q..q + nc]) {
+                    *d += gj * wv * ev;
+                }
+            }
+        }
+    }
+    for (c, dc) in dsum.chunks_exact_mut(plane).enumerate().take(nc) {
+        for (i, d) in dc.iter_mut().enumerate() {
+            *d = d_t[i * nc + c];
         }
     }
 }
