@@ -320,8 +320,8 @@ avx2_or_portable! {
     /// of `g_j ε(t_j − t_i)` over the row's weights (samples in order, then
     /// positions, then the receptive field) into `acc`, which must be zero.
     /// Returns, for a Dense layer, how many sorted inputs each sample touched
-    /// (`touched[b]`), so that the caller can visit only those. `at_end` (Conv2d
-    /// layers of ramp neurons): [`kernels_at_end`] of the batch.
+    /// (`touched[b]`), so that the caller can visit only those. Conv2d layers of
+    /// ramp neurons sum all their rows at once instead ([`conv_sums_at_end`]).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn accumulate_row(
         net: &Network,
@@ -331,7 +331,6 @@ avx2_or_portable! {
         input: &[f64],
         acc: &mut [f64],
         touched: &mut Vec<usize>,
-        at_end: Option<&[f64]>,
     ) = accumulate_row_body;
 }
 
@@ -345,7 +344,6 @@ fn accumulate_row_body(
     input: &[f64],
     acc: &mut [f64],
     touched: &mut Vec<usize>,
-    at_end: Option<&[f64]>,
 ) {
     let si = net.spiking_index(l);
     let psp = &net.psp;
@@ -399,7 +397,6 @@ fn accumulate_row_body(
                 };
                 let gs = &rec.g[si][o * positions..(o + 1) * positions];
                 let ys = &rec.times[l][o * positions..(o + 1) * positions];
-                let e = at_end.map(|e| &e[b * x.len()..(b + 1) * x.len()]);
                 for (p, (&gj, &tj)) in gs.iter().zip(ys).enumerate() {
                     if gj == 0.0 {
                         continue;
@@ -410,12 +407,6 @@ fn accumulate_row_body(
                             let base = c * geom.h * geom.w + (oy + ky) * geom.w + ox;
                             let r0 = (c * k + ky) * k;
                             let a = &mut acc[r0..r0 + k];
-                            if let Some(e) = e {
-                                for (a, &e) in a.iter_mut().zip(&e[base..base + k]) {
-                                    *a += gj * e;
-                                }
-                                continue;
-                            }
                             for (a, &ti) in a.iter_mut().zip(&x[base..base + k]) {
                                 *a += gj * kern.eps(net.kernel_time(tj) - ti);
                             }

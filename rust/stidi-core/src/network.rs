@@ -409,25 +409,45 @@ impl Network {
             return invalid!("predict needs a network whose last layer is Dense");
         }
         let pool = current_pool()?;
-        Ok(pool.install(|| {
+        let decided = self.map_samples(&pool, params, input, batch, |prep, x, times, _| {
+            let last = &times[l];
+            let t_min = last.iter().copied().fold(f64::INFINITY, f64::min);
+            if last.iter().filter(|&&t| t == t_min).count() > 1 {
+                self.decide(last, &self.v_end(prep, x, &times))
+            } else {
+                self.decide(last, &[])
+            }
+        });
+        Ok(decided.into_iter().unzip())
+    }
+
+    /// `f(weights, sample, times, events)` of every sample's forward pass, in
+    /// parallel on `pool`, with the weight copies made once for the batch.
+    fn map_samples<T, F>(
+        &self,
+        pool: &ThreadPool,
+        params: &[LayerParams],
+        input: &[f64],
+        batch: usize,
+        f: F,
+    ) -> Vec<T>
+    where
+        T: Send,
+        F: Fn(&[Option<RowWeights>], &[f64], Vec<Vec<f64>>, u64) -> T + Sync + Send,
+    {
+        pool.install(|| {
             let wt = self.inference_weights(params);
             let prep = self.row_weights(params, &wt, &[]);
             let parts = split_parts(batch);
             input
                 .par_chunks_exact(self.in_size)
                 .map_init(Scratch::default, |s, x| {
-                    let (times, _) =
+                    let (times, events) =
                         self.forward_sample(&prep, x, &mut s.events, &mut s.act, None, parts);
-                    let last = &times[l];
-                    let t_min = last.iter().copied().fold(f64::INFINITY, f64::min);
-                    if last.iter().filter(|&&t| t == t_min).count() > 1 {
-                        self.decide(last, &self.v_end(&prep, x, &times))
-                    } else {
-                        self.decide(last, &[])
-                    }
+                    f(&prep, x, times, events)
                 })
-                .unzip()
-        }))
+                .collect()
+        })
     }
 
     pub(crate) fn forward_in(
@@ -437,19 +457,9 @@ impl Network {
         input: &[f64],
         batch: usize,
     ) -> ForwardOut {
-        let samples: Vec<(Vec<Vec<f64>>, Vec<f64>, u64)> = pool.install(|| {
-            let wt = self.inference_weights(params);
-            let prep = self.row_weights(params, &wt, &[]);
-            let parts = split_parts(batch);
-            input
-                .par_chunks_exact(self.in_size)
-                .map_init(Scratch::default, |s, x| {
-                    let (times, events) =
-                        self.forward_sample(&prep, x, &mut s.events, &mut s.act, None, parts);
-                    let v_end = self.v_end(&prep, x, &times);
-                    (times, v_end, events)
-                })
-                .collect()
+        let samples = self.map_samples(pool, params, input, batch, |prep, x, times, events| {
+            let v_end = self.v_end(prep, x, &times);
+            (times, v_end, events)
         });
         let mut times: Vec<Vec<f64>> = (0..self.layers.len())
             .map(|l| Vec::with_capacity(batch * self.size(l)))

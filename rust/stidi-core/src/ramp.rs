@@ -177,46 +177,8 @@ fn drive_rows_body(
     range: std::ops::Range<usize>,
 ) -> Vec<f64> {
     let mut out = vec![0.0; range.len() * g.cout];
-    if let RowWeights::Real { wt, out: n_out } = *w {
-        if n_out % DRIVE_BLOCK == 0 {
-            drive_rows_blocked(x, g, wt, scale, tmax, range, &mut out);
-            return out;
-        }
-    }
-    for (p, acc) in range.zip(out.chunks_exact_mut(g.cout)) {
-        let (oy, ox) = (p / g.wo, p % g.wo);
-        for c in 0..g.cin {
-            for ky in 0..g.k {
-                let base = c * g.h * g.w + (oy + ky) * g.w + ox;
-                let r0 = (c * g.k + ky) * g.k;
-                for (kx, &t) in x[base..base + g.k].iter().enumerate() {
-                    if t < tmax {
-                        w.axpy(r0 + kx, scale * (tmax - t), acc);
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Output channels whose drives [`drive_rows_blocked`] keeps in registers.
-const DRIVE_BLOCK: usize = 16;
-
-/// [`drive_rows_body`] for real rows over a multiple of [`DRIVE_BLOCK`] outputs.
-/// A position's spiking inputs are listed once (without a branch), then each
-/// block of drives stays in registers over that list instead of being loaded
-/// and stored once per input. Each drive sums the same terms in the same order.
-#[inline(always)]
-fn drive_rows_blocked(
-    x: &[f64],
-    g: &ConvGeom,
-    wt: &[f64],
-    scale: f64,
-    tmax: f64,
-    range: std::ops::Range<usize>,
-    out: &mut [f64],
-) {
+    // A position's spiking inputs (weight rows) and terms, listed once without
+    // a branch, in the order every drive sums them.
     let field = g.rows();
     let (mut rows, mut terms) = (vec![0usize; field], vec![0.0f64; field]);
     for (p, acc) in range.zip(out.chunks_exact_mut(g.cout)) {
@@ -227,25 +189,41 @@ fn drive_rows_blocked(
                 let base = c * g.h * g.w + (oy + ky) * g.w + ox;
                 let r0 = (c * g.k + ky) * g.k;
                 for (kx, &t) in x[base..base + g.k].iter().enumerate() {
-                    rows[n] = (r0 + kx) * g.cout;
+                    rows[n] = r0 + kx;
                     terms[n] = scale * (tmax - t);
                     n += usize::from(t < tmax);
                 }
             }
         }
-        for (blk, acc) in acc.chunks_exact_mut(DRIVE_BLOCK).enumerate() {
-            let mut a = [0.0f64; DRIVE_BLOCK];
-            for (&row, &s) in rows[..n].iter().zip(&terms[..n]) {
-                let lo = row + blk * DRIVE_BLOCK;
-                let w: &[f64; DRIVE_BLOCK] = wt[lo..lo + DRIVE_BLOCK].try_into().unwrap();
-                for q in 0..DRIVE_BLOCK {
-                    a[q] += s * w[q];
+        let listed = rows[..n].iter().zip(&terms[..n]);
+        match *w {
+            // Blocks of drives kept in registers over the list, rather than
+            // loaded and stored once per input.
+            RowWeights::Real { wt, out } if out % DRIVE_BLOCK == 0 => {
+                for (blk, acc) in acc.chunks_exact_mut(DRIVE_BLOCK).enumerate() {
+                    let mut a = [0.0f64; DRIVE_BLOCK];
+                    for (&row, &s) in listed.clone() {
+                        let lo = row * out + blk * DRIVE_BLOCK;
+                        let w: &[f64; DRIVE_BLOCK] = wt[lo..lo + DRIVE_BLOCK].try_into().unwrap();
+                        for q in 0..DRIVE_BLOCK {
+                            a[q] += s * w[q];
+                        }
+                    }
+                    acc.copy_from_slice(&a);
                 }
             }
-            acc.copy_from_slice(&a);
+            _ => {
+                for (&row, &s) in listed {
+                    w.axpy(row, s, acc);
+                }
+            }
         }
     }
+    out
 }
+
+/// Output channels whose drives [`drive_rows_body`] keeps in registers.
+const DRIVE_BLOCK: usize = 16;
 
 /// Spike times from drives.
 pub(crate) fn times(u: &[f64], theta: f64, tmax: f64) -> Vec<f64> {

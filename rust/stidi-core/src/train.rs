@@ -285,13 +285,11 @@ impl Network {
             // Every new weight is checked as it is written (one compare each);
             // on a non-finite one the caller puts back the weights it saved.
             let finite = AtomicBool::new(true);
-            let at_end = self.conv_kernels_at_end(l, &recs, input);
-            let sums = self.conv_sums(l, &recs, at_end.as_deref());
+            let sums = self.conv_sums(l, &recs, input);
             p.weight.par_chunks_mut(rows).enumerate().for_each_init(
                 || (vec![0.0; rows], Vec::new()),
                 |(acc, touched), (o, w)| {
-                    let (e, s) = (at_end.as_deref(), sums.as_deref());
-                    self.row_sums(s, l, o, &recs, input, acc, touched, e);
+                    self.row_sums(sums.as_deref(), l, o, &recs, input, acc, touched);
                     let mut ok = true;
                     // Visiting only the touched weights pays when they are few
                     // (small batches); the choice depends only on the data.
@@ -362,21 +360,14 @@ impl Network {
         Ok(stats)
     }
 
-    /// [`kernels_at_end`] for a Conv2d layer `l` (its rows revisit every input
-    /// once per position); `None` otherwise.
-    fn conv_kernels_at_end(&self, l: usize, recs: &[SampleRec], input: &[f64]) -> Option<Vec<f64>> {
-        match self.layers[l] {
-            Layer::Conv { .. } => kernels_at_end(self, l, recs, input),
-            _ => None,
-        }
-    }
-
     /// Every row's phase 2 sums of a Conv2d layer of ramp neurons, computed
-    /// together (see [`conv_sums_at_end`]); `None` for the other layers, whose
-    /// rows [`accumulate_row`] sums one by one.
-    fn conv_sums(&self, l: usize, recs: &[SampleRec], at_end: Option<&[f64]>) -> Option<Vec<f64>> {
-        match (&self.layers[l], at_end) {
-            (Layer::Conv { .. }, Some(e)) => Some(conv_sums_at_end(self, l, recs, e)),
+    /// together from [`kernels_at_end`] (see [`conv_sums_at_end`]); `None` for
+    /// the other layers, whose rows [`accumulate_row`] sums one by one.
+    fn conv_sums(&self, l: usize, recs: &[SampleRec], input: &[f64]) -> Option<Vec<f64>> {
+        match self.layers[l] {
+            Layer::Conv { .. } => {
+                kernels_at_end(self, l, recs, input).map(|e| conv_sums_at_end(self, l, recs, &e))
+            }
             _ => None,
         }
     }
@@ -393,14 +384,13 @@ impl Network {
         input: &[f64],
         acc: &mut [f64],
         touched: &mut Vec<usize>,
-        at_end: Option<&[f64]>,
     ) {
         match sums {
             Some(s) => {
                 acc.copy_from_slice(&s[o * acc.len()..(o + 1) * acc.len()]);
                 touched.clear();
             }
-            None => accumulate_row(self, l, o, recs, input, acc, touched, at_end),
+            None => accumulate_row(self, l, o, recs, input, acc, touched),
         }
     }
 
@@ -556,13 +546,11 @@ impl Network {
                     };
                     let w = params[l].weight;
                     let mut grad = vec![0.0; w.len()];
-                    let at_end = self.conv_kernels_at_end(l, &recs, input);
-                    let sums = self.conv_sums(l, &recs, at_end.as_deref());
+                    let sums = self.conv_sums(l, &recs, input);
                     grad.par_chunks_mut(rows).enumerate().for_each_init(
                         Vec::new,
                         |touched, (o, acc)| {
-                            let (e, s) = (at_end.as_deref(), sums.as_deref());
-                            self.row_sums(s, l, o, &recs, input, acc, touched, e);
+                            self.row_sums(sums.as_deref(), l, o, &recs, input, acc, touched);
                             let row = &w[o * rows..(o + 1) * rows];
                             let h = self.hinge_grad(l, row, hinge);
                             for (a, &wi) in acc.iter_mut().zip(row) {
@@ -676,12 +664,10 @@ impl Network {
             }
             let wd = cfg.weight_decay;
             let p = &mut params[l];
-            let at_end = self.conv_kernels_at_end(l, &recs, input);
-            let sums = self.conv_sums(l, &recs, at_end.as_deref());
+            let sums = self.conv_sums(l, &recs, input);
             let update = |o: usize, w: &mut [f64], acc: &mut Vec<f64>, touched: &mut Vec<usize>| {
                 acc.resize(rows, 0.0);
-                let (e, s) = (at_end.as_deref(), sums.as_deref());
-                self.row_sums(s, l, o, &recs, input, acc, touched, e);
+                self.row_sums(sums.as_deref(), l, o, &recs, input, acc, touched);
                 let h = self.hinge_grad(l, w, cfg.sum_hinge);
                 for (a, &wi) in acc.iter_mut().zip(w.iter()) {
                     *a = -*a * inv_b + wd * wi + h;
